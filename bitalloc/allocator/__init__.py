@@ -1,0 +1,1 @@
+"""Allocation: choose a candidate per unit under a budget."""
