@@ -9,14 +9,13 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from safetensors import safe_open
 
 from bitalloc.allocator.plan import plan_from_solution, uniform_plan
 from bitalloc.allocator.problem import Budget
 from bitalloc.allocator.solve import solve
 from bitalloc.data.corpora import Split, load_corpus
-from bitalloc.data.windows import calibration_windows
+from bitalloc.data.windows import calibration_windows, token_stream
 from bitalloc.errors import InfeasibleBudget, ProfileMismatch
 from bitalloc.evaluate.perplexity import evaluate_models
 from bitalloc.models.units import discover_units, unquantized_bytes
@@ -89,8 +88,9 @@ def test_mixed_plan_beats_uniform_of_equal_size_in_kl(smollm2_small, stats, prof
         name: apply_plan(smollm2_small.model, p, model_hash=smollm2_small.model_hash, hessians=stats.hessians)
         for name, p in {"uniform": uniform, "mixed": mixed}.items()
     }
-    tokens = torch.randint(0, 49152, (300,), generator=torch.Generator().manual_seed(0))
-    results = evaluate_models(models, smollm2_small.model, tokens, context=128, stride=64)
+    held_out = load_corpus("wiki", Split.EVALUATION)
+    tokens = token_stream(smollm2_small.tokenizer, held_out, max_tokens=1024)
+    results = evaluate_models(models, smollm2_small.model, tokens, context=256, stride=128)
     assert results["mixed"].kl < results["uniform"].kl
 
 

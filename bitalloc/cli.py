@@ -1,0 +1,201 @@
+"""Command line: thin commands over bitalloc.pipeline; the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bitalloc.errors import BitallocError, InvalidInput
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mixed-precision bit allocation for LLMs.")
+console = Console(stderr=True)
+
+
+@contextmanager
+def progress_bar():
+    """A rich progress display and a callback (step, done, total) that drives one bar per step."""
+    with Progress(
+        TextColumn("{task.description:<16}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        tasks: dict[str, int] = {}
+
+        def update(step: str, done: int, total: int) -> None:
+            if step not in tasks:
+                tasks[step] = progress.add_task(step, total=total)
+            progress.update(tasks[step], completed=done, total=total)
+
+        yield update
+
+
+def parse_range(text: str) -> list[float]:
+    """'2.5:4.5:0.25' -> [2.5, 2.75, ..., 4.5] (inclusive); '3,3.5' -> [3.0, 3.5]."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(x) for x in text.split(":"))
+            if step <= 0:
+                raise ValueError
+            count = int(round((stop - start) / step)) + 1
+            return [round(start + i * step, 10) for i in range(count)]
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise InvalidInput(f"not a range: {text!r}; write START:STOP:STEP (e.g. 2.5:4.5:0.25) or a,b,c") from None
+
+
+def _budget(target_bpw: float | None, max_bytes: int | None):
+    from bitalloc.allocator.problem import Budget
+
+    if (target_bpw is None) == (max_bytes is None):
+        raise InvalidInput("give exactly one of --target-bpw or --max-bytes")
+    return Budget(max_bytes=max_bytes, target_bpw=target_bpw)
+
+
+Model = Annotated[str, typer.Option("--model", "-m", help="bundled name, HF folder, .gguf file or hub id")]
+
+
+@app.command()
+def profile(
+    output: Annotated[Path, typer.Option("--output", "-o", help="profile .parquet (a .json goes beside it)")],
+    model: Model = "smollm2-135m",
+    corpus: Annotated[str, typer.Option(help="calibration corpus: wiki or a text file")] = "wiki",
+    windows: Annotated[int, typer.Option(help="calibration windows")] = 32,
+    seq_len: Annotated[int, typer.Option(help="tokens per calibration window")] = 512,
+    seed: int = 0,
+) -> None:
+    """Calibrate MODEL on CORPUS and score every unit x candidate of the default palette."""
+    from bitalloc.models.loading import load_model
+    from bitalloc.pipeline import CalibrationSettings, run_profile
+
+    with progress_bar() as update:
+        loaded = load_model(model)
+        prof = run_profile(loaded, CalibrationSettings(corpus, windows, seq_len, seed), progress=update)
+    path = prof.save(output)
+    console.print(f"profile: {len(prof.units())} units x {len(prof.meta['palette'])} candidates -> {path}")
+
+
+@app.command()
+def plan(
+    profile_path: Annotated[Path, typer.Argument(help="profile .parquet")],
+    output: Annotated[Path, typer.Option("--output", "-o")] = Path("plan.json"),
+    target_bpw: Annotated[float | None, typer.Option(help="average bits per weight over quantized units")] = None,
+    max_bytes: Annotated[int | None, typer.Option(help="total bytes of the quantized units")] = None,
+    solver: Annotated[str, typer.Option(help="milp, lagrange or auto")] = "auto",
+) -> None:
+    """Solve for the best candidate per unit under one budget."""
+    from bitalloc.pipeline import make_plan
+    from bitalloc.sensitivity.profile import SensitivityProfile
+
+    result = make_plan(SensitivityProfile.load(profile_path), _budget(target_bpw, max_bytes), solver=solver)
+    result.save(output)
+    s = result.solver
+    console.print(
+        f"plan: {result.bpw:.4f} bpw, {result.nbytes} bytes, predicted error {result.predicted_error:.6g}, "
+        f"solver {s['name']} ({s['status']}, gap {s['gap']:.2e}) -> {output}"
+    )
+
+
+@app.command()
+def frontier(
+    profile_path: Annotated[Path, typer.Argument(help="profile .parquet")],
+    bpw: Annotated[str, typer.Option(help="START:STOP:STEP or a,b,c")] = "2.5:4.5:0.25",
+    output: Annotated[Path, typer.Option("--output", "-o")] = Path("frontier.csv"),
+    plot: Annotated[Path | None, typer.Option(help="also draw the frontier to this PNG")] = None,
+    solver: str = "lagrange",
+) -> None:
+    """Error against size for many budgets at once."""
+    from bitalloc.allocator.frontier import frontier as compute_frontier
+    from bitalloc.allocator.frontier import plot_frontier
+    from bitalloc.allocator.problem import Budget
+    from bitalloc.sensitivity.profile import SensitivityProfile
+
+    problem = SensitivityProfile.load(profile_path).to_problem()
+    df = compute_frontier(problem, [Budget(target_bpw=b) for b in parse_range(bpw)], solver=solver)
+    df.to_csv(output, index=False)
+    if plot is not None:
+        plot_frontier(df, plot)
+    console.print(df.to_string(index=False))
+
+
+@app.command()
+def apply(
+    plan_path: Annotated[Path, typer.Option("--plan", help="plan.json")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="empty folder for the quantized model")],
+    model: Model = "smollm2-135m",
+) -> None:
+    """Quantize MODEL as the plan says and write packed weights, plan.json and config to OUTPUT."""
+    from bitalloc.allocator.plan import Plan
+    from bitalloc.models.loading import load_model
+    from bitalloc.pipeline import quantize_model
+    from bitalloc.quantizers.apply import save_quantized
+
+    chosen = Plan.load(plan_path)
+    if (output / "model.safetensors").exists():
+        raise InvalidInput(f"{output} already holds a model; choose an empty folder")
+    with progress_bar() as update:
+        loaded = load_model(model)
+        quantized = quantize_model(loaded, chosen, update)
+    written = save_quantized(quantized, chosen, output, tokenizer=loaded.tokenizer)
+    console.print(f"wrote {written} bytes of tensors ({chosen.bpw:.4f} bpw over quantized units) to {output}")
+
+
+@app.command(name="eval")
+def eval_(
+    model: Model = "smollm2-135m",
+    plan_path: Annotated[Path | None, typer.Option("--plan", help="evaluate this plan applied to MODEL")] = None,
+    corpus: Annotated[list[str] | None, typer.Option(help="evaluation corpora (repeatable)")] = None,
+    max_tokens: int = 16384,
+    context: int = 512,
+    stride: int = 256,
+) -> None:
+    """Perplexity (and KL to the unquantized model when --plan is given) on held-out text."""
+    from bitalloc.allocator.plan import Plan
+    from bitalloc.models.loading import load_model
+    from bitalloc.pipeline import EvalSettings, quantize_model, run_eval
+
+    settings = EvalSettings(max_tokens, context, stride)
+    with progress_bar() as update:
+        loaded = load_model(model)
+        models = {} if plan_path is None else {"plan": quantize_model(loaded, Plan.load(plan_path), update)}
+        results = {c: run_eval(loaded, models, c, settings, update) for c in corpus or ["wiki", "shakespeare"]}
+    table = Table("corpus", "model", "perplexity", "KL (nats/token)", "tokens")
+    for c, by_model in results.items():
+        for name, r in by_model.items():
+            table.add_row(c, name, f"{r.perplexity:.3f}", f"{r.kl:.5f}", str(r.tokens))
+    Console().print(table)
+
+
+@app.command()
+def run(
+    model: Model = "smollm2-135m",
+    corpus: str = "wiki",
+    target_bpw: Annotated[float, typer.Option(help="budget of the mixed plan")] = 3.5,
+    baselines: Annotated[str, typer.Option(help="uniform recipes to compare, comma separated")] = (
+        "rtn-w3g64-sym,gptq-w3g64-sym,rtn-w4g64-sym,gptq-w4g64-sym"
+    ),
+    output: Annotated[Path, typer.Option("--output", "-o")] = Path("runs/main"),
+    windows: int = 32,
+    eval_tokens: int = 8192,
+) -> None:
+    """The main job: profile, plan, quantize and evaluate; print the comparison table."""
+    from bitalloc.main_job import MainJob, run_main_job
+
+    job = MainJob(model, corpus, target_bpw, tuple(baselines.split(",")), output, windows, eval_tokens)
+    with progress_bar() as update:
+        report = run_main_job(job, update)
+    Console().print(report.table())
+    console.print(f"plan -> {output / 'plan.json'}, report -> {output / 'report.md'}")
+
+
+def main() -> None:
+    """Entry point that turns domain errors into exit code 2 with one clear line."""
+    try:
+        app()
+    except BitallocError as exc:
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        sys.exit(2)

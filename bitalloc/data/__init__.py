@@ -1,0 +1,1 @@
+"""Corpora (bundled and user text) and deterministic token windows."""

@@ -1,0 +1,1 @@
+"""Models: loading (bundled names, HF folders, hub ids, GGUF files) and unit discovery."""

@@ -1,0 +1,150 @@
+"""The flow as library functions: calibrate (cached), profile, plan, apply, evaluate.
+
+The CLI and the benchmarks call these; each step is a function of its inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from bitalloc.allocator.plan import Plan, plan_from_solution
+from bitalloc.allocator.problem import Budget
+from bitalloc.allocator.solve import solve
+from bitalloc.data.corpora import Split, load_corpus
+from bitalloc.data.windows import calibration_windows, token_stream
+from bitalloc.evaluate.perplexity import EvalResult, evaluate_models
+from bitalloc.models.loading import LoadedModel, cache_dir
+from bitalloc.models.units import Unit, discover_units, unquantized_bytes
+from bitalloc.quantizers.apply import apply_plan, needs_hessians
+from bitalloc.quantizers.candidate import Candidate, default_palette
+from bitalloc.sensitivity.calibrate import CalibrationStats, calibrate
+from bitalloc.sensitivity.profile import SensitivityProfile
+from bitalloc.sensitivity.profiler import profile_model
+
+Progress = Callable[[str, int, int], None]  # (step, done, total)
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """Which text calibrates, and how much of it."""
+
+    corpus: str = "wiki"
+    n_windows: int = 32
+    seq_len: int = 512
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Held-out text and the strided-window protocol."""
+
+    max_tokens: int = 16384
+    context: int = 512
+    stride: int = 256
+
+
+def _quiet(step: str, done: int, total: int) -> None:
+    pass
+
+
+def get_calibration(
+    loaded: LoadedModel, units: tuple[Unit, ...], settings: CalibrationSettings, progress: Progress = _quiet
+) -> CalibrationStats:
+    """Calibration statistics for ``loaded``; cached on disk by model hash and settings."""
+    corpus = load_corpus(settings.corpus, Split.CALIBRATION)
+    key = hashlib.sha256(
+        json.dumps([loaded.model_hash, corpus.content_hash, asdict(settings), [u.name for u in units]]).encode()
+    ).hexdigest()[:24]
+    path = cache_dir() / "calibration" / f"{key}.safetensors"
+    if path.exists():
+        return CalibrationStats.load(path, model_hash=loaded.model_hash)
+    windows = calibration_windows(
+        loaded.tokenizer, corpus, n_windows=settings.n_windows, seq_len=settings.seq_len, seed=settings.seed
+    )
+    stats = calibrate(
+        loaded.model,
+        units,
+        windows,
+        model_hash=loaded.model_hash,
+        corpus_hash=corpus.content_hash,
+        settings=asdict(settings),
+        on_batch=lambda d, t: progress("calibrate", d, t),
+    )
+    stats.save(path)
+    return stats
+
+
+def run_profile(
+    loaded: LoadedModel,
+    settings: CalibrationSettings,
+    *,
+    palette: Sequence[Candidate] | None = None,
+    progress: Progress = _quiet,
+) -> SensitivityProfile:
+    """Calibrate ``loaded`` and score every unit against ``palette`` (default: the foundation palette)."""
+    units = discover_units(loaded.model)
+    stats = get_calibration(loaded, units, settings, progress)
+    return profile_model(
+        loaded.model,
+        units,
+        stats,
+        tuple(palette or default_palette()),
+        meta={"model_name": loaded.name, "unquantized_bytes": unquantized_bytes(loaded.model, units)},
+        on_unit=lambda d, t: progress("profile", d, t),
+    )
+
+
+def make_plan(profile: SensitivityProfile, budget: Budget, *, solver: str = "auto") -> Plan:
+    """Solve the profile's allocation problem under ``budget``."""
+    return plan_from_solution(profile, solve(profile.to_problem(), budget, solver=solver), budget)
+
+
+def quantize_model(loaded: LoadedModel, plan: Plan, progress: Progress = _quiet) -> torch.nn.Module:
+    """Apply ``plan`` to ``loaded``, calibrating first (with the plan's settings) if GPTQ needs it."""
+    plan.check_model(loaded.model_hash)
+    hessians = None
+    if needs_hessians(plan):
+        units = discover_units(loaded.model)
+        settings = CalibrationSettings(**{k: plan.calibration[k] for k in asdict(CalibrationSettings())})
+        hessians = get_calibration(loaded, units, settings, progress).hessians
+    return apply_plan(
+        loaded.model,
+        plan,
+        model_hash=loaded.model_hash,
+        hessians=hessians,
+        on_unit=lambda d, t: progress("quantize", d, t),
+    )
+
+
+def evaluation_tokens(loaded: LoadedModel, corpus: str, settings: EvalSettings) -> torch.Tensor:
+    """The first ``max_tokens`` tokens of the corpus's evaluation split, documents in order."""
+    return token_stream(loaded.tokenizer, load_corpus(corpus, Split.EVALUATION), max_tokens=settings.max_tokens)
+
+
+def run_eval(
+    loaded: LoadedModel,
+    models: dict[str, torch.nn.Module],
+    corpus: str,
+    settings: EvalSettings,
+    progress: Progress = _quiet,
+) -> dict[str, EvalResult]:
+    """Perplexity and KL of each model (and the reference) on ``corpus``'s evaluation split."""
+    return evaluate_models(
+        models,
+        loaded.model,
+        evaluation_tokens(loaded, corpus, settings),
+        context=settings.context,
+        stride=settings.stride,
+        on_window=lambda d, t: progress(f"eval {corpus}", d, t),
+    )
+
+
+def save_json(path: Path, doc: dict) -> None:
+    """Write ``doc`` as indented JSON."""
+    path.write_text(json.dumps(doc, indent=2) + "\n")

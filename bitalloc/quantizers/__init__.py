@@ -1,0 +1,1 @@
+"""The quantizer palette: candidates, packing, RTN, GPTQ and quantized modules."""

@@ -1,0 +1,93 @@
+"""Materialize a plan: replace each unit's Linear by packed storage with a dequantize-matmul forward."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from bitalloc.allocator.plan import Plan
+from bitalloc.errors import BitallocError, InvalidInput
+from bitalloc.models.units import get_submodule_parent
+from bitalloc.quantizers.candidate import Candidate, QuantKind
+from bitalloc.quantizers.quant_linear import QuantLinear
+from bitalloc.quantizers.quantize import quantize
+
+
+def needs_hessians(plan: Plan) -> bool:
+    """Whether any unit of the plan uses a quantizer that needs calibration statistics."""
+    return any(Candidate.parse(c.candidate).kind is QuantKind.GPTQ for c in plan.assignment)
+
+
+def apply_plan(
+    model: nn.Module,
+    plan: Plan,
+    *,
+    model_hash: str,
+    hessians: dict[str, torch.Tensor] | None = None,
+    on_unit: Callable[[int, int], None] | None = None,
+) -> nn.Module:
+    """A copy of ``model`` with every planned unit quantized; unplanned tensors are shared, not copied."""
+    plan.check_model(model_hash)
+    shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    quantized = copy.deepcopy(model, memo=shared)
+    for i, choice in enumerate(plan.assignment):
+        parent, leaf = get_submodule_parent(quantized, choice.unit)
+        linear = getattr(parent, leaf)
+        if not isinstance(linear, nn.Linear):
+            raise InvalidInput(f"plan unit {choice.unit!r} is not a Linear of this model")
+        candidate = Candidate.parse(choice.candidate)
+        hessian = None if hessians is None else hessians.get(choice.unit)
+        qweight = quantize(linear.weight.detach().float(), candidate, hessian=hessian, unit=choice.unit)
+        if qweight.nbytes != choice.nbytes:
+            raise BitallocError(f"{choice.unit}: packed {qweight.nbytes} bytes, plan says {choice.nbytes}")
+        setattr(parent, leaf, QuantLinear.from_linear(linear, qweight))
+        if on_unit is not None:
+            on_unit(i + 1, len(plan.assignment))
+    stored = quantized_bytes(quantized)
+    if stored != plan.nbytes:
+        raise BitallocError(f"quantized model stores {stored} bytes but the plan counts {plan.nbytes}")
+    return quantized
+
+
+def quantized_bytes(model: nn.Module) -> int:
+    """Bytes held by the QuantLinear modules of ``model``."""
+    return sum(m.storage_bytes() for m in model.modules() if isinstance(m, QuantLinear))
+
+
+def save_quantized(model: nn.Module, plan: Plan, out_dir: Path, *, tokenizer=None) -> int:
+    """Write packed units + float16 unquantized tensors (safetensors), plan.json and config.
+
+    Returns the bytes of tensor data written, which equals ``plan.model_bytes``. Refuses a folder
+    that already holds a model.
+    """
+    out_dir = Path(out_dir)
+    if (out_dir / "model.safetensors").exists():
+        raise InvalidInput(f"{out_dir} already holds a model; choose an empty folder")
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    quantized_prefixes = tuple(f"{c.unit}." for c in plan.assignment)
+    for name, tensor in model.state_dict().items():
+        if name.startswith(quantized_prefixes):
+            tensors[name] = tensor.contiguous().cpu()  # packed codes, scales, mins
+        elif tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            stored = tensor.to(torch.float16) if tensor.is_floating_point() else tensor
+            tensors[name] = stored.contiguous().cpu()
+    data_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    if data_bytes != plan.model_bytes:
+        raise BitallocError(f"writing {data_bytes} bytes of tensors but the plan counts {plan.model_bytes}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "bitalloc/v1"})
+    plan.save(out_dir / "plan.json")
+    config = getattr(model, "config", None)
+    if config is not None:
+        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+    return data_bytes

@@ -1,0 +1,1 @@
+"""Sensitivity: calibration statistics and per-(unit, candidate) error profiles."""

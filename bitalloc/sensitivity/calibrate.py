@@ -1,0 +1,138 @@
+"""Calibration: accumulate H = XᵀX / n for the input of every unit in one streaming pass.
+
+Memory is bounded by the Hessians themselves (one (in, in) float32 matrix per distinct input):
+batches stream through the model and are folded into the sums as they pass. Units that read the
+same input tensor (q/k/v, gate/up) share one Hessian object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bitalloc.errors import InvalidInput, ProfileMismatch
+from bitalloc.models.units import Unit
+
+
+@dataclass(frozen=True, eq=False)
+class CalibrationStats:
+    """Per-unit Hessian proxies H = XᵀX / n_tokens, (in, in) float32; shared inputs share one tensor."""
+
+    hessians: dict[str, torch.Tensor]
+    n_tokens: int
+    model_hash: str
+    corpus_hash: str
+    settings: dict = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        """Write a safetensors file; shared Hessians are stored once."""
+        from safetensors.torch import save_file
+
+        tensors, alias = {}, {}
+        first_name: dict[int, str] = {}
+        for name, h in self.hessians.items():
+            key = first_name.setdefault(id(h), name)
+            alias[name] = key
+            if key == name:
+                tensors[name] = h.contiguous().cpu()
+        meta = {
+            "n_tokens": str(self.n_tokens),
+            "model_hash": self.model_hash,
+            "corpus_hash": self.corpus_hash,
+            "alias": repr(sorted(alias.items())),
+            "settings": repr(sorted(self.settings.items())),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=meta)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path, *, model_hash: str | None = None) -> CalibrationStats:
+        """Read a file written by ``save``; refuse it if it was made for another model."""
+        import ast
+
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+            stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+        if model_hash is not None and meta["model_hash"] != model_hash:
+            raise ProfileMismatch(f"{path} holds statistics of model {meta['model_hash'][:12]}, not {model_hash[:12]}")
+        alias = dict(ast.literal_eval(meta["alias"]))
+        return cls(
+            hessians={name: stored[key] for name, key in alias.items()},
+            n_tokens=int(meta["n_tokens"]),
+            model_hash=meta["model_hash"],
+            corpus_hash=meta["corpus_hash"],
+            settings=dict(ast.literal_eval(meta["settings"])),
+        )
+
+
+def calibrate(
+    model: nn.Module,
+    units: tuple[Unit, ...],
+    windows: torch.Tensor,
+    *,
+    model_hash: str,
+    corpus_hash: str,
+    batch_size: int = 4,
+    settings: dict | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> CalibrationStats:
+    """Run ``windows`` (n, seq_len) through ``model`` and return the per-unit Hessians."""
+    if not units:
+        raise InvalidInput("the model has no quantizable units to calibrate")
+    device = next(model.parameters()).device
+    sums: dict[str, torch.Tensor] = {}
+    alias: dict[str, str] = {}
+    last: dict[str, object] = {"input": None, "name": None}
+
+    def make_hook(name: str):
+        def hook(_module: nn.Module, args: tuple) -> None:
+            x = args[0]
+            if x is last["input"]:  # same tensor as the previous unit: share its Hessian
+                alias[name] = alias[last["name"]]
+                return
+            last["input"], last["name"] = x, name
+            alias.setdefault(name, name)
+            flat = x.detach().reshape(-1, x.shape[-1]).float()  # (tokens, in)
+            if not torch.isfinite(flat).all():
+                raise InvalidInput(f"non-finite activations reach unit {name!r}; check the model's weights")
+            h = sums.get(name)
+            if h is None:
+                h = sums[name] = torch.zeros(flat.shape[1], flat.shape[1], device=device)
+            h.addmm_(flat.T, flat)
+
+        return hook
+
+    handles = [model.get_submodule(u.name).register_forward_pre_hook(make_hook(u.name)) for u in units]
+    n_tokens = 0
+    try:
+        with torch.no_grad():  # not inference_mode: the sums must stay ordinary tensors
+            for start in range(0, windows.shape[0], batch_size):
+                batch = windows[start : start + batch_size].to(device)  # (b, seq_len)
+                model(input_ids=batch, use_cache=False)
+                last["input"] = last["name"] = None
+                n_tokens += batch.numel()
+                if on_batch is not None:
+                    on_batch(min(start + batch_size, windows.shape[0]), windows.shape[0])
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [u.name for u in units if u.name not in alias]
+    if missing:
+        raise InvalidInput(f"calibration never reached units {missing[:3]}...; is the model's forward complete?")
+    for h in sums.values():
+        h.div_(n_tokens)
+    return CalibrationStats(
+        hessians={u.name: sums[alias[u.name]] for u in units},
+        n_tokens=n_tokens,
+        model_hash=model_hash,
+        corpus_hash=corpus_hash,
+        settings=dict(settings or {}),
+    )
