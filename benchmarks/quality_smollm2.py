@@ -24,7 +24,9 @@ from bitalloc.pipeline import CalibrationSettings, EvalSettings, make_plan, run_
 from bitalloc.sensitivity.profile import SensitivityProfile
 
 BITS = (2, 3, 4, 5, 6, 8)
-UNIFORM = tuple(f"{kind}-w{b}{fmt}" for b in BITS for kind in ("rtn", "gptq") for fmt in ("g64-sym", "g32-asym"))
+UNIFORM = tuple(
+    f"{kind}-w{b}{fmt}" for b in BITS for kind in ("rtn", "gptq") for fmt in ("g64-sym", "g32-asym")
+)
 MIXED_BPW = (2.5, 3.0, 3.5, 4.0, 4.5)
 
 

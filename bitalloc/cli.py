@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -22,7 +23,11 @@ console = Console(stderr=True)
 def progress_bar():
     """A rich progress display and a callback (step, done, total) that drives one bar per step."""
     with Progress(
-        TextColumn("{task.description:<16}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), console=console
+        TextColumn("{task.description:<16}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=console,
     ) as progress:
         tasks: dict[str, int] = {}
 
@@ -41,11 +46,13 @@ def parse_range(text: str) -> list[float]:
             start, stop, step = (float(x) for x in text.split(":"))
             if step <= 0:
                 raise ValueError
-            count = int(round((stop - start) / step)) + 1
+            count = round((stop - start) / step) + 1
             return [round(start + i * step, 10) for i in range(count)]
         return [float(x) for x in text.split(",")]
     except ValueError:
-        raise InvalidInput(f"not a range: {text!r}; write START:STOP:STEP (e.g. 2.5:4.5:0.25) or a,b,c") from None
+        raise InvalidInput(
+            f"not a range: {text!r}; write START:STOP:STEP (e.g. 2.5:4.5:0.25) or a,b,c"
+        ) from None
 
 
 def _budget(target_bpw: float | None, max_bytes: int | None):
@@ -83,7 +90,9 @@ def profile(
 def plan(
     profile_path: Annotated[Path, typer.Argument(help="profile .parquet")],
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("plan.json"),
-    target_bpw: Annotated[float | None, typer.Option(help="average bits per weight over quantized units")] = None,
+    target_bpw: Annotated[
+        float | None, typer.Option(help="average bits per weight over quantized units")
+    ] = None,
     max_bytes: Annotated[int | None, typer.Option(help="total bytes of the quantized units")] = None,
     solver: Annotated[str, typer.Option(help="milp, lagrange or auto")] = "auto",
 ) -> None:
@@ -147,7 +156,9 @@ def apply(
 @app.command(name="eval")
 def eval_(
     model: Model = "smollm2-135m",
-    plan_path: Annotated[Path | None, typer.Option("--plan", help="evaluate this plan applied to MODEL")] = None,
+    plan_path: Annotated[
+        Path | None, typer.Option("--plan", help="evaluate this plan applied to MODEL")
+    ] = None,
     corpus: Annotated[list[str] | None, typer.Option(help="evaluation corpora (repeatable)")] = None,
     max_tokens: int = 16384,
     context: int = 512,
@@ -162,7 +173,9 @@ def eval_(
     with progress_bar() as update:
         loaded = load_model(model)
         models = {} if plan_path is None else {"plan": quantize_model(loaded, Plan.load(plan_path), update)}
-        results = {c: run_eval(loaded, models, c, settings, update) for c in corpus or ["wiki", "shakespeare"]}
+        results = {
+            c: run_eval(loaded, models, c, settings, update) for c in corpus or ["wiki", "shakespeare"]
+        }
     table = Table("corpus", "model", "perplexity", "KL (nats/token)", "tokens")
     for c, by_model in results.items():
         for name, r in by_model.items():
@@ -197,5 +210,6 @@ def main() -> None:
     try:
         app()
     except BitallocError as exc:
-        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        message = escape(f"{type(exc).__name__}: {exc}")
+        console.print(f"[red]error:[/red] {message}", soft_wrap=True)
         sys.exit(2)

@@ -84,9 +84,7 @@ class Report:
         return "\n".join(lines) + "\n"
 
 
-def evaluate_plans(
-    loaded, plans: dict[str, Plan], settings: EvalSettings, progress: Progress
-) -> Report:
+def evaluate_plans(loaded, plans: dict[str, Plan], settings: EvalSettings, progress: Progress) -> Report:
     """Quantize every plan, evaluate all of them with the reference in lockstep, and tabulate."""
     models = {name: quantize_model(loaded, p, progress) for name, p in plans.items()}
     results = {c: run_eval(loaded, models, c, settings, progress) for c in EVAL_CORPORA}
@@ -120,8 +118,12 @@ def run_main_job(job: MainJob, progress: Progress) -> Report:
         job.output / "report.json",
         {
             "rows": [
-                {"name": r.name, "bpw": r.bpw, "model_bytes": r.model_bytes,
-                 "results": {c: vars(v) for c, v in r.results.items()}}
+                {
+                    "name": r.name,
+                    "bpw": r.bpw,
+                    "model_bytes": r.model_bytes,
+                    "results": {c: vars(v) for c, v in r.results.items()},
+                }
                 for r in report.rows
             ]
         },

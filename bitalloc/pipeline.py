@@ -59,7 +59,9 @@ def get_calibration(
     """Calibration statistics for ``loaded``; cached on disk by model hash and settings."""
     corpus = load_corpus(settings.corpus, Split.CALIBRATION)
     key = hashlib.sha256(
-        json.dumps([loaded.model_hash, corpus.content_hash, asdict(settings), [u.name for u in units]]).encode()
+        json.dumps(
+            [loaded.model_hash, corpus.content_hash, asdict(settings), [u.name for u in units]]
+        ).encode()
     ).hexdigest()[:24]
     path = cache_dir() / "calibration" / f"{key}.safetensors"
     if path.exists():
@@ -124,7 +126,9 @@ def quantize_model(loaded: LoadedModel, plan: Plan, progress: Progress = _quiet)
 
 def evaluation_tokens(loaded: LoadedModel, corpus: str, settings: EvalSettings) -> torch.Tensor:
     """The first ``max_tokens`` tokens of the corpus's evaluation split, documents in order."""
-    return token_stream(loaded.tokenizer, load_corpus(corpus, Split.EVALUATION), max_tokens=settings.max_tokens)
+    return token_stream(
+        loaded.tokenizer, load_corpus(corpus, Split.EVALUATION), max_tokens=settings.max_tokens
+    )
 
 
 def run_eval(

@@ -24,4 +24,6 @@ def smollm2_small() -> LoadedModel:
     model.config.num_hidden_layers = TEST_LAYERS
     if hasattr(model.config, "layer_types") and model.config.layer_types is not None:
         model.config.layer_types = model.config.layer_types[:TEST_LAYERS]
-    return LoadedModel(model=model, tokenizer=loaded.tokenizer, name="smollm2-135m[:2]", model_hash=state_hash(model))
+    return LoadedModel(
+        model=model, tokenizer=loaded.tokenizer, name="smollm2-135m[:2]", model_hash=state_hash(model)
+    )

@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
-from bitalloc.allocator.problem import AllocationProblem, Budget
+from bitalloc.allocator.problem import AllocationProblem, Budget, Solution
 from bitalloc.allocator.solve import solve_many
 
+COLUMNS = ("budget_bytes", "budget_bpw", "bytes", "bpw", "loss", "bound", "gap", "solver", "status")
 
-def frontier(problem: AllocationProblem, budgets: Sequence[Budget], *, solver: str = "lagrange") -> pd.DataFrame:
-    """One row per budget: the budget, the plan's bytes, bpw, loss, proven bound, gap and solver."""
+
+def frontier(
+    problem: AllocationProblem, budgets: Sequence[Budget], *, solver: str = "lagrange"
+) -> pd.DataFrame:
+    """One row per budget (in the given order): the budget, the plan's size, loss, proven bound and gap.
+
+    Raises InfeasibleBudget, naming the feasible range, when a budget is below the smallest one.
+    """
+    limits = [b.to_bytes(problem) for b in budgets]
+    solutions = monotone(solve_many(problem, budgets, solver=solver), limits)
     rows = []
-    for budget, s in zip(budgets, solve_many(problem, budgets, solver=solver), strict=True):
-        limit = budget.to_bytes(problem)
+    for budget, limit, s in zip(budgets, limits, solutions, strict=True):
+        asked = budget.target_bpw if budget.target_bpw is not None else problem.bpw_of_bytes(limit)
         rows.append(
             {
                 "budget_bytes": limit,
-                "budget_bpw": problem.bpw_of_bytes(limit),
+                "budget_bpw": asked,
                 "bytes": s.nbytes,
                 "bpw": problem.bpw_of_bytes(s.nbytes),
                 "loss": s.objective,
@@ -29,24 +39,45 @@ def frontier(problem: AllocationProblem, budgets: Sequence[Budget], *, solver: s
                 "status": s.status,
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def monotone(solutions: Sequence[Solution], limits: Sequence[int]) -> list[Solution]:
+    """Make loss non-increasing in the budget: when a smaller budget's solution beats a bigger one's,
+    the bigger budget reuses it (it fits), keeping its own bound."""
+    out = list(solutions)
+    best: Solution | None = None
+    for i in sorted(range(len(out)), key=lambda i: limits[i]):
+        s = out[i]
+        if best is not None and best.objective < s.objective:
+            bound = min(s.bound, best.objective)
+            gap = (best.objective - bound) / max(best.objective, 1e-300)
+            status = "optimal" if gap <= 1e-12 else ("feasible" if s.status == "optimal" else s.status)
+            out[i] = replace(best, bound=bound, gap=gap, status=status, solver=s.solver, seconds=s.seconds)
+        else:
+            best = s
+    return out
 
 
 def plot_frontier(df: pd.DataFrame, path: Path | str) -> None:
-    """Draw predicted error against bits per weight (log error axis) to a PNG."""
+    """Draw predicted loss (and its lower bound) against bits per weight to a PNG at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    df = df.sort_values("budget_bytes")
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(df["bpw"], df["loss"], marker="o", label="plan")
-    ax.plot(df["bpw"], df["bound"], linestyle="--", label="lower bound")
-    ax.set_xlabel("bits per weight (quantized units)")
-    ax.set_ylabel("predicted error  Σ tr(ΔW H ΔWᵀ)")
-    ax.set_yscale("log")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=120)
-    plt.close(fig)
+    try:
+        ax.plot(df["bpw"], df["loss"], marker="o", label="plan")
+        ax.plot(df["budget_bpw"], df["bound"], linestyle="--", label="lower bound (at the budget)")
+        ax.set_xlabel("bits per weight (quantized units)")
+        ax.set_ylabel("predicted loss")
+        if (df["loss"] > 0).all() and (df["bound"] > 0).all():
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, format="png", dpi=120)
+    finally:
+        plt.close(fig)

@@ -1,8 +1,10 @@
-"""Exact multiple-choice knapsack through HiGHS (scipy.optimize.milp).
+"""Exact multiple-choice knapsack through HiGHS (``scipy.optimize.milp`` is HiGHS).
 
 One binary x[g, c] per feasible (tie group, candidate): each group takes exactly one candidate, the
-chosen bytes stay within the budget, the summed loss is minimal. HiGHS reports its dual bound, so
-the gap it returns is proven, not estimated.
+chosen bytes stay within the budget, the summed loss is minimal. For numerical robustness the model
+works on shifted, rescaled numbers: each group's cheapest bytes and smallest loss are constants taken
+out, candidates that cannot beat the Lagrangian solution are dropped, and the losses are scaled so
+that solution is worth 1e6. The objective is then recomputed in original units from the choice.
 """
 
 from __future__ import annotations
@@ -13,46 +15,94 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from bitalloc.allocator.problem import AllocationProblem
+from bitalloc.allocator.lagrange import build_hull, build_solution, solve_merged
+from bitalloc.allocator.problem import AllocationProblem, Solution
 
-MIP_REL_GAP = 1e-9
+_STATUS = {0: "optimal", 1: "time_limit"}
+_SCALE = 1e6  # the scaled objective of the Lagrangian solution
+
+
+def canonical_choice(m: AllocationProblem, choice: np.ndarray) -> np.ndarray:
+    """Per group, the candidate with the same loss and the fewest bytes, then the lowest index."""
+    rows = np.arange(len(choice))
+    same = m.feasible & (m.loss == m.loss[rows, choice][:, None])
+    key = np.where(same, m.nbytes, np.iinfo(np.int64).max)
+    return np.argmin(key, axis=1).astype(np.int64)  # argmin takes the first index among equal bytes
+
+
+def solve_milp_merged(
+    m: AllocationProblem, max_bytes: int, *, time_limit: float | None = None, rel_gap: float = 0.0
+) -> tuple[np.ndarray, float, str]:
+    """Candidate per group of a merged problem, a proven lower bound on the loss, and the status."""
+    rows = np.arange(len(m.units))
+    heuristic, lp_bound = solve_merged(m, build_hull(m), max_bytes)
+    lmin = np.where(m.feasible, m.loss, np.inf).min(axis=1)
+    bmin = np.where(m.feasible, m.nbytes, np.iinfo(np.int64).max).min(axis=1)
+    excess = m.loss - lmin[:, None]
+    extra = m.nbytes - bmin[:, None]
+    upper = float(excess[rows, heuristic].sum())  # any optimum has total excess <= upper
+    cap = int(max_bytes - bmin.sum())
+    keep = m.feasible & (extra <= cap) & (excess <= upper * (1 + 1e-9))
+    g, c = np.nonzero(keep)
+    scale = min(_SCALE / upper, 1e290) if upper > 0 else 1.0  # capped: denormal losses overflow
+    one_each = sparse.csr_array((np.ones(len(g)), (g, np.arange(len(g)))), shape=(len(rows), len(g)))
+    options: dict = {"disp": False, "mip_rel_gap": rel_gap}
+    if time_limit is not None:
+        options["time_limit"] = float(time_limit)
+
+    best, bound, status = heuristic, lp_bound, "feasible"
+    for attempt in range(3):  # re-solve with a tighter cap if rounding x ever overshoots the budget
+        res = milp(
+            excess[g, c] * scale,
+            constraints=[
+                LinearConstraint(one_each, lb=1, ub=1),
+                LinearConstraint(extra[g, c].astype(np.float64)[None, :], lb=-np.inf, ub=float(cap)),
+            ],
+            integrality=np.ones(len(g)),
+            bounds=Bounds(0, 1),
+            options=options,
+        )
+        dual = getattr(res, "mip_dual_bound", None)
+        if attempt == 0:  # only the first model is the real problem: its status and bound count
+            status = _STATUS.get(int(res.status), f"failed: {res.message}")
+            if dual is not None and np.isfinite(dual):
+                bound = max(bound, float(lmin.sum()) + float(dual) / scale)
+        if res.x is None:
+            break
+        taken = res.x > 0.5
+        choice = np.zeros(len(rows), dtype=np.int64)
+        choice[g[taken]] = c[taken]
+        if taken.sum() != len(rows) or np.bincount(g[taken], minlength=len(rows)).max() != 1:
+            break  # not one candidate per group: keep the Lagrangian solution
+        overshoot = int(m.nbytes[rows, choice].sum()) - max_bytes
+        if overshoot > 0:
+            cap -= overshoot
+            status = "feasible"
+            continue
+        if excess[rows, choice].sum() <= upper:
+            best = choice
+            if status == "optimal" and (dual is None or not np.isfinite(dual)):
+                bound = float(m.loss[rows, choice].sum())
+        break
+    return canonical_choice(m, best), bound, status
 
 
 def solve_milp(
-    merged: AllocationProblem, max_bytes: int, *, time_limit: float | None = None
-) -> tuple[np.ndarray, float, str]:
-    """Candidate index per group of a tie-merged problem, a proven lower bound, and the status."""
-    started = time.perf_counter()
-    groups, cands = np.nonzero(merged.feasible)  # one variable per feasible pair, row-major
-    n_groups = len(merged.units)
-    loss = merged.loss[groups, cands]
-    scale = float(loss.max()) if loss.size and loss.max() > 0 else 1.0
-    nbytes = merged.nbytes[groups, cands].astype(np.float64)
-    one_each = sparse.csr_array(
-        (np.ones(len(groups)), (groups, np.arange(len(groups)))), shape=(n_groups, len(groups))
+    problem: AllocationProblem,
+    max_bytes: int,
+    *,
+    time_limit: float | None = None,
+    rel_gap: float = 0.0,
+    merged: AllocationProblem | None = None,
+) -> Solution:
+    """Exact solution by HiGHS for one byte budget (at least the smallest feasible total).
+
+    ``time_limit`` in seconds (status "time_limit" when hit; the answer is then the best found, never
+    worse than the Lagrangian one); ``merged`` is ``problem.merged()`` when the caller has it.
+    """
+    t0 = time.perf_counter()
+    m = problem.merged() if merged is None else merged
+    choice, bound, status = solve_milp_merged(m, max_bytes, time_limit=time_limit, rel_gap=rel_gap)
+    return build_solution(
+        problem, choice, bound, status=status, solver="milp", seconds=time.perf_counter() - t0
     )
-    constraints = [
-        LinearConstraint(one_each, lb=1, ub=1),
-        LinearConstraint(nbytes[None, :], lb=-np.inf, ub=float(max_bytes)),
-    ]
-    options = {"mip_rel_gap": MIP_REL_GAP, "disp": False}
-    if time_limit is not None:
-        options["time_limit"] = float(time_limit)
-    result = milp(
-        loss / scale,
-        constraints=constraints,
-        integrality=np.ones(len(groups)),
-        bounds=Bounds(0, 1),
-        options=options,
-    )
-    if result.x is None:
-        raise RuntimeError(f"HiGHS found no solution ({result.message}) after {time.perf_counter() - started:.1f} s")
-    x = result.x.round()
-    choice = np.full(n_groups, -1, dtype=np.int64)
-    taken = x > 0.5
-    choice[groups[taken]] = cands[taken]
-    status = "optimal" if result.status == 0 else ("time_limit" if result.status == 1 else str(result.message))
-    bound = getattr(result, "mip_dual_bound", None)
-    objective = float(loss[taken].sum())
-    bound = objective if bound is None or not np.isfinite(bound) else min(objective, float(bound) * scale)
-    return choice, bound, status

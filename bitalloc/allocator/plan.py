@@ -136,9 +136,7 @@ class Plan:
             raise InvalidInput(f"{path} is not valid JSON: {exc}") from None
 
 
-def plan_from_solution(
-    profile: SensitivityProfile, solution: Solution, budget: Budget | None
-) -> Plan:
+def plan_from_solution(profile: SensitivityProfile, solution: Solution, budget: Budget | None) -> Plan:
     """Turn a solver's choice over ``profile.to_problem()`` into a Plan."""
     problem = profile.to_problem()
     idx = np.arange(len(problem.units))

@@ -65,30 +65,45 @@ class AllocationProblem:
         """Average bits per weight of ``nbytes`` spread over all units."""
         return 8.0 * nbytes / self.total_numel
 
+    def group_index(self) -> np.ndarray:
+        """(units,) index of each unit's tie group, groups numbered in order of first appearance."""
+        _, first, inverse = np.unique(self.tie, return_index=True, return_inverse=True)
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+        return rank[inverse.reshape(-1)]
+
+    def _group_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """Units sorted by tie group (stable), and where each group starts in that order."""
+        gid = self.group_index()
+        order = np.argsort(gid, kind="stable")
+        starts = np.flatnonzero(np.diff(gid[order], prepend=-1))
+        return order, starts
+
     def tie_groups(self) -> list[np.ndarray]:
         """Unit indices of each tie group, in order of first appearance (singletons included)."""
-        _, first, inverse = np.unique(self.tie, return_index=True, return_inverse=True)
-        order = np.argsort(first, kind="stable")
-        return [np.flatnonzero(inverse == g) for g in order]
+        order, starts = self._group_order()
+        return np.split(order, starts[1:])
 
     def merged(self) -> AllocationProblem:
         """One row per tie group: losses and bytes summed, feasible only where every member is."""
-        groups = self.tie_groups()
-        feasible = np.stack([self.feasible[g].all(axis=0) for g in groups])
+        order, starts = self._group_order()
+        feasible = np.logical_and.reduceat(self.feasible[order], starts, axis=0)
         empty = ~feasible.any(axis=1)
         if empty.any():
-            members = [self.units[i] for i in groups[int(np.argmax(empty))]]
+            members = [self.units[i] for i in np.split(order, starts[1:])[int(np.argmax(empty))]]
             raise InvalidInput(f"tie group {members} has no candidate that every member supports")
-        loss = np.where(self.feasible, self.loss, 0.0)
-        nbytes = np.where(self.feasible, self.nbytes, 0)
+        loss = np.where(self.feasible, self.loss, 0.0)[order]
+        nbytes = np.where(self.feasible, self.nbytes, 0)[order]
+        names = [self.units[i] for i in order]
+        ends = [*starts[1:].tolist(), len(order)]
         return AllocationProblem(
-            units=tuple("+".join(self.units[i] for i in g) for g in groups),
+            units=tuple("+".join(names[a:b]) for a, b in zip(starts.tolist(), ends, strict=True)),
             candidates=self.candidates,
-            loss=np.stack([loss[g].sum(axis=0) for g in groups]),
-            nbytes=np.stack([nbytes[g].sum(axis=0) for g in groups]).astype(np.int64),
+            loss=np.add.reduceat(loss, starts, axis=0),
+            nbytes=np.add.reduceat(nbytes, starts, axis=0).astype(np.int64),
             feasible=feasible,
-            numel=np.array([self.numel[g].sum() for g in groups], dtype=np.int64),
-            tie=np.arange(len(groups), dtype=np.int64),
+            numel=np.add.reduceat(self.numel[order], starts).astype(np.int64),
+            tie=np.arange(len(starts), dtype=np.int64),
         )
 
     def byte_range(self) -> tuple[int, int]:

@@ -18,13 +18,13 @@ import hashlib
 import importlib.util
 import json
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from bitalloc.errors import InvalidInput
 
 
-class Split(str, Enum):
+class Split(StrEnum):
     """Which part of a corpus: text to calibrate on, or held-out text to evaluate on."""
 
     CALIBRATION = "calibration"

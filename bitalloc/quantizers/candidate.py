@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from bitalloc.errors import InvalidInput, UnsupportedShape
 
@@ -24,7 +24,7 @@ SCALE_BYTES = 2  # float16
 _NAME = re.compile(r"^(?P<kind>[a-z]+)-w(?P<bits>\d+)g(?P<group>\d+)-(?P<sym>sym|asym)$")
 
 
-class QuantKind(str, Enum):
+class QuantKind(StrEnum):
     """The quantization algorithm that produces the codes."""
 
     RTN = "rtn"

@@ -62,7 +62,9 @@ class CalibrationStats:
             meta = f.metadata()
             stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
         if model_hash is not None and meta["model_hash"] != model_hash:
-            raise ProfileMismatch(f"{path} holds statistics of model {meta['model_hash'][:12]}, not {model_hash[:12]}")
+            raise ProfileMismatch(
+                f"{path} holds statistics of model {meta['model_hash'][:12]}, not {model_hash[:12]}"
+            )
         alias = dict(ast.literal_eval(meta["alias"]))
         return cls(
             hessians={name: stored[key] for name, key in alias.items()},
@@ -126,7 +128,9 @@ def calibrate(
             handle.remove()
     missing = [u.name for u in units if u.name not in alias]
     if missing:
-        raise InvalidInput(f"calibration never reached units {missing[:3]}...; is the model's forward complete?")
+        raise InvalidInput(
+            f"calibration never reached units {missing[:3]}...; is the model's forward complete?"
+        )
     for h in sums.values():
         h.div_(n_tokens)
     return CalibrationStats(

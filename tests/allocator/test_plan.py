@@ -16,8 +16,16 @@ def a_plan() -> Plan:
     problem = profile.to_problem()
     rng = np.random.default_rng(0)
     choice = np.array([rng.choice(np.flatnonzero(row)) for row in problem.feasible])
-    solution = Solution(choice=choice, objective=1.0, nbytes=0, bound=0.5, gap=0.5, status="optimal",
-                        solver="milp", seconds=0.01)
+    solution = Solution(
+        choice=choice,
+        objective=1.0,
+        nbytes=0,
+        bound=0.5,
+        gap=0.5,
+        status="optimal",
+        solver="milp",
+        seconds=0.01,
+    )
     return plan_from_solution(profile, solution, Budget(target_bpw=3.5))
 
 

@@ -31,17 +31,26 @@ PALETTE = default_palette(bits=(2, 3, 4, 8), group_sizes=(32, 64))
 @pytest.fixture(scope="module")
 def stats(smollm2_small):
     corpus = load_corpus("wiki", Split.CALIBRATION)
-    windows = calibration_windows(smollm2_small.tokenizer, corpus, n_windows=4, seq_len=128, seed=0)
+    # 4096 tokens: more than the widest input (1536), so every H = X^T X has full rank
+    windows = calibration_windows(smollm2_small.tokenizer, corpus, n_windows=16, seq_len=256, seed=0)
     units = discover_units(smollm2_small.model)
-    return calibrate(smollm2_small.model, units, windows, model_hash=smollm2_small.model_hash,
-                     corpus_hash=corpus.content_hash, settings={"corpus": "wiki", "n_windows": 4,
-                                                                "seq_len": 128, "seed": 0})
+    return calibrate(
+        smollm2_small.model,
+        units,
+        windows,
+        model_hash=smollm2_small.model_hash,
+        corpus_hash=corpus.content_hash,
+        settings={"corpus": "wiki", "n_windows": 16, "seq_len": 256, "seed": 0},
+    )
 
 
 @pytest.fixture(scope="module")
 def profile(smollm2_small, stats):
     units = discover_units(smollm2_small.model)
-    meta = {"model_name": "smollm2-135m[:2]", "unquantized_bytes": unquantized_bytes(smollm2_small.model, units)}
+    meta = {
+        "model_name": "smollm2-135m[:2]",
+        "unquantized_bytes": unquantized_bytes(smollm2_small.model, units),
+    }
     return profile_model(smollm2_small.model, units, stats, PALETTE, meta=meta)
 
 
@@ -68,7 +77,9 @@ def test_plan_apply_save_bytes_are_exact(tmp_path, smollm2_small, stats, profile
     ties = {}
     for choice, unit in zip(plan.assignment, discover_units(smollm2_small.model), strict=True):
         assert ties.setdefault(unit.tie, choice.candidate) == choice.candidate
-    quantized = apply_plan(smollm2_small.model, plan, model_hash=smollm2_small.model_hash, hessians=stats.hessians)
+    quantized = apply_plan(
+        smollm2_small.model, plan, model_hash=smollm2_small.model_hash, hessians=stats.hessians
+    )
     written = save_quantized(quantized, plan, tmp_path / "q")
     assert written == plan.model_bytes
     with safe_open(str(tmp_path / "q" / "model.safetensors"), framework="pt") as f:
@@ -118,16 +129,32 @@ def test_infeasible_budget_names_the_feasible_range(profile):
 def test_cli_plan_and_frontier_on_a_saved_profile(tmp_path, profile):
     path = profile.save(tmp_path / "profile.parquet")
     cli = [sys.executable, "-c", "from bitalloc.cli import main; main()"]
-    ok = subprocess.run([*cli, "plan", str(path), "--target-bpw", "3.5", "-o", str(tmp_path / "plan.json")],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [*cli, "plan", str(path), "--target-bpw", "3.5", "-o", str(tmp_path / "plan.json")],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     doc = json.loads((tmp_path / "plan.json").read_text())
     assert doc["totals"]["bpw"] <= 3.5 and doc["solver"]["status"] and "gap" in doc["solver"]
     assert doc["profile_hash"] == SensitivityProfile.load(path).content_hash
     bad = subprocess.run([*cli, "plan", str(path), "--target-bpw", "1.0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "smallest feasible" in bad.stderr
-    fr = subprocess.run([*cli, "frontier", str(path), "--bpw", "2.5:4.5:0.5", "-o", str(tmp_path / "f.csv"),
-                         "--plot", str(tmp_path / "f.png")], capture_output=True, text=True)
+    fr = subprocess.run(
+        [
+            *cli,
+            "frontier",
+            str(path),
+            "--bpw",
+            "2.5:4.5:0.5",
+            "-o",
+            str(tmp_path / "f.csv"),
+            "--plot",
+            str(tmp_path / "f.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert fr.returncode == 0, fr.stderr
     frame = pd.read_csv(tmp_path / "f.csv")
     assert len(frame) == 5 and np.all(np.diff(frame["loss"]) <= 1e-9 * frame["loss"].max())

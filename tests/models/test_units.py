@@ -52,7 +52,7 @@ def test_local_hf_folder_round_trip(tmp_path, smollm2_small):
 
 @pytest.mark.parametrize("spec", ["no-such-model", "./missing.gguf", "/nonexistent/folder"])
 def test_bad_model_names_say_what_to_give(spec):
-    with pytest.raises(InvalidInput, match="model|exist"):
+    with pytest.raises(InvalidInput, match=r"model|exist"):
         resolve_source(spec)
 
 

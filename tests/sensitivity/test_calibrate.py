@@ -19,8 +19,14 @@ def windows(smollm2_small):
 @pytest.fixture(scope="module")
 def stats(smollm2_small, windows):
     units = discover_units(smollm2_small.model)
-    return calibrate(smollm2_small.model, units, windows, model_hash=smollm2_small.model_hash, corpus_hash="c",
-                     batch_size=2)
+    return calibrate(
+        smollm2_small.model,
+        units,
+        windows,
+        model_hash=smollm2_small.model_hash,
+        corpus_hash="c",
+        batch_size=2,
+    )
 
 
 def test_hessians_equal_xtx_over_tokens(smollm2_small, windows, stats):
@@ -52,7 +58,9 @@ def test_save_load_round_trip_keeps_sharing(tmp_path, stats, smollm2_small):
     assert again.n_tokens == stats.n_tokens and set(again.hessians) == set(stats.hessians)
     for name, h in stats.hessians.items():
         assert torch.equal(again.hessians[name], h)
-    assert again.hessians["model.layers.1.self_attn.q_proj"] is again.hessians["model.layers.1.self_attn.v_proj"]
+    assert (
+        again.hessians["model.layers.1.self_attn.q_proj"] is again.hessians["model.layers.1.self_attn.v_proj"]
+    )
     with pytest.raises(ProfileMismatch):
         CalibrationStats.load(path, model_hash="0" * 64)
 

@@ -24,8 +24,13 @@ def make_profile(errors: list[float], palette=None) -> SensitivityProfile:
                 rows.append((unit, tie, *shape, c.name, errors[i % len(errors)], c.nbytes(shape)))
                 i += 1
     table = pd.DataFrame(rows, columns=["unit", "tie", "rows", "cols", "candidate", "error", "nbytes"])
-    meta = {"model_hash": "m" * 64, "corpus_hash": "c" * 64, "palette": [c.name for c in palette],
-            "unquantized_bytes": 1234, "model_name": "toy"}
+    meta = {
+        "model_hash": "m" * 64,
+        "corpus_hash": "c" * 64,
+        "palette": [c.name for c in palette],
+        "unquantized_bytes": 1234,
+        "model_name": "toy",
+    }
     return SensitivityProfile(table=table, meta=meta)
 
 

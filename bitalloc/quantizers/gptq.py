@@ -1,0 +1,226 @@
+"""GPTQ (Frantar et al., 2022) as pure functions, batched over candidates.
+
+Columns are quantized left to right; each column's rounding error, divided by the matching diagonal
+entry of the upper Cholesky factor ``U`` of ``H^-1`` (``H^-1 = U^T U``), is spread over the columns not
+yet quantized along ``U``'s row. Updates are lazy: rank-1 inside a small sub-block, one matmul for the
+rest of the block at the end of each sub-block, and one matmul for the rest of the matrix at the end of
+each block. Group grids (``grid.py``) are recomputed at each group start from the error-updated weights.
+
+``quantize_gptq_many`` runs many candidates in one pass: W is copied once per candidate and the copies
+are stacked along the row dimension (rows never interact in GPTQ), each row block with its own bits,
+group size and symmetry, all sharing one Cholesky factor. Internally the matrix is held transposed,
+``(in, rows)``, so that a column of W is a contiguous row.
+
+Hessian preparation: ``H`` is symmetrized; dead inputs (``diag(H) == 0``) get ``H[i, i] = 1`` and their
+weight columns are zeroed; then ``damp * mean(diag(H))`` is added to the diagonal. The factorization runs
+in float64, everything else in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from bitalloc.errors import InvalidInput
+from bitalloc.quantizers.candidate import Candidate, QuantKind
+from bitalloc.quantizers.grid import GroupGrid, group_grid
+from bitalloc.quantizers.packing import pack_codes
+from bitalloc.quantizers.quantized_weight import QuantizedWeight
+
+_SUB_BLOCK = 16  # columns per rank-1 sub-block (a multiple of it must not exceed any group size)
+
+
+def quantize_gptq(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    candidate: Candidate,
+    *,
+    damp: float = 0.01,
+    block_size: int = 128,
+    unit: str = "",
+) -> QuantizedWeight:
+    """GPTQ-quantize an ``(out, in)`` weight with the ``(in, in)`` Hessian ``X^T X / n`` of its inputs."""
+    return quantize_gptq_many(weight, hessian, [candidate], damp=damp, block_size=block_size, unit=unit)[0]
+
+
+def quantize_gptq_many(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    candidates: Sequence[Candidate],
+    *,
+    damp: float = 0.01,
+    block_size: int = 128,
+    unit: str = "",
+) -> list[QuantizedWeight]:
+    """GPTQ-quantize one weight for every candidate in one batched pass; results follow ``candidates``.
+
+    ``block_size`` is rounded up to a multiple of every group size (groups never straddle blocks).
+    """
+    if not candidates:
+        return []
+    w = _check_inputs(weight, hessian, candidates, damp, block_size, unit)  # (out, in) float32 copy
+    out_features, in_features = w.shape
+    u, dead = _prepare(hessian.to(w.device), damp, unit)  # (in, in) upper factor of H^-1, (in,) dead inputs
+    w[:, dead] = 0
+    order = sorted(range(len(candidates)), key=lambda i: candidates[i].group_size)
+    ordered = [candidates[i] for i in order]
+    rows = _RowLayout.build(ordered, out_features, w.device)
+    wt = w.t().repeat(1, len(ordered))  # (in, rows) column j of every copy is row j
+    codes_t, grids = _gptq_columns(wt, u, rows, _block(block_size, rows.group_sizes))
+    results: list[QuantizedWeight | None] = [None] * len(candidates)
+    for pos, (idx, cand) in enumerate(zip(order, ordered, strict=True)):
+        r0, r1 = pos * out_features, (pos + 1) * out_features
+        codes = codes_t[:, r0:r1].t()  # (out, in) uint8
+        seg_start, scales, offsets = grids[cand.group_size]
+        scale16 = scales[r0 - seg_start : r1 - seg_start].to(torch.float16)  # (out, in/group)
+        mins = None if cand.symmetric else offsets[r0 - seg_start : r1 - seg_start].to(torch.float16)
+        results[idx] = QuantizedWeight(
+            cand, (out_features, in_features), pack_codes(codes, cand.bits), scale16, mins
+        )
+    return [r for r in results if r is not None]
+
+
+@dataclass(frozen=True, eq=False)
+class _RowLayout:
+    """Per-row settings of the stacked copies; rows of one group size are contiguous."""
+
+    bits: torch.Tensor  # (rows,) int
+    symmetric: torch.Tensor  # (rows,) bool
+    segments: tuple[tuple[int, int, int], ...]  # (group_size, first row, end row)
+
+    @property
+    def group_sizes(self) -> tuple[int, ...]:
+        return tuple(g for g, _, _ in self.segments)
+
+    @classmethod
+    def build(cls, ordered: Sequence[Candidate], out_features: int, device: torch.device) -> _RowLayout:
+        bits = torch.tensor([c.bits for c in ordered], device=device).repeat_interleave(out_features)
+        sym = torch.tensor([c.symmetric for c in ordered], device=device).repeat_interleave(out_features)
+        segments: list[tuple[int, int, int]] = []
+        for pos, cand in enumerate(ordered):
+            r0, r1 = pos * out_features, (pos + 1) * out_features
+            if segments and segments[-1][0] == cand.group_size:
+                segments[-1] = (cand.group_size, segments[-1][1], r1)
+            else:
+                segments.append((cand.group_size, r0, r1))
+        return cls(bits, sym, tuple(segments))
+
+
+def _gptq_columns(
+    wt: torch.Tensor, u: torch.Tensor, rows: _RowLayout, block: int
+) -> tuple[torch.Tensor, dict[int, tuple[int, torch.Tensor, torch.Tensor]]]:
+    """Quantize the transposed stack ``wt`` (in, rows) in place; codes (in, rows) and grids per group size."""
+    n_cols, n_rows = wt.shape
+    sub = math.gcd(_SUB_BLOCK, *rows.group_sizes)  # divides every group size: groups start at sub-blocks
+    codes_t = torch.empty(n_cols, n_rows, dtype=torch.uint8, device=wt.device)  # (in, rows)
+    zeros = torch.zeros(n_rows, device=wt.device)
+    cur = GroupGrid(zeros.clone(), zeros.clone(), zeros.clone(), zeros.clone())  # (rows,) each
+    grids: dict[int, tuple[int, torch.Tensor, torch.Tensor]] = {}
+    for g, r0, r1 in rows.segments:
+        shape = (r1 - r0, n_cols // g)  # (segment rows, in/group)
+        grids[g] = (r0, torch.empty(shape, device=wt.device), torch.empty(shape, device=wt.device))
+    diag = u.diagonal()  # (in,)
+    for b1 in range(0, n_cols, block):
+        b2 = min(b1 + block, n_cols)
+        err = torch.empty(b2 - b1, n_rows, device=wt.device)  # (block, rows) scaled errors
+        for s1 in range(b1, b2, sub):
+            s2 = min(s1 + sub, b2)
+            for j in range(s1, s2):
+                for g, r0, r1 in rows.segments:
+                    if j % g == 0:  # group start: columns j..j+g-1 are fully updated here
+                        _new_group(wt[j : j + g, r0:r1].t(), rows, r0, r1, cur, grids[g], j // g)
+                col = wt[j]  # (rows,)
+                q = cur.quantize(col)  # (rows,)
+                codes_t[j] = q.to(torch.uint8)
+                e = err[j - b1]
+                torch.sub(col, cur.dequantize(q), out=e).div_(diag[j])
+                if j + 1 < s2:
+                    wt[j + 1 : s2].addr_(u[j, j + 1 : s2], e, alpha=-1)
+            if s2 < b2:
+                wt[s2:b2].addmm_(u[s1:s2, s2:b2].t(), err[s1 - b1 : s2 - b1], alpha=-1)
+        if b2 < n_cols:
+            wt[b2:].addmm_(u[b1:b2, b2:].t(), err, alpha=-1)
+    return codes_t, grids
+
+
+def _new_group(
+    group: torch.Tensor,
+    rows: _RowLayout,
+    r0: int,
+    r1: int,
+    cur: GroupGrid,
+    record: tuple[int, torch.Tensor, torch.Tensor],
+    index: int,
+) -> None:
+    """Fit the grids of rows ``r0:r1`` on ``group`` (rows, g), make them current and record them."""
+    grid = group_grid(group, rows.bits[r0:r1], rows.symmetric[r0:r1])
+    for name in ("scale", "offset", "zero", "maxq"):
+        getattr(cur, name)[r0:r1] = getattr(grid, name)
+    seg_start, scales, offsets = record
+    scales[r0 - seg_start : r1 - seg_start, index] = grid.scale
+    offsets[r0 - seg_start : r1 - seg_start, index] = grid.offset
+
+
+def _prepare(hessian: torch.Tensor, damp: float, unit: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upper Cholesky factor of the damped ``H^-1`` (float32) and the dead-input mask."""
+    h = hessian.detach().to(torch.float64)
+    h = (h + h.t()) / 2  # (in, in)
+    dead = h.diagonal() == 0  # (in,)
+    h.diagonal()[dead] = 1
+    h.diagonal().add_(damp * h.diagonal().mean())
+    lower = _cholesky(h, upper=False, damp=damp, unit=unit)
+    upper = _cholesky(torch.cholesky_inverse(lower), upper=True, damp=damp, unit=unit)  # H^-1 = U^T U
+    return upper.to(torch.float32), dead
+
+
+def _cholesky(h: torch.Tensor, *, upper: bool, damp: float, unit: str) -> torch.Tensor:
+    factor, info = torch.linalg.cholesky_ex(h, upper=upper)
+    if int(info) != 0:
+        where = f" of unit {unit!r}" if unit else ""
+        raise InvalidInput(
+            f"the Hessian{where} is not positive definite after damping {damp}; "
+            "it must be X^T X / n of real activations, or raise damp (e.g. 0.1)"
+        )
+    return factor
+
+
+def _check_inputs(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    candidates: Sequence[Candidate],
+    damp: float,
+    block_size: int,
+    unit: str,
+) -> torch.Tensor:
+    where = f" of unit {unit!r}" if unit else ""
+    if weight.dim() != 2:
+        raise InvalidInput(f"weight{where} must be 2-D (out, in), got shape {tuple(weight.shape)}")
+    in_features = weight.shape[1]
+    if tuple(hessian.shape) != (in_features, in_features):
+        raise InvalidInput(
+            f"Hessian{where} must be ({in_features}, {in_features}) for a weight of shape "
+            f"{tuple(weight.shape)}, got {tuple(hessian.shape)}"
+        )
+    if not damp >= 0 or not math.isfinite(damp):
+        raise InvalidInput(f"damp must be a finite non-negative number, got {damp}")
+    if block_size < 1:
+        raise InvalidInput(f"block_size must be positive, got {block_size}")
+    for cand in candidates:
+        cand.check(tuple(weight.shape), unit)  # type: ignore[arg-type]
+        if cand.kind != QuantKind.GPTQ:
+            raise InvalidInput(f"quantize_gptq got a {cand.kind.value} candidate ({cand.name})")
+    w = weight.detach().to(torch.float32).clone()
+    if not bool(torch.isfinite(w).all()):
+        raise InvalidInput(f"weight{where} holds NaN or inf; cannot quantize it")
+    if not bool(torch.isfinite(hessian).all()):
+        raise InvalidInput(f"Hessian{where} holds NaN or inf; recollect calibration statistics")
+    return w
+
+
+def _block(block_size: int, group_sizes: Sequence[int]) -> int:
+    """``block_size`` rounded up to a multiple of every group size."""
+    lcm = math.lcm(*group_sizes)
+    return lcm * max(1, math.ceil(block_size / lcm))

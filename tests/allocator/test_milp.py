@@ -1,0 +1,68 @@
+"""The exact MILP solver against brute-force enumeration."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bitalloc.allocator.milp import solve_milp
+from tests.allocator.test_problem import brute_force, check_assignment, dynamic_programming, make, problems
+
+
+@settings(max_examples=150, deadline=None)
+@given(problems(), st.floats(-0.1, 1.2))
+def test_milp_matches_brute_force(problem, fraction):
+    lo, hi = problem.byte_range()
+    max_bytes = max(lo, lo + int(fraction * (hi - lo)))
+    solution = solve_milp(problem, max_bytes)
+    check_assignment(problem, solution, max_bytes)
+    best = brute_force(problem, max_bytes)
+    assert abs(solution.objective - best) <= 1e-9 * best
+    assert solution.status == "optimal"
+    assert solution.bound <= solution.objective and 0 <= solution.gap <= 1e-9
+    assert solution.gap == (solution.objective - solution.bound) / max(solution.objective, 1e-300)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.floats(0.05, 0.9))
+def test_milp_matches_dynamic_programming_on_medium_problems(seed, fraction):
+    # Enough groups that HiGHS has to branch; near-optimal assignments differ by far less than 1e-4.
+    rng = np.random.default_rng(seed)
+    units, cands = int(rng.integers(20, 60)), int(rng.integers(2, 12))
+    bits = np.sort(rng.uniform(2, 8, cands))
+    loss = 10.0 ** rng.uniform(-4, 4, (units, 1)) * 2.0 ** (-2 * bits) * rng.uniform(0.8, 1.2, (units, cands))
+    nbytes = np.round(bits * rng.integers(1, 4, (units, 1))).astype(np.int64) + rng.integers(
+        0, 3, (units, cands)
+    )
+    feasible = rng.random((units, cands)) < 0.8
+    feasible[np.arange(units), rng.integers(0, cands, units)] = True
+    problem = make(loss, nbytes=nbytes, feasible=feasible)
+    lo, hi = problem.byte_range()
+    max_bytes = lo + int(fraction * (hi - lo))
+    solution = solve_milp(problem, max_bytes)
+    best = dynamic_programming(problem, max_bytes)
+    check_assignment(problem, solution, max_bytes)
+    assert abs(solution.objective - best) <= 1e-9 * best
+
+
+def test_losses_over_twelve_decades_stay_exact():
+    # The optimum trades a 1e6 loss against many tiny ones: a naive objective scale would lose them.
+    loss = np.array([[1e6, 1e6 - 1e-3], [2e-6, 1e-6], [3e-6, 1e-6], [5e-6, 2e-6]])
+    nbytes = np.array([[1, 2], [1, 2], [1, 2], [1, 2]])
+    problem = make(loss, nbytes=nbytes)
+    for max_bytes in range(4, 9):
+        solution = solve_milp(problem, max_bytes)
+        assert abs(solution.objective - brute_force(problem, max_bytes)) <= 1e-12 * solution.objective
+
+
+def test_equal_losses_prefer_fewer_bytes_then_the_lower_index():
+    problem = make([[1.0, 0.5, 0.5, 0.5]], nbytes=[[1, 3, 2, 2]])
+    assert solve_milp(problem, 10).choice.tolist() == [2]
+
+
+def test_time_limit_is_accepted_and_reported():
+    rng = np.random.default_rng(0)
+    problem = make(rng.random((30, 8)), nbytes=rng.integers(1, 50, (30, 8)))
+    solution = solve_milp(problem, 600, time_limit=30.0)
+    assert solution.status in ("optimal", "time_limit") and solution.nbytes <= 600
