@@ -14,6 +14,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from bitalloc.errors import BitallocError, InvalidInput
+from bitalloc.service.cli import register as register_service_commands
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mixed-precision bit allocation for LLMs.")
 console = Console(stderr=True)
@@ -203,6 +204,9 @@ def run(
         report = run_main_job(job, update)
     Console().print(report.table())
     console.print(f"plan -> {output / 'plan.json'}, report -> {output / 'report.md'}")
+
+
+register_service_commands(app)
 
 
 def main() -> None:
