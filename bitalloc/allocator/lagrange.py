@@ -45,9 +45,14 @@ class Hull:
 
 def build_hull(m: AllocationProblem) -> Hull:
     """Lower convex hull of every group of a merged problem (ties between groups are ignored)."""
-    n_groups, n_cand = m.loss.shape
-    b = np.where(m.feasible, m.nbytes, _BIG)
-    lo = np.where(m.feasible, m.loss, np.inf)
+    return build_hull_arrays(m.nbytes, m.loss, m.feasible)
+
+
+def build_hull_arrays(cost: np.ndarray, loss: np.ndarray, feasible: np.ndarray) -> Hull:
+    """Lower convex hull of each row's feasible (cost, loss) points; ``cost`` int64 or float64."""
+    n_groups, n_cand = loss.shape
+    b = np.where(feasible, cost, _BIG if cost.dtype.kind in "iu" else np.inf)
+    lo = np.where(feasible, loss, np.inf)
     # Sort each row by (bytes, loss, index); infeasible points go last.
     order = np.lexsort((np.broadcast_to(np.arange(n_cand), b.shape), lo, b), axis=-1)
     sb, sl = np.take_along_axis(b, order, 1), np.take_along_axis(lo, order, 1)
@@ -91,7 +96,7 @@ def build_hull(m: AllocationProblem) -> Hull:
     db = hb[at] - hb[at - 1]
     dl = hl[at - 1] - hl[at]
     srt = np.argsort(-(dl / db), kind="stable")
-    base = int(hb[::width].sum())
+    base = hb[::width].sum().item()
     return Hull(
         points=hi.reshape(n_groups, width),
         size=size,

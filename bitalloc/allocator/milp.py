@@ -17,6 +17,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from bitalloc.allocator.lagrange import build_hull, build_solution, solve_merged
 from bitalloc.allocator.problem import AllocationProblem, Solution
+from bitalloc.allocator.resources import Resource
 
 _STATUS = {0: "optimal", 1: "time_limit"}
 _SCALE = 1e6  # the scaled objective of the Lagrangian solution
@@ -106,3 +107,99 @@ def solve_milp(
     return build_solution(
         problem, choice, bound, status=status, solver="milp", seconds=time.perf_counter() - t0
     )
+
+
+def kept_pairs(
+    m: AllocationProblem, res: list[Resource], start: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """The (group, candidate) pairs worth a variable, with shifted losses and costs.
+
+    Returns g, c, excess loss (over the group's least loss), (K, pairs) extra cost (over the group's
+    least cost), and the caps on those extras. A pair is dropped when its extra alone breaks a cap or
+    (given a feasible ``start``) its excess alone is worse than that start's whole excess.
+    """
+    rows = np.arange(len(m.units))
+    lmin = np.where(m.feasible, m.loss, np.inf).min(axis=1)
+    excess = m.loss - lmin[:, None]
+    keep = m.feasible.copy()
+    extras, caps = [], []
+    for r in res:
+        cmin = np.where(m.feasible, r.cost, np.inf).min(axis=1)
+        extra = r.cost - cmin[:, None]
+        cap = r.limit - float(cmin.sum())
+        keep &= extra <= cap * (1 + 1e-12) + 1e-9
+        extras.append(extra)
+        caps.append(cap)
+    if start is not None:
+        keep &= excess <= float(excess[rows, start].sum()) * (1 + 1e-9)
+        keep[rows, start] = True
+    g, c = np.nonzero(keep)
+    extra = np.array([e[g, c] for e in extras], dtype=np.float64).reshape(len(res), len(g))
+    return g, c, excess[g, c], extra, np.array(caps, dtype=np.float64)
+
+
+def solve_milp_resources(
+    m: AllocationProblem,
+    res: list[Resource],
+    start: np.ndarray | None,
+    *,
+    time_limit: float | None = None,
+) -> tuple[np.ndarray | None, float | None, str]:
+    """HiGHS over several limits: per-group choice (or None), HiGHS's dual bound, status."""
+    rows = np.arange(len(m.units))
+    g, c, excess, extra, caps = kept_pairs(m, res, start)
+    lmin_g = np.where(m.feasible, m.loss, np.inf).min(axis=1)
+    upper = float((m.loss[rows, start] - lmin_g).sum()) if start is not None else 0.0
+    upper = upper if upper > 0 else float(excess.max(initial=0.0)) * len(rows)
+    scale = min(_SCALE / upper, 1e290) if upper > 0 else 1.0
+    lmin = float(np.where(m.feasible, m.loss, np.inf).min(axis=1).sum())
+    one_each = sparse.csr_array((np.ones(len(g)), (g, np.arange(len(g)))), shape=(len(rows), len(g)))
+    options: dict = {"disp": False, "mip_rel_gap": 0.0}
+    if time_limit is not None:
+        options["time_limit"] = float(time_limit)
+    best, bound, status = start, None, "infeasible"
+    for attempt in range(3):
+        norm = np.maximum(np.abs(caps), 1.0)[:, None]
+        res_ = milp(
+            excess * scale,
+            constraints=[
+                LinearConstraint(one_each, lb=1, ub=1),
+                LinearConstraint(extra / norm, lb=-np.inf, ub=caps / norm[:, 0]),
+            ],
+            integrality=np.ones(len(g)),
+            bounds=Bounds(0, 1),
+            options=options,
+        )
+        dual = getattr(res_, "mip_dual_bound", None)
+        if attempt == 0:
+            status = _STATUS.get(int(res_.status), "infeasible" if res_.status == 2 else "failed")
+            if dual is not None and np.isfinite(dual):
+                bound = lmin + float(dual) / scale
+        if res_.x is None:
+            break
+        taken = res_.x > 0.5
+        choice = np.zeros(len(rows), dtype=np.int64)
+        choice[g[taken]] = c[taken]
+        if taken.sum() != len(rows) or np.bincount(g[taken], minlength=len(rows)).max() != 1:
+            break
+        used = np.array([float(r.cost[rows, choice].sum()) for r in res])
+        over = [not r.fits(u) for r, u in zip(res, used, strict=True)]
+        if any(over):
+            caps = caps - np.where(over, used - np.array([r.limit for r in res]), 0.0) - 1e-9 * np.abs(caps)
+            status = "feasible"
+            continue
+        if best is None or m.loss[rows, choice].sum() <= m.loss[rows, best].sum():
+            best = choice
+        break
+    return (None if best is None else canonical_multi(m, res, best)), bound, status
+
+
+def canonical_multi(m: AllocationProblem, res: list[Resource], choice: np.ndarray) -> np.ndarray:
+    """Per group, among candidates with the same loss that use no more of any resource, the one
+    using the least of the first resource, then the lowest index."""
+    rows = np.arange(len(choice))
+    same = m.feasible & (m.loss == m.loss[rows, choice][:, None])
+    for r in res:
+        same &= r.cost <= r.cost[rows, choice][:, None]
+    key = np.where(same, res[0].cost if res else m.nbytes, np.inf)
+    return np.argmin(key, axis=1).astype(np.int64)

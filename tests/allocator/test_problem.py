@@ -133,11 +133,12 @@ def test_negative_bytes_are_refused():
         make([[1.0, 2.0]], nbytes=[[1, -1]])
 
 
-def test_budget_needs_exactly_one_limit():
-    with pytest.raises(InvalidInput):
+def test_budget_needs_a_limit_and_takes_the_smaller_byte_limit():
+    with pytest.raises(InvalidInput, match="give a budget"):
         Budget()
-    with pytest.raises(InvalidInput):
-        Budget(max_bytes=10, target_bpw=3.0)
+    assert Budget(max_bytes=10, target_bpw=3.0).to_bytes(make([[1.0], [2.0]])) == 6  # 16 weights at 3 bits
+    with pytest.raises(InvalidInput, match="max_latency"):
+        Budget(max_latency=-1.0)
     with pytest.raises(InvalidInput):
         Budget(target_bpw=float("nan"))
     assert Budget(target_bpw=4.0).to_bytes(make([[1.0], [2.0]])) == 8  # 16 weights at 4 bits
