@@ -148,6 +148,8 @@ def solve_milp_resources(
     """HiGHS over several limits: per-group choice (or None), HiGHS's dual bound, status."""
     rows = np.arange(len(m.units))
     g, c, excess, extra, caps = kept_pairs(m, res, start)
+    if len(np.unique(g)) < len(rows):
+        return None, None, "infeasible"  # some group has no candidate within every limit
     lmin_g = np.where(m.feasible, m.loss, np.inf).min(axis=1)
     upper = float((m.loss[rows, start] - lmin_g).sum()) if start is not None else 0.0
     upper = upper if upper > 0 else float(excess.max(initial=0.0)) * len(rows)
