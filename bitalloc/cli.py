@@ -206,6 +206,27 @@ def run(
     console.print(f"plan -> {output / 'plan.json'}, report -> {output / 'report.md'}")
 
 
+@app.command()
+def export(
+    plan_path: Annotated[Path, typer.Option("--plan", help="plan JSON to export")],
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="compressed-tensors | compressed-tensors-vllm | gguf | gptq-dynamic"),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="a new or empty folder")],
+    model: Model = "smollm2-135m",
+    template: Annotated[
+        Path | None, typer.Option(help="GGUF whose tokenizer the GGUF export copies (default: the model's)")
+    ] = None,
+) -> None:
+    """Write a plan for a runtime: compressed-tensors, GGUF (+ tensor-type file, imatrix), GPTQ dynamic."""
+    from bitalloc.export.cli_export import run_export
+
+    with progress_bar() as update:
+        message = run_export(plan_path, fmt, output, model=model, template=template, progress=update)
+    console.print(message)
+
+
 register_service_commands(app)
 
 

@@ -99,8 +99,14 @@ def restrict_profile(profile: SensitivityProfile, fmt: str) -> SensitivityProfil
 
 def check_plan(plan: Plan, fmt: str) -> None:
     """Raise ExportError on the first unit whose candidate ``fmt`` cannot load."""
+    from bitalloc.export.gguf_types import GGUF_PALETTE
+
     palette = export_palette(fmt)
     for choice in plan.assignment:
+        if choice.candidate in GGUF_PALETTE:
+            raise ExportError(
+                f"unit {choice.unit!r} is planned in the GGUF type {choice.candidate}; export it as gguf"
+            )
         why = palette.reason(Candidate.parse(choice.candidate))
         if why is not None:
             raise ExportError(
