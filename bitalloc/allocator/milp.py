@@ -15,6 +15,7 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import Bounds, LinearConstraint, milp
 
+from bitalloc.allocator.dp import knapsack_dp
 from bitalloc.allocator.lagrange import build_hull, build_solution, solve_merged
 from bitalloc.allocator.problem import AllocationProblem, Solution
 from bitalloc.allocator.resources import Resource
@@ -31,12 +32,35 @@ def canonical_choice(m: AllocationProblem, choice: np.ndarray) -> np.ndarray:
     return np.argmin(key, axis=1).astype(np.int64)  # argmin takes the first index among equal bytes
 
 
+def hull_price(hull, max_bytes: float) -> float:
+    """The LP price of the byte limit: the slope of the hull segment that crosses it (0 if slack)."""
+    k = int(np.searchsorted(hull.cum, max_bytes, side="right"))
+    return float(hull.dloss[k] / hull.dbytes[k]) if k < len(hull.cum) else 0.0
+
+
+def reduced_cost_keep(
+    loss: np.ndarray, priced: list[tuple[np.ndarray, float]], feasible: np.ndarray, bound: float, incumbent
+) -> np.ndarray:
+    """Reduced-cost fixing: (groups, candidates) mask of the pairs that may still be in a plan better
+    than ``incumbent`` (a per-group choice). Forcing pair (g, c) raises the Lagrangian bound ``bound``
+    by its reduced cost, so a pair with bound + reduced cost above the incumbent's loss is dropped;
+    the incumbent's own pairs are always kept."""
+    rows = np.arange(loss.shape[0])
+    lag = loss + sum(p * cost for cost, p in priced)
+    rc = lag - np.where(feasible, lag, np.inf).min(axis=1, keepdims=True)
+    top = float(loss[rows, incumbent].sum())
+    keep = bound + rc <= top + 1e-9 * abs(top) + 1e-300
+    keep[rows, incumbent] = True
+    return keep
+
+
 def solve_milp_merged(
     m: AllocationProblem, max_bytes: int, *, time_limit: float | None = None, rel_gap: float = 0.0
 ) -> tuple[np.ndarray, float, str]:
     """Candidate per group of a merged problem, a proven lower bound on the loss, and the status."""
     rows = np.arange(len(m.units))
-    heuristic, lp_bound = solve_merged(m, build_hull(m), max_bytes)
+    hull = build_hull(m)
+    heuristic, lp_bound = solve_merged(m, hull, max_bytes)
     lmin = np.where(m.feasible, m.loss, np.inf).min(axis=1)
     bmin = np.where(m.feasible, m.nbytes, np.iinfo(np.int64).max).min(axis=1)
     excess = m.loss - lmin[:, None]
@@ -44,6 +68,9 @@ def solve_milp_merged(
     upper = float(excess[rows, heuristic].sum())  # any optimum has total excess <= upper
     cap = int(max_bytes - bmin.sum())
     keep = m.feasible & (extra <= cap) & (excess <= upper * (1 + 1e-9))
+    keep &= reduced_cost_keep(
+        m.loss, [(m.nbytes, hull_price(hull, max_bytes))], m.feasible, lp_bound, heuristic
+    )
     g, c = np.nonzero(keep)
     scale = min(_SCALE / upper, 1e290) if upper > 0 else 1.0  # capped: denormal losses overflow
     one_each = sparse.csr_array((np.ones(len(g)), (g, np.arange(len(g)))), shape=(len(rows), len(g)))
@@ -51,6 +78,9 @@ def solve_milp_merged(
     if time_limit is not None:
         options["time_limit"] = float(time_limit)
 
+    exact = knapsack_dp(g, c, excess[g, c], extra[g, c], cap, len(rows))
+    if exact is not None and excess[rows, exact].sum() <= upper:
+        return canonical_choice(m, exact), float(m.loss[rows, exact].sum()), "optimal"
     best, bound, status = heuristic, lp_bound, "feasible"
     for attempt in range(3):  # re-solve with a tighter cap if rounding x ever overshoots the budget
         res = milp(
@@ -110,7 +140,11 @@ def solve_milp(
 
 
 def kept_pairs(
-    m: AllocationProblem, res: list[Resource], start: np.ndarray | None
+    m: AllocationProblem,
+    res: list[Resource],
+    start: np.ndarray | None,
+    lam: np.ndarray | None = None,
+    bound: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
     """The (group, candidate) pairs worth a variable, with shifted losses and costs.
 
@@ -133,6 +167,9 @@ def kept_pairs(
     if start is not None:
         keep &= excess <= float(excess[rows, start].sum()) * (1 + 1e-9)
         keep[rows, start] = True
+        if lam is not None and bound is not None:
+            priced = [(r.cost, float(p)) for r, p in zip(res, lam, strict=True)]
+            keep &= reduced_cost_keep(m.loss, priced, m.feasible, bound, start)
     g, c = np.nonzero(keep)
     extra = np.array([e[g, c] for e in extras], dtype=np.float64).reshape(len(res), len(g))
     return g, c, excess[g, c], extra, np.array(caps, dtype=np.float64)
@@ -144,10 +181,14 @@ def solve_milp_resources(
     start: np.ndarray | None,
     *,
     time_limit: float | None = None,
+    lam: np.ndarray | None = None,
+    bound: float | None = None,
 ) -> tuple[np.ndarray | None, float | None, str]:
-    """HiGHS over several limits: per-group choice (or None), HiGHS's dual bound, status."""
+    """HiGHS over several limits: per-group choice (or None), HiGHS's dual bound, status.
+
+    ``lam`` and ``bound`` (Lagrangian prices and bound) enable reduced-cost fixing around ``start``."""
     rows = np.arange(len(m.units))
-    g, c, excess, extra, caps = kept_pairs(m, res, start)
+    g, c, excess, extra, caps = kept_pairs(m, res, start, lam, bound)
     if len(np.unique(g)) < len(rows):
         return None, None, "infeasible"  # some group has no candidate within every limit
     lmin_g = np.where(m.feasible, m.loss, np.inf).min(axis=1)

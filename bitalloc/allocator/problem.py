@@ -100,6 +100,8 @@ class AllocationProblem:
 
     def group_index(self) -> np.ndarray:
         """(units,) index of each unit's tie group, groups numbered in order of first appearance."""
+        if len(self.tie) < 2 or bool((np.diff(self.tie) > 0).all()):
+            return np.arange(len(self.tie), dtype=np.int64)
         _, first, inverse = np.unique(self.tie, return_index=True, return_inverse=True)
         rank = np.empty(len(first), dtype=np.int64)
         rank[np.argsort(first, kind="stable")] = np.arange(len(first))
@@ -108,6 +110,8 @@ class AllocationProblem:
     def _group_order(self) -> tuple[np.ndarray, np.ndarray]:
         """Units sorted by tie group (stable), and where each group starts in that order."""
         gid = self.group_index()
+        if len(gid) < 2 or bool((np.diff(gid) > 0).all()):
+            return gid, gid
         order = np.argsort(gid, kind="stable")
         starts = np.flatnonzero(np.diff(gid[order], prepend=-1))
         return order, starts
@@ -119,6 +123,18 @@ class AllocationProblem:
 
     def merged(self) -> AllocationProblem:
         """One row per tie group: losses and bytes summed, feasible only where every member is."""
+        if len(self.tie) < 2 or bool((np.diff(self.tie) > 0).all()):  # no ties: every unit is its own group
+            n = len(self.units)
+            return AllocationProblem(
+                units=self.units,
+                candidates=self.candidates,
+                loss=np.where(self.feasible, self.loss, 0.0),
+                nbytes=np.where(self.feasible, self.nbytes, 0).astype(np.int64),
+                feasible=self.feasible,
+                numel=self.numel.astype(np.int64),
+                tie=np.arange(n, dtype=np.int64),
+                latency=None if self.latency is None else np.where(self.feasible, self.latency, 0.0),
+            )
         order, starts = self._group_order()
         feasible = np.logical_and.reduceat(self.feasible[order], starts, axis=0)
         empty = ~feasible.any(axis=1)

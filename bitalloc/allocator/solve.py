@@ -96,7 +96,7 @@ def _general(
         raise _contradiction(res)
     choice, status = start, None
     if ran == "milp":
-        found, dual, status = solve_milp_resources(m, res, start, time_limit=time_limit)
+        found, dual, status = solve_milp_resources(m, res, start, time_limit=time_limit, lam=lam, bound=bound)
         choice = start if found is None else found
         if dual is not None:
             bound = max(bound, dual)
