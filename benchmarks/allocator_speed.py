@@ -164,7 +164,8 @@ def main() -> None:
     )
     print(f"machine: {platform.processor() or platform.machine()}, {platform.python_version()}\n")
     print(
-        "| instance | solver | seconds | objective | gap to bound | time ratio vs ours | objective ratio vs ours |"
+        "| instance | solver | seconds | objective | gap to bound | time ratio vs ours "
+        "| objective ratio vs ours |"
     )
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, (problem, budget) in instances.items():
@@ -173,7 +174,8 @@ def main() -> None:
         usage = usage_of(problem, ours.choice)
         assert usage["bytes"] <= budget.to_bytes(problem)
         print(
-            f"| {name} | ours ({ours.solver}) | {t_ours:.3f} | {ours.objective:.6g} | {ours.gap:.2e} | 1 | 1 |"
+            f"| {name} | ours ({ours.solver}) | {t_ours:.3f} | {ours.objective:.6g} | "
+            f"{ours.gap:.2e} | 1 | 1 |"
         )
         if ours.solver != "auto->lagrange":
             lag, t_lag = timed(lambda p=problem, b=budget: solve(p, b, solver="lagrange"))

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bitalloc.allocator.problem import AllocationProblem, Budget, Solution
@@ -81,3 +82,43 @@ def plot_frontier(df: pd.DataFrame, path: Path | str) -> None:
         fig.savefig(path, format="png", dpi=120)
     finally:
         plt.close(fig)
+
+
+def hull_frontier(problem: AllocationProblem, *, max_points: int | None = None) -> pd.DataFrame:
+    """The whole certified frontier of byte budgets in one computation: every breakpoint of the
+    sorted lower hulls (at most ``max_points``, evenly spaced, ends kept).
+
+    At a breakpoint the LP relaxation's optimum is integral, so each row's plan is exactly optimal for
+    its own byte count (bound == loss, gap 0). Columns: bytes, bpw, loss, bound, gap, segments (how
+    many hull upgrades the plan takes; ``hull_choice`` rebuilds the plan from it).
+    """
+    from bitalloc.allocator.lagrange import build_hull
+
+    m = problem.merged()
+    hull = build_hull(m)
+    base_loss = float(m.loss[np.arange(len(m.units)), hull.points[:, 0]].sum())
+    ks = np.arange(len(hull.cum) + 1)
+    if max_points is not None and len(ks) > max_points:
+        ks = np.unique(np.linspace(0, len(hull.cum), max_points).round().astype(np.int64))
+    nbytes = np.concatenate([[hull.base], hull.cum])[ks]
+    loss = base_loss - np.concatenate([[0.0], np.cumsum(hull.dloss)])[ks]
+    return pd.DataFrame(
+        {
+            "bytes": nbytes.astype(np.int64),
+            "bpw": 8.0 * nbytes / problem.total_numel,
+            "loss": loss,
+            "bound": loss,
+            "gap": 0.0,
+            "segments": ks,
+        }
+    )
+
+
+def hull_choice(problem: AllocationProblem, segments: int) -> np.ndarray:
+    """(units,) choice of the frontier plan that takes the first ``segments`` hull upgrades."""
+    from bitalloc.allocator.lagrange import build_hull
+
+    m = problem.merged()
+    hull = build_hull(m)
+    level = np.bincount(hull.group[:segments], minlength=len(hull.size))
+    return hull.points[np.arange(len(level)), level][problem.group_index()].astype(np.int64)

@@ -51,3 +51,19 @@ def test_plot_writes_a_png(tmp_path):
     path = tmp_path / "frontier.png"
     plot_frontier(df, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems())
+def test_hull_frontier_points_are_exact_optima_at_their_bytes(problem):
+    from bitalloc.allocator.frontier import hull_choice, hull_frontier
+    from tests.allocator.test_problem import brute_force
+
+    df = hull_frontier(problem)
+    assert (np.diff(df["bytes"]) > 0).all() and (np.diff(df["loss"]) < 0).all()
+    for row in df.itertuples():
+        choice = hull_choice(problem, int(row.segments))
+        rows = np.arange(len(problem.units))
+        assert int(problem.nbytes[rows, choice].sum()) == row.bytes
+        assert row.loss == pytest.approx(problem.loss[rows, choice].sum(), rel=1e-9, abs=1e-12)
+        assert row.loss <= brute_force(problem, int(row.bytes)) * (1 + 1e-9) + 1e-12
