@@ -35,7 +35,7 @@ from bitalloc.models.units import discover_units
 from bitalloc.pipeline import CalibrationSettings, EvalSettings, evaluation_tokens, get_calibration, make_plan
 from bitalloc.sensitivity.profile import SensitivityProfile
 
-PRESETS = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K")
+PRESETS = ("Q4_K_M", "Q3_K_M", "Q5_K_M", "Q2_K", "Q6_K", "Q3_K_S", "Q3_K_L", "Q4_K_S", "Q5_K_S")
 EMBEDDING = "Q8_0"
 
 
@@ -46,6 +46,24 @@ def with_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> to
     for unit, w in weights.items():
         out.get_submodule(unit).weight = torch.nn.Parameter(w, requires_grad=False)
     return out
+
+
+def report(output: Path, rows: list[dict], reference: float, n_tokens: int) -> None:
+    """Write results.json and print the Markdown table of the rows so far."""
+    (output / "results.json").write_text(json.dumps({"reference_ppl": reference, "rows": rows}, indent=2))
+    print(
+        f"\nSmolLM2-135M, wiki eval {n_tokens} tokens, float reference ppl {reference:.3f}; "
+        f"{platform.processor() or platform.machine()}, {date.today()}\n"
+    )
+    print("| preset | mix | tensor bytes | linear bpw | proxy error | ppl | KL | types |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        types = ", ".join(f"{k}:{v}" for k, v in r["types"].items())
+        print(
+            f"| {r['preset']} | {r['mix']} | {r['tensor_bytes']} | {r['linear_bpw']:.3f} | "
+            f"{r['proxy_error']:.4g} | {r['ppl']:.3f} | {r['kl']:.4f} | {types} |",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -80,7 +98,8 @@ def main() -> None:
     fixed = gguf_fixed_bytes(model, units, EMBEDDING)
     tokens = evaluation_tokens(loaded, "wiki", EvalSettings(max_tokens=args.eval_tokens))
     n_gqa = config.num_attention_heads // config.num_key_value_heads
-    rows = []
+    rows: list[dict] = []
+    reference = evaluate_models({}, model, tokens)["reference"].perplexity
     for preset in args.presets.split(","):
         types = {
             u.name: GgufType.of(
@@ -158,22 +177,7 @@ def main() -> None:
                     "types": {"file": "model.gguf (bytes = whole file)"},
                 }
             )
-    reference = evaluate_models({}, model, tokens)["reference"].perplexity
-    (args.output / "results.json").write_text(
-        json.dumps({"reference_ppl": reference, "rows": rows}, indent=2)
-    )
-    print(
-        f"\nSmolLM2-135M, wiki eval {tokens.numel()} tokens, float reference ppl {reference:.3f}; "
-        f"{platform.processor() or platform.machine()}, {date.today()}\n"
-    )
-    print("| preset | mix | tensor bytes | linear bpw | proxy error | ppl | KL | types |")
-    print("|---|---|---:|---:|---:|---:|---:|---|")
-    for r in rows:
-        types = ", ".join(f"{k}:{v}" for k, v in r["types"].items())
-        print(
-            f"| {r['preset']} | {r['mix']} | {r['tensor_bytes']} | {r['linear_bpw']:.3f} | "
-            f"{r['proxy_error']:.4g} | {r['ppl']:.3f} | {r['kl']:.4f} | {types} |"
-        )
+        report(args.output, rows, reference, tokens.numel())  # after every preset: partial runs keep results
     log("done")
 
 

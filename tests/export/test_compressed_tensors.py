@@ -64,7 +64,7 @@ def test_export_loads_in_transformers_with_same_perplexity(
         tokenizer=smollm2_small.tokenizer,
     )
     loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    tokens = token_stream(smollm2_small.tokenizer, load_corpus("wiki", Split.EVALUATION), max_tokens=1024)
+    tokens = token_stream(smollm2_small.tokenizer, load_corpus("wiki", Split.EVALUATION), max_tokens=512)
     results = evaluate_models(
         {"bitalloc": quantized, "transformers": loaded}, smollm2_small.model, tokens, context=256, stride=128
     )

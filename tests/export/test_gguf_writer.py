@@ -56,7 +56,7 @@ def gguf_plan(smollm2_small, small_stats):
         smollm2_small.model,
         units,
         small_stats,
-        types=("Q3_K", "Q4_K", "Q6_K", "IQ4_NL", "Q5_0", "Q8_0"),
+        types=("Q4_K", "Q6_K", "IQ4_NL", "Q5_0", "Q8_0"),
         meta={},
     )
     table = profile.table
