@@ -14,14 +14,17 @@ from torch import nn
 from bitalloc.allocator.plan import Plan
 from bitalloc.errors import BitallocError, InvalidInput
 from bitalloc.models.units import get_submodule_parent
-from bitalloc.quantizers.candidate import Candidate, QuantKind
+from bitalloc.quantizers.candidate import Candidate
+from bitalloc.quantizers.packed_linear import PackedLinear
 from bitalloc.quantizers.quant_linear import QuantLinear
 from bitalloc.quantizers.quantize import quantize
+from bitalloc.quantizers.quantized_weight import QuantizedWeight
+from bitalloc.quantizers.registry import needs_hessian
 
 
 def needs_hessians(plan: Plan) -> bool:
     """Whether any unit of the plan uses a quantizer that needs calibration statistics."""
-    return any(Candidate.parse(c.candidate).kind is QuantKind.GPTQ for c in plan.assignment)
+    return any(needs_hessian(Candidate.parse(c.candidate)) for c in plan.assignment)
 
 
 def apply_plan(
@@ -46,7 +49,10 @@ def apply_plan(
         qweight = quantize(linear.weight.detach().float(), candidate, hessian=hessian, unit=choice.unit)
         if qweight.nbytes != choice.nbytes:
             raise BitallocError(f"{choice.unit}: packed {qweight.nbytes} bytes, plan says {choice.nbytes}")
-        setattr(parent, leaf, QuantLinear.from_linear(linear, qweight))
+        if isinstance(qweight, QuantizedWeight):
+            setattr(parent, leaf, QuantLinear.from_linear(linear, qweight))
+        else:  # every non-foundation kind: named tensors of its layout
+            setattr(parent, leaf, PackedLinear.from_linear(linear, qweight))
         if on_unit is not None:
             on_unit(i + 1, len(plan.assignment))
     stored = quantized_bytes(quantized)
@@ -56,8 +62,8 @@ def apply_plan(
 
 
 def quantized_bytes(model: nn.Module) -> int:
-    """Bytes held by the QuantLinear modules of ``model``."""
-    return sum(m.storage_bytes() for m in model.modules() if isinstance(m, QuantLinear))
+    """Bytes held by the QuantLinear and PackedLinear modules of ``model``."""
+    return sum(m.storage_bytes() for m in model.modules() if isinstance(m, QuantLinear | PackedLinear))
 
 
 def save_quantized(model: nn.Module, plan: Plan, out_dir: Path, *, tokenizer=None) -> int:

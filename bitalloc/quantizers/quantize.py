@@ -1,4 +1,9 @@
-"""One entry point for every quantizer kind: ``quantize(weight, candidate, hessian=..., unit=...)``."""
+"""One entry point for every quantizer kind: ``quantize(weight, candidate, hessian=..., unit=...)``.
+
+Foundation candidates (``rtn``/``gptq`` without extras) return a ``QuantizedWeight``; every other kind goes
+through the registry (``registry.py``) and returns a ``PackedWeight``. Every kind needs at most the input
+Hessian ``H = XᵀX / n``: AWQ reads its activation statistic (the channel RMS) from ``diag(H)``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import torch
 from bitalloc.errors import InvalidInput
 from bitalloc.quantizers.candidate import Candidate, QuantKind
 from bitalloc.quantizers.gptq import quantize_gptq
+from bitalloc.quantizers.packed import PackedWeight
 from bitalloc.quantizers.quantized_weight import QuantizedWeight
 from bitalloc.quantizers.rtn import quantize_rtn
 
@@ -44,11 +50,15 @@ def quantize(
     *,
     hessian: torch.Tensor | None = None,
     unit: str = "",
-) -> QuantizedWeight:
+) -> QuantizedWeight | PackedWeight:
     """Quantize an ``(out, in)`` weight with ``candidate``; GPTQ needs the ``(in, in)`` input Hessian."""
     if weight.dim() != 2:
         raise InvalidInput(f"weights must be 2-D (out, in), got shape {tuple(weight.shape)}")
     candidate.check(tuple(weight.shape), unit)  # type: ignore[arg-type]
+    if not candidate.foundation_format:
+        from bitalloc.quantizers.registry import quantize_batch
+
+        return quantize_batch(weight, [candidate], hessian, unit)[0]
     try:
         quantizer = QUANTIZERS[candidate.kind]
     except KeyError:

@@ -12,6 +12,7 @@ from bitalloc.errors import InvalidInput
 from bitalloc.models.units import Unit
 from bitalloc.quantizers.candidate import Candidate, QuantKind
 from bitalloc.quantizers.gptq import quantize_gptq_many
+from bitalloc.quantizers.registry import quantize_batch
 from bitalloc.quantizers.rtn import quantize_rtn
 from bitalloc.sensitivity.calibrate import CalibrationStats
 from bitalloc.sensitivity.profile import SensitivityProfile
@@ -26,11 +27,14 @@ def score_unit(
     """(candidate, proxy error, exact bytes) for every candidate whose group size fits ``weight``."""
     shape = tuple(weight.shape)
     fitting = [c for c in palette if c.supports(shape)]
-    rtn = [c for c in fitting if c.kind is QuantKind.RTN]
-    gptq = [c for c in fitting if c.kind is QuantKind.GPTQ]
-    quantized = [quantize_rtn(weight, c) for c in rtn]
+    rtn = [c for c in fitting if c.kind is QuantKind.RTN and c.foundation_format]
+    gptq = [c for c in fitting if c.kind is QuantKind.GPTQ and c.foundation_format]
+    others = [c for c in fitting if not c.foundation_format]  # every other registered kind
+    quantized: list = [quantize_rtn(weight, c) for c in rtn]
     if gptq:
         quantized += quantize_gptq_many(weight, hessian, gptq)
+    if others:
+        quantized += quantize_batch(weight, others, hessian, unit)
     errors = proxy_errors(weight, [q.dequantize() for q in quantized], hessian)
     return [(q.candidate, e, q.nbytes) for q, e in zip(quantized, errors, strict=True)]
 
