@@ -2,8 +2,9 @@
 
 Run with `.venv/bin/python benchmarks/palette_smollm2.py` (reuses runs/bench-quality/profile.parquet, the
 foundation profile, when it exists). Writes runs/bench-palette/{palette_rows.parquet,plans/*.json,
-results.json,palette.md} after every step and prints the Markdown tables. Phases: (1) score every new
-candidate on every unit (proxy tr(ΔW H ΔWᵀ) and relative weight error ||ΔW||/||W||); (2) plans at
+palette.{md,json}; palette_predicted.md with --no-eval} after every step and prints the Markdown
+tables. Phases: (1) score every new candidate on every unit (proxy tr(ΔW H ΔWᵀ) and relative weight
+error ||ΔW||/||W||); (2) plans at
 2.5/3.0/3.5/4.0 bpw with the foundation palette and with the full palette; (3) wiki-test perplexity of
 the mixed plans, then of uniform recipes, in priority order; (4) the bpw gain at equal perplexity.
 """
@@ -120,6 +121,7 @@ def main() -> None:
     )
     parser.add_argument("--eval-batch", type=int, default=8, help="models evaluated together")
     parser.add_argument("--quick", action="store_true", help="score only QUICK_NEW (see above)")
+    parser.add_argument("--no-eval", action="store_true", help="stop after the plans (predicted errors only)")
     args = parser.parse_args()
     out = args.output
     (out / "plans").mkdir(parents=True, exist_ok=True)
@@ -180,6 +182,9 @@ def main() -> None:
         plan.save(out / "plans" / f"{name.replace(' @ ', '-').replace(' ', '_')}.json")
 
     results: dict[str, dict] = {}
+    if args.no_eval:
+        write_report(out, args, plans, results, scheme, started, predicted_gain(foundation, plans))
+        return
     eval_settings = EvalSettings(max_tokens=args.eval_tokens)
     names = list(plans)
     for i in range(0, len(names), args.eval_batch):
@@ -194,7 +199,16 @@ def main() -> None:
         write_report(out, args, plans, results, scheme, started)
 
 
-def write_report(out: Path, args, plans, results, scheme, started) -> None:
+def predicted_gain(foundation: SensitivityProfile, plans) -> dict[float, float | None]:
+    """Foundation bpw reaching each full plan's predicted error (foundation frontier every 0.125 bpw)."""
+    curve = []
+    for bpw in np.arange(2.25, 5.01, 0.125):
+        p = make_plan(foundation, Budget(target_bpw=float(bpw)), solver="milp")
+        curve.append((p.bpw, p.predicted_error))
+    return {b: equal_ppl_bpw(curve, plans[f"full @ {b:g}"].predicted_error) for b in BUDGETS}
+
+
+def write_report(out: Path, args, plans, results, scheme, started, pred_gain=None) -> None:
     """Markdown tables + results.json from whatever has been evaluated so far."""
     lines = [
         f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; "
@@ -233,9 +247,20 @@ def write_report(out: Path, args, plans, results, scheme, started) -> None:
             f"| {bpw:g} | {f.bpw:.3f} / {f.predicted_error:.4g} / {fp} "
             f"| {g.bpw:.3f} / {g.predicted_error:.4g} / {gp} | {mix} | {eq_s} | {gain_s} |"
         )
+    if pred_gain:
+        lines += [
+            "",
+            "| budget bpw | full plan bpw | foundation bpw at equal predicted error | predicted gain (bpw) |",
+        ]
+        lines += ["| ---: | ---: | ---: | ---: |"]
+        for b, eq in pred_gain.items():
+            g = plans[f"full @ {b:g}"].bpw
+            eq_s, gain_s = (f"{eq:.3f}", f"{eq - g:+.3f}") if eq is not None else ("outside range", "n/a")
+            lines.append(f"| {b:g} | {g:.3f} | {eq_s} | {gain_s} |")
     text = "\n".join(lines) + "\n"
-    (out / "palette.md").write_text(text)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    stem = "palette_predicted" if pred_gain else "palette"
+    (out / f"{stem}.md").write_text(text)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
     print(text, flush=True)
 
 
