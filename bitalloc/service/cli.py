@@ -39,13 +39,21 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     database_url: DatabaseUrl = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    keep_alive: Annotated[float, typer.Option(help="seconds an idle HTTP connection stays open")] = 75.0,
 ) -> None:
     """Start the planning service (migrates the database first)."""
     import uvicorn
 
     from bitalloc.service.app import create_app
 
-    uvicorn.run(create_app(_settings(database_url)), host=host, port=port, log_level=log_level)
+    uvicorn.run(
+        create_app(_settings(database_url)),
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_keep_alive=int(keep_alive),
+        backlog=4096,
+    )
 
 
 def worker(
