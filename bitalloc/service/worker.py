@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -89,13 +90,18 @@ def run_job(db: sessionmaker, claim: jobs.Claim, settings: ServiceSettings) -> N
     except LeaseLost:
         pass  # another worker owns the job now; our work is dropped, theirs counts
     except BitallocError as exc:
-        jobs.fail(db, claim, f"{type(exc).__name__}: {exc}")
+        _fail(db, claim, f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # a bug: record it; the job would fail the same way again
         traceback.print_exc()
-        jobs.fail(db, claim, f"internal error {type(exc).__name__}: {exc}")
+        _fail(db, claim, f"internal error {type(exc).__name__}: {exc}")
     finally:
         beat.stopped.set()
         beat.join()
+
+
+def _fail(db: sessionmaker, claim: jobs.Claim, error: str) -> None:
+    with contextlib.suppress(LeaseLost):  # another worker took the job over meanwhile; its outcome counts
+        jobs.fail(db, claim, error)
 
 
 def run_worker(settings: ServiceSettings, options: WorkerOptions) -> int:

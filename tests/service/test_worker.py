@@ -70,3 +70,15 @@ def test_bad_job_settings_are_refused_before_queueing(server, tokens):
         r = c.post("/v1/jobs", json={"model_id": model["id"], "settings": {"candidates": ["rtn-w4"]}})
         assert r.status_code == 422 and "candidate name" in r.json()["detail"]
         assert c.post("/v1/jobs", json={"model_id": "nope"}).status_code == 404
+
+
+def test_job_that_cannot_succeed_fails_once_with_the_reason(server, tokens, tmp_path):
+    with server.client(tokens["bob"]) as c:
+        model = c.post("/v1/models", json={"name": "gone", "source": "/nonexistent/model.gguf"}).json()
+        job_id = c.post("/v1/jobs", json={"model_id": model["id"], "settings": SETTINGS}).json()["id"]
+        args = ("worker", "--database-url", server.database_url, "--once", "--name", "w3")
+        done = subprocess.run(bitalloc_command(*args), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        job = c.get(f"/v1/jobs/{job_id}").json()
+        assert job["status"] == "failed" and job["attempt"] == 1  # not retried: it would fail again
+        assert "does not exist" in job["error"]
