@@ -158,7 +158,7 @@ def main() -> None:
     rows = np.arange(len(ds.units))
     four = int(np.argmax(np.array(ds.candidates) == "gptq-w4g128-sym"))
     active4 = float((ds.active * ds.nbytes[rows, four]).sum())
-    instances["deepseek-v3 (47,147 x 8, ties, active)"] = (
+    instances[f"deepseek-v3 ({len(ds.units):,} x 8, ties, active)"] = (
         ds,
         Budget(target_bpw=2.75, max_active_bytes=0.9 * active4),
     )
