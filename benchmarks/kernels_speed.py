@@ -1,0 +1,295 @@
+"""Kernel speed on the GPU: our GEMV/GEMM vs fp16 cuBLAS (and gemlite), tuning, and the latency table.
+
+    python benchmarks/kernels_speed.py                       # speed table (Markdown) with the tuned configs
+    python benchmarks/kernels_speed.py --tune OUT.json       # tune launch configs, write the registry table
+    python benchmarks/kernels_speed.py --latency OUT.csv     # time every format x shape x batch, write CSV
+    python benchmarks/kernels_speed.py --gemlite             # add gemlite (pip package) to the speed table
+
+Shapes are (out, in). Times are medians of ``triton.testing.do_bench`` (it clears L2 before every timed call).
+Bandwidth fraction = (weight bytes + activations + outputs) / time / measured copy bandwidth (read + write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bitalloc.kernels.gemm import GemmConfig, gemm
+from bitalloc.kernels.gemv import GemvConfig, gemv
+from bitalloc.kernels.layout import KernelLayout, to_layout
+from bitalloc.kernels.registry import BATCH_BUCKETS, Registry, TunedEntry
+from bitalloc.quantizers.candidate import Candidate, QuantKind
+from bitalloc.quantizers.packing import pack_codes, unpack_codes
+from bitalloc.quantizers.quantized_weight import QuantizedWeight
+
+LARGE = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)]
+SMOLLM2 = [(576, 576), (192, 576), (1536, 576), (576, 1536)]
+BITS = (2, 3, 4, 8)
+
+
+def random_qweight(cand: Candidate, shape: tuple[int, int], device: str = "cuda") -> QuantizedWeight:
+    """A packed weight with uniform random codes and realistic scales (never zeros)."""
+    out_features, in_features = shape
+    groups = (out_features, in_features // cand.group_size)
+    q = torch.randint(0, 1 << cand.bits, shape, device=device, dtype=torch.uint8)
+    scales = (torch.rand(groups, device=device) * 0.02 + 0.001).half()
+    mins = None if cand.symmetric else (-scales.float() * (1 << (cand.bits - 1))).half()
+    return QuantizedWeight(cand, shape, pack_codes(q, cand.bits), scales, mins)
+
+
+def bench(fn, rep: int = 30, graph: bool = True) -> float:
+    """Median microseconds of ``rep`` calls of ``fn``, each timed by CUDA events after overwriting L2.
+
+    With ``graph`` the call is captured once in a CUDA graph and replayed, so host launch overhead
+    (Python, argument binding) stays out of the GPU time, as in a graph-captured decode step.
+    """
+    fn()
+    torch.cuda.synchronize()
+    if graph:
+        g = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream), torch.cuda.graph(g):
+            fn()
+        run = g.replay
+    else:
+        run = fn
+    run()
+    flush = torch.empty(128 << 20, dtype=torch.uint8, device="cuda")  # 128 MiB > the 50 MB L2
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(rep)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(rep)]
+    for start, end in zip(starts, ends, strict=True):
+        flush.zero_()
+        start.record()
+        run()
+        end.record()
+    torch.cuda.synchronize()
+    times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends, strict=True))
+    return 1000.0 * times[len(times) // 2]
+
+
+def copy_bandwidth() -> float:
+    """Device copy bandwidth in bytes/s counting read plus write (1 GiB buffer)."""
+    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    us = bench(lambda: b.copy_(a), rep=20, graph=False)
+    return 2 * a.numel() / (us * 1e-6)
+
+
+def run_kernel(x: torch.Tensor, layout: KernelLayout, kernel: str, params: dict[str, int]) -> torch.Tensor:
+    if kernel == "gemv":
+        return gemv(x, layout, GemvConfig(**params))
+    return gemm(x, layout, GemmConfig(**params))
+
+
+def gemv_space() -> list[dict[str, int]]:
+    return [
+        {"block_n": bn, "block_k": 128, "split_k": sk, "num_warps": warps, "num_stages": 2, "unpack": 2}
+        for (bn, warps), sk in itertools.product([(8, 2), (16, 4), (32, 4), (64, 4)], [1, 2, 4, 8, 16])
+    ]
+
+
+def gemm_space(bucket: int) -> list[dict[str, int]]:
+    if bucket <= 16:
+        tiles = [(16, 64, 4), (16, 128, 4)]
+    elif bucket <= 64:
+        tiles = [(64, 64, 4), (64, 128, 4)]
+    else:
+        tiles = [(64, 128, 4), (128, 128, 8)]
+    return [
+        {
+            "block_m": bm,
+            "block_n": bn,
+            "block_k": 128,
+            "split_k": sk,
+            "num_warps": w,
+            "num_stages": 3,
+            "unpack": u,
+        }
+        for (bm, bn, w), sk, u in itertools.product(tiles, [1, 2, 4], [0, 1])
+    ]
+
+
+def tune(path: Path, shapes: list[tuple[int, int]], base: Registry, batches: tuple[int, ...]) -> None:
+    """Pick the fastest config per (bits, shape, batch bucket) at group 128 (64 where 128 does not fit).
+
+    Entries of ``base`` for other batches are kept; a tuned entry of ``base`` competes with the new space.
+    """
+    entries = [e for e in base.entries if e.batch not in batches]
+    for bits, shape in itertools.product(BITS, shapes):
+        group = 128 if shape[1] % 128 == 0 else 64
+        layout = to_layout(random_qweight(Candidate(QuantKind.RTN, bits, group, False), shape))
+        for batch in batches:
+            x = torch.randn(batch, shape[1], device="cuda", dtype=torch.float16)
+            kernel = "gemv" if batch == 1 else "gemm"
+            space = gemv_space() if kernel == "gemv" else gemm_space(batch)
+            space += [
+                e.params
+                for e in base.entries
+                if (e.bits, e.out_features, e.in_features, e.batch) == (bits, shape[0], shape[1], batch)
+            ]
+            best = (float("inf"), space[0])
+            for params in space:
+                try:
+                    us = bench(lambda p=params: run_kernel(x, layout, kernel, p), rep=15)  # noqa: B023 (called at once)
+                except Exception as err:  # a config the compiler rejects (shared memory) is skipped
+                    print(f"skip {params}: {type(err).__name__}", file=sys.stderr)
+                    continue
+                best = min(best, (us, params), key=lambda t: t[0])
+            entries.append(TunedEntry(bits, shape[0], shape[1], batch, kernel, best[1]))
+            print(f"tuned w{bits} {shape} b{batch}: {best[0]:.1f} us {best[1]}", flush=True)
+    Registry(torch.cuda.get_device_name(), tuple(entries)).save(path)
+
+
+def speed_table(registry: Registry, shapes, batches, with_gemlite: bool) -> list[str]:
+    bw = copy_bandwidth()
+    rows = [
+        f"copy bandwidth {bw / 1e12:.2f} TB/s ({torch.cuda.get_device_name()}); shapes (out, in); "
+        "asym, group 128 "
+        "(64 for SmolLM2)",
+        "",
+        "| shape | batch | fp16 us | bits | ours us | frac BW | x fp16 | gemlite us |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for shape, batch in itertools.product(shapes, batches):
+        w16 = torch.randn(shape, device="cuda", dtype=torch.float16) * 0.02
+        x = torch.randn(batch, shape[1], device="cuda", dtype=torch.float16)
+        fp16_us = bench(lambda: torch.nn.functional.linear(x, w16))  # noqa: B023 (called at once)
+        for bits in BITS:
+            group = 128 if shape[1] % 128 == 0 else 64
+            cand = Candidate(QuantKind.RTN, bits, group, False)
+            qw = random_qweight(cand, shape)
+            layout = to_layout(qw)
+            choice = registry.choose(bits, shape, batch)
+            us = bench(lambda: run_kernel(x, layout, choice.kernel, choice.params))  # noqa: B023 (called at once)
+            moved = cand.nbytes(shape) + x.numel() * 2 + batch * shape[0] * 2
+            frac = moved / (us * 1e-6) / bw
+            gl = gemlite_us(qw, x) if with_gemlite else None
+            gl_txt = "-" if gl is None else f"{gl:.1f}"
+            rows.append(
+                f"| {shape[0]}x{shape[1]} | {batch} | {fp16_us:.1f} | {bits} | {us:.1f} | {frac:.2f} | "
+                f"{fp16_us / us:.2f} | {gl_txt} |"
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
+def gemlite_us(qw: QuantizedWeight, x: torch.Tensor) -> float | None:
+    """gemlite's time on the same codes (HQQ form: w = (q - zero) * scale), or None if it cannot run them."""
+    try:
+        import gemlite
+    except ImportError:
+        return None
+    cand = qw.candidate
+    if cand.bits not in (1, 2, 4, 8):
+        return None
+    out_features, in_features = qw.shape
+    try:
+        layer = gemlite.GemLiteLinear(
+            cand.bits,
+            group_size=cand.group_size,
+            in_features=in_features,
+            out_features=out_features,
+            input_dtype=gemlite.DType.FP16,
+            output_dtype=gemlite.DType.FP16,
+        )
+        codes = unpack_codes(qw.codes, cand.bits, out_features * in_features).view(out_features, in_features)
+        scales = qw.scales
+        mins = qw.mins if qw.mins is not None else -scales * (1 << (cand.bits - 1))
+        zeros = (-mins.float() / scales.float()).half()  # (out, in/group): w = (q - zero) * scale
+        layer.pack(codes, scales, zeros, None)
+        layer(x)
+        try:
+            return bench(lambda: layer(x))
+        except Exception:  # gemlite may not capture into a graph: time it launched from Python
+            return bench(lambda: layer(x), graph=False)
+    except Exception as err:  # gemlite is optional here; report and go on
+        print(f"gemlite failed on {qw.shape} w{cand.bits}: {type(err).__name__}: {err}", file=sys.stderr)
+        return None
+
+
+def latency_csv(registry: Registry, path: Path, shapes) -> None:
+    """Time every (bits, group, symmetry) x shape x batch with the registry's choice; write CSV."""
+    fields = [
+        "format",
+        "bits",
+        "group_size",
+        "symmetric",
+        "out_features",
+        "in_features",
+        "batch",
+        "kernel",
+        "us",
+        "fp16_us",
+        "nbytes",
+    ]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for shape in shapes:
+            for batch in BATCH_BUCKETS:
+                w16 = torch.randn(shape, device="cuda", dtype=torch.float16)
+                x = torch.randn(batch, shape[1], device="cuda", dtype=torch.float16)
+                fp16_us = bench(lambda: torch.nn.functional.linear(x, w16), rep=20)  # noqa: B023 (called at once)
+                for bits, group, sym in itertools.product((2, 3, 4, 5, 6, 8), (32, 64, 128), (True, False)):
+                    if shape[1] % group:
+                        continue
+                    cand = Candidate(QuantKind.RTN, bits, group, sym)
+                    layout = to_layout(random_qweight(cand, shape))
+                    choice = registry.choose(bits, shape, batch)
+                    us = bench(lambda: run_kernel(x, layout, choice.kernel, choice.params), rep=20)  # noqa: B023 (called at once)
+                    fmt = cand.name.split("-", 1)[1]
+                    writer.writerow(
+                        {
+                            "format": fmt,
+                            "bits": bits,
+                            "group_size": group,
+                            "symmetric": sym,
+                            "out_features": shape[0],
+                            "in_features": shape[1],
+                            "batch": batch,
+                            "kernel": choice.kernel,
+                            "us": round(us, 2),
+                            "fp16_us": round(fp16_us, 2),
+                            "nbytes": cand.nbytes(shape),
+                        }
+                    )
+            print(f"latency {shape} done", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tune", type=Path, help="tune and write the registry table here")
+    parser.add_argument("--latency", type=Path, help="write the latency table (CSV) here")
+    parser.add_argument("--table", type=Path, default=None, help="registry table to use (default: in repo)")
+    parser.add_argument("--tune-batches", default="1,16,64,256", help="batch buckets to (re)tune")
+    parser.add_argument("--gemlite", action="store_true", help="add gemlite to the speed table")
+    parser.add_argument("--no-speed", action="store_true", help="skip the speed table")
+    parser.add_argument("--out", type=Path, help="also write the Markdown table here")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("kernels_speed needs a CUDA GPU")
+    shapes = LARGE + SMOLLM2
+    start = time.time()
+    if args.tune:
+        batches = tuple(int(b) for b in args.tune_batches.split(","))
+        tune(args.tune, shapes, Registry.load(args.table) if args.table else Registry.load(), batches)
+        print(f"tuning took {time.time() - start:.0f} s", flush=True)
+    registry = Registry.load(args.tune or args.table) if (args.table or args.tune) else Registry.load()
+    if args.latency:
+        latency_csv(registry, args.latency, shapes)
+    if not args.no_speed:
+        rows = speed_table(registry, shapes, (1, 16, 64, 256), args.gemlite)
+        text = "\n".join(rows)
+        print("\n" + text)
+        if args.out:
+            args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

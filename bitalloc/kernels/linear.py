@@ -1,0 +1,91 @@
+"""QuantLinear on the Triton kernels, and ``use_kernels(model)`` that swaps it in for every QuantLinear."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+from torch import nn
+
+from bitalloc.kernels.layout import KernelLayout, to_layout
+from bitalloc.kernels.registry import KernelChoice, Registry, unsupported_reason
+from bitalloc.quantizers.quant_linear import QuantLinear
+
+
+class KernelFallbackWarning(UserWarning):
+    """A layer runs on the torch reference path because no kernel supports its format, shape or device."""
+
+
+class KernelQuantLinear(QuantLinear):
+    """A QuantLinear whose forward runs the GEMV/GEMM kernels, else the reference with one warning."""
+
+    def __init__(self, source: QuantLinear, registry: Registry) -> None:
+        super().__init__(source.qweight, source.bias)
+        self.registry = registry
+        self._layout: KernelLayout | None = None
+        self._layout_key: tuple[int, ...] | None = None
+        self._warned: set[str] = set()
+
+    def layout(self) -> KernelLayout:
+        """The bit-plane layout of the current buffers (rebuilt when they move or change)."""
+        key = (self.codes.data_ptr(), self.scales.data_ptr(), self.codes.device.index or 0)
+        if self._layout is None or self._layout_key != key:
+            self._layout = to_layout(self.qweight)
+            self._layout_key = key
+        return self._layout
+
+    def choice(self, x: torch.Tensor) -> KernelChoice:
+        """Which path a call with activations ``x (..., in)`` takes."""
+        cand = self.candidate
+        shape = (self.out_features, self.in_features)
+        interpret = os.environ.get("TRITON_INTERPRET") == "1"
+        reason = unsupported_reason(cand.bits, cand.group_size, shape, x.dtype, x.device, interpret)
+        if reason is not None:
+            return KernelChoice("reference", {}, reason)
+        rows = x.numel() // self.in_features
+        return self.registry.choose(cand.bits, shape, rows)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (..., in) -> (..., out)`` on a kernel, or on the reference path for unsupported calls."""
+        choice = self.choice(x)
+        if choice.kernel == "reference":
+            self._warn_once(choice.reason or "unknown")
+            return super().forward(x)
+        x2 = x.reshape(-1, self.in_features)  # (rows, in)
+        if choice.kernel == "gemv":
+            from bitalloc.kernels.gemv import GemvConfig, gemv
+
+            y = gemv(x2, self.layout(), GemvConfig(**choice.params))
+        else:
+            from bitalloc.kernels.gemm import GemmConfig, gemm
+
+            y = gemm(x2, self.layout(), GemmConfig(**choice.params))
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def _warn_once(self, reason: str) -> None:
+        if reason in self._warned:
+            return
+        self._warned.add(reason)
+        warnings.warn(
+            f"{self.candidate.name} weight of shape ({self.out_features}, {self.in_features}) runs on the "
+            f"torch reference path (slow): no kernel for {reason}",
+            KernelFallbackWarning,
+            stacklevel=3,
+        )
+
+
+def use_kernels(model: nn.Module, registry: Registry | None = None) -> int:
+    """Replace every QuantLinear of ``model`` in place by a KernelQuantLinear; returns how many."""
+    registry = Registry.load() if registry is None else registry
+    swaps = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, QuantLinear) and not isinstance(child, KernelQuantLinear)
+    ]
+    for parent, name, child in swaps:
+        setattr(parent, name, KernelQuantLinear(child, registry))
+    return len(swaps)

@@ -1,0 +1,133 @@
+"""Pick a kernel and its tuned launch configuration per (format, shape, batch); no tuning at call time.
+
+Tuned configurations live in ``configs/<device>.json`` (written by ``benchmarks/kernels_speed.py --tune``):
+entries keyed by (bits, out, in, batch bucket). A shape that was not tuned takes the entry of the nearest
+tuned shape (by weight size) of the same bits and bucket; with no entry at all, the built-in defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from bitalloc.errors import InvalidInput
+from bitalloc.kernels.layout import layout_supports
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_TABLE = CONFIG_DIR / "h100.json"
+BATCH_BUCKETS = (1, 16, 64, 256)
+KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """Which path runs a call: ``gemv``/``gemm`` with launch parameters, or ``reference`` with the reason."""
+
+    kernel: str
+    params: dict[str, int]
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class TunedEntry:
+    """One tuned configuration: format bits, weight shape, batch bucket, kernel and launch parameters."""
+
+    bits: int
+    out_features: int
+    in_features: int
+    batch: int
+    kernel: str
+    params: dict[str, int]
+
+
+def batch_bucket(batch: int) -> int:
+    """The smallest tuned batch size at least ``batch`` (256 for anything larger)."""
+    return next((b for b in BATCH_BUCKETS if batch <= b), BATCH_BUCKETS[-1])
+
+
+def unsupported_reason(
+    bits: int,
+    group_size: int,
+    shape: tuple[int, int],
+    dtype: torch.dtype,
+    device: torch.device,
+    interpret: bool,
+) -> str | None:
+    """None when a kernel can run this call, else why it cannot (named in the fallback warning)."""
+    reason = layout_supports(bits, group_size, shape[1])
+    if reason is not None:
+        return reason
+    if dtype not in KERNEL_DTYPES:
+        return f"activations of dtype {dtype} (kernels take float16 or bfloat16)"
+    if device.type != "cuda" and not interpret:
+        return f"tensors on {device.type} (kernels need CUDA, or TRITON_INTERPRET=1 on CPU)"
+    return None
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Tuned entries of one device, looked up per (bits, shape, batch)."""
+
+    device: str
+    entries: tuple[TunedEntry, ...]
+
+    @classmethod
+    def load(cls, path: Path = DEFAULT_TABLE) -> Registry:
+        """Read a table written by ``save``; a missing default table gives an empty registry (defaults)."""
+        path = Path(path)
+        if not path.exists():
+            if path == DEFAULT_TABLE:
+                return cls("none", ())
+            raise InvalidInput(
+                f"no kernel configuration table at {path}; run benchmarks/kernels_speed.py --tune"
+            )
+        try:
+            data = json.loads(path.read_text())
+            entries = tuple(TunedEntry(**e) for e in data["entries"])
+            return cls(str(data["device"]), entries)
+        except (KeyError, TypeError, ValueError) as err:
+            raise InvalidInput(f"{path} is not a kernel configuration table ({err}); re-run --tune") from err
+
+    def save(self, path: Path) -> None:
+        """Write the table as JSON."""
+        data = {
+            "format": "bitalloc.kernels/v1",
+            "device": self.device,
+            "entries": [asdict(e) for e in self.entries],
+        }
+        Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+    def choose(self, bits: int, shape: tuple[int, int], batch: int) -> KernelChoice:
+        """The kernel and parameters for a supported format: tuned entry, nearest tuned shape, or default."""
+        bucket = batch_bucket(batch)
+        kernel = "gemv" if batch == 1 else "gemm"
+        same = [e for e in self.entries if e.bits == bits and e.batch == bucket and e.kernel == kernel]
+        if not same:
+            return KernelChoice(kernel, default_params(kernel, batch))
+        size = math.log(shape[0] * shape[1])
+
+        def distance(e: TunedEntry) -> tuple[float, float]:
+            aspect = abs(math.log(e.out_features / e.in_features) - math.log(shape[0] / shape[1]))
+            return (abs(math.log(e.out_features * e.in_features) - size), aspect)
+
+        return KernelChoice(kernel, dict(min(same, key=distance).params))
+
+
+def default_params(kernel: str, batch: int) -> dict[str, int]:
+    """Untuned launch parameters that run everywhere."""
+    if kernel == "gemv":
+        return {"block_n": 16, "block_k": 128, "split_k": 4, "num_warps": 4, "num_stages": 2, "unpack": 2}
+    block_m = 16 if batch <= 16 else 64
+    return {
+        "block_m": block_m,
+        "block_n": 64,
+        "block_k": 64,
+        "split_k": 1,
+        "num_warps": 4,
+        "num_stages": 3,
+        "unpack": 0,
+    }

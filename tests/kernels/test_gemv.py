@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from bitalloc.kernels.gemv import GemvConfig, gemv
+from bitalloc.kernels.layout import to_layout
+from bitalloc.kernels.reference import reference_linear
+from tests.kernels.helpers import device, random_qweight, rel_err
+
+CASES = list(itertools.product((2, 3, 4, 5, 6, 8), (32, 64, 128), (True, False)))
+
+
+@pytest.mark.parametrize(("bits", "group", "sym"), CASES)
+def test_gemv_matches_reference(bits, group, sym):
+    gen = torch.Generator().manual_seed(1000 * bits + group + sym)
+    shape = (40, 256)  # 40 rows: the last block of 16 is partly masked
+    qw = random_qweight(bits, group, sym, shape, gen)
+    layout = to_layout(qw)
+    x = torch.randn(1, shape[1], generator=gen).half().to(device())
+    ref = reference_linear(x, qw, dtype=torch.float64)
+    out = torch.full((1, shape[0]), float("nan"), dtype=torch.float16, device=device())  # poisoned
+    y = gemv(x, layout, GemvConfig(block_n=16, block_k=64, split_k=1, unpack=2), out=out)
+    assert y.data_ptr() == out.data_ptr()
+    assert rel_err(y, ref) < 2e-3
+    y2 = gemv(x, layout, GemvConfig(block_n=32, block_k=128, split_k=2, unpack=0))  # groups per step > 1
+    assert y2.shape == (1, shape[0]) and y2.dtype == torch.float16
+    assert rel_err(y2, ref) < 2e-3
+    y3 = gemv(x, layout, GemvConfig(block_n=16, block_k=128, split_k=3, unpack=1))
+    assert rel_err(y3, ref) < 2e-3
+
+
+def test_gemv_bfloat16_and_uneven_split():
+    gen = torch.Generator().manual_seed(7)
+    qw = random_qweight(4, 32, False, (24, 96), gen)  # 3 blocks of 32 split 2 ways
+    x = torch.randn(1, 96, generator=gen).bfloat16().to(device())
+    y = gemv(x, to_layout(qw), GemvConfig(block_n=8, block_k=32, split_k=2))
+    assert y.dtype == torch.bfloat16
+    assert rel_err(y, reference_linear(x, qw, dtype=torch.float64)) < 1e-2

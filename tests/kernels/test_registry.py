@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bitalloc.errors import InvalidInput
+from bitalloc.kernels.registry import (
+    DEFAULT_TABLE,
+    Registry,
+    TunedEntry,
+    batch_bucket,
+    default_params,
+    unsupported_reason,
+)
+
+
+def test_batch_buckets():
+    assert [batch_bucket(b) for b in (1, 2, 16, 17, 64, 65, 256, 1000)] == [1, 16, 16, 64, 64, 256, 256, 256]
+
+
+def _registry() -> Registry:
+    gemv = {"block_n": 16, "block_k": 256, "split_k": 4, "num_warps": 4, "num_stages": 2}
+    big = {"block_n": 64, "block_k": 128, "split_k": 1, "num_warps": 8, "num_stages": 2}
+    gemm = {"block_m": 16, "block_n": 64, "block_k": 128, "split_k": 2, "num_warps": 4, "num_stages": 3}
+    return Registry(
+        "test",
+        (
+            TunedEntry(4, 4096, 4096, 1, "gemv", gemv),
+            TunedEntry(4, 28672, 8192, 1, "gemv", big),
+            TunedEntry(4, 4096, 4096, 16, "gemm", gemm),
+        ),
+    )
+
+
+def test_choose_exact_nearest_and_default():
+    reg = _registry()
+    assert reg.choose(4, (4096, 4096), 1).params["split_k"] == 4
+    assert reg.choose(4, (4000, 4000), 1).params["split_k"] == 4  # nearest by size
+    assert reg.choose(4, (30000, 8000), 1).params["block_n"] == 64
+    assert reg.choose(4, (4096, 4096), 9).kernel == "gemm"
+    assert reg.choose(4, (4096, 4096), 9).params["split_k"] == 2
+    assert reg.choose(3, (4096, 4096), 1).params == default_params("gemv", 1)  # bits never tuned
+    assert reg.choose(4, (4096, 4096), 100).params == default_params("gemm", 100)
+
+
+def test_save_load_round_trip(tmp_path):
+    reg = _registry()
+    reg.save(tmp_path / "t.json")
+    assert Registry.load(tmp_path / "t.json") == reg
+
+
+def test_bad_tables_name_the_fix(tmp_path):
+    with pytest.raises(InvalidInput, match="--tune"):
+        Registry.load(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text('{"device": "x", "entries": [{"bits": 4}]}')
+    with pytest.raises(InvalidInput, match="re-run --tune"):
+        Registry.load(tmp_path / "bad.json")
+
+
+def test_repository_table_loads():
+    reg = Registry.load()
+    if DEFAULT_TABLE.exists():
+        assert reg.entries and all(e.kernel in ("gemv", "gemm") for e in reg.entries)
+
+
+def test_unsupported_reasons():
+    cpu = torch.device("cpu")
+    assert unsupported_reason(4, 32, (8, 64), torch.float16, cpu, True) is None
+    assert "float32" in unsupported_reason(4, 32, (8, 64), torch.float32, cpu, True)
+    assert "CUDA" in unsupported_reason(4, 32, (8, 64), torch.float16, cpu, False)
+    assert "7-bit" in unsupported_reason(7, 32, (8, 64), torch.float16, cpu, True)
