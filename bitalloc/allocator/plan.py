@@ -157,13 +157,15 @@ def plan_from_solution(profile: SensitivityProfile, solution: Solution, budget: 
         model_hash=profile.model_hash,
         profile_hash=profile.content_hash,
         calibration=profile.meta.get("calibration", {}),
-        budget={"max_bytes": budget.max_bytes, "target_bpw": budget.target_bpw} if budget else {},
+        budget=budget.to_json() if budget else {},
         solver={
             "name": solution.solver,
             "status": solution.status,
             "gap": solution.gap,
             "bound": solution.bound,
             "seconds": solution.seconds,
+            **({"usage": solution.usage} if solution.usage else {}),
+            **({"prices": solution.prices} if solution.prices else {}),
         },
         unquantized_bytes=int(profile.meta["unquantized_bytes"]),
     )
