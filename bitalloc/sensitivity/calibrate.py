@@ -17,16 +17,23 @@ from torch import nn
 from bitalloc.errors import InvalidInput, ProfileMismatch
 from bitalloc.models.units import Unit
 
+ABS_MEAN_PREFIX = "absmean::"  # safetensors key prefix of the optional activation means
+
 
 @dataclass(frozen=True, eq=False)
 class CalibrationStats:
-    """Per-unit Hessian proxies H = XᵀX / n_tokens, (in, in) float32; shared inputs share one tensor."""
+    """Per-unit Hessian proxies H = XᵀX / n_tokens, (in, in) float32; shared inputs share one tensor.
+
+    ``abs_means`` (optional, absent in files written before it existed): per-unit mean |x| of each
+    input channel, (in,) float32, the activation salience that AWQ scales by.
+    """
 
     hessians: dict[str, torch.Tensor]
     n_tokens: int
     model_hash: str
     corpus_hash: str
     settings: dict = field(default_factory=dict)
+    abs_means: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
         """Write a safetensors file; shared Hessians are stored once."""
@@ -39,6 +46,8 @@ class CalibrationStats:
             alias[name] = key
             if key == name:
                 tensors[name] = h.contiguous().cpu()
+                if name in self.abs_means:
+                    tensors[ABS_MEAN_PREFIX + name] = self.abs_means[name].contiguous().cpu()
         meta = {
             "n_tokens": str(self.n_tokens),
             "model_hash": self.model_hash,
@@ -66,12 +75,16 @@ class CalibrationStats:
                 f"{path} holds statistics of model {meta['model_hash'][:12]}, not {model_hash[:12]}"
             )
         alias = dict(ast.literal_eval(meta["alias"]))
+        abs_means = {
+            n: stored[ABS_MEAN_PREFIX + k] for n, k in alias.items() if ABS_MEAN_PREFIX + k in stored
+        }
         return cls(
             hessians={name: stored[key] for name, key in alias.items()},
             n_tokens=int(meta["n_tokens"]),
             model_hash=meta["model_hash"],
             corpus_hash=meta["corpus_hash"],
             settings=dict(ast.literal_eval(meta["settings"])),
+            abs_means=abs_means,
         )
 
 
@@ -91,6 +104,7 @@ def calibrate(
         raise InvalidInput("the model has no quantizable units to calibrate")
     device = next(model.parameters()).device
     sums: dict[str, torch.Tensor] = {}
+    abs_sums: dict[str, torch.Tensor] = {}
     alias: dict[str, str] = {}
     last: dict[str, object] = {"input": None, "name": None}
 
@@ -109,6 +123,10 @@ def calibrate(
             if h is None:
                 h = sums[name] = torch.zeros(flat.shape[1], flat.shape[1], device=device)
             h.addmm_(flat.T, flat)
+            if name in abs_sums:
+                abs_sums[name].add_(flat.abs().sum(dim=0))
+            else:
+                abs_sums[name] = flat.abs().sum(dim=0)  # (in,)
 
         return hook
 
@@ -133,10 +151,13 @@ def calibrate(
         )
     for h in sums.values():
         h.div_(n_tokens)
+    for a in abs_sums.values():
+        a.div_(n_tokens)
     return CalibrationStats(
         hessians={u.name: sums[alias[u.name]] for u in units},
         n_tokens=n_tokens,
         model_hash=model_hash,
         corpus_hash=corpus_hash,
         settings=dict(settings or {}),
+        abs_means={u.name: abs_sums[alias[u.name]] for u in units},
     )
