@@ -15,9 +15,12 @@ from rich.table import Table
 
 from bitalloc.errors import BitallocError, InvalidInput
 from bitalloc.service.cli import register as register_service_commands
+from bitalloc.study.cli import study_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mixed-precision bit allocation for LLMs.")
 console = Console(stderr=True)
+
+app.add_typer(study_app, name="study")
 
 
 @contextmanager
