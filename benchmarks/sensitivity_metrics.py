@@ -73,7 +73,9 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--eval-tokens", type=int, default=2048)
+    parser.add_argument("--metrics", default=",".join(METRICS), help="comma-separated metric names")
     args = parser.parse_args()
+    metrics = tuple(args.metrics.split(","))
     args.output.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
@@ -88,16 +90,16 @@ def main() -> None:
     )
     stats = calibrate(model, units, windows, model_hash=loaded.model_hash, corpus_hash=corpus.content_hash)
     log("calibrated")
-    fisher = accumulate_fisher(model, units, windows[:8], batch_size=2)
+    fisher = accumulate_fisher(model, units, windows[:8], batch_size=2) if "fisher" in metrics else {}
     log("fisher")
-    coeffs = fit_noise_coefficients(model, units, windows[:2, :128])
+    coeffs = fit_noise_coefficients(model, units, windows[:2, :128]) if "higgs" in metrics else {}
     log("higgs coefficients")
     inputs = MetricInputs(calibration=stats, fisher=fisher, coefficients=coeffs)
     profiles = profile_metrics(
         model,
         units,
         palette(),
-        metrics=METRICS,
+        metrics=metrics,
         inputs=inputs,
         meta={"model_name": "smollm2-135m", "unquantized_bytes": 0},
     )
@@ -124,16 +126,16 @@ def main() -> None:
             "bpw": 8 * sum(nbytes[k] for k in keys) / numel,
             "kl": measured.kl,
             "ppl": measured.perplexity,
-            "predicted": {m: sum(err[m][k] for k in keys) for m in METRICS},
+            "predicted": {m: sum(err[m][k] for k in keys) for m in metrics},
         }
         results_path.write_text(json.dumps(results, indent=1))
         log(f"{name}: bpw {results[name]['bpw']:.3f} kl {measured.kl:.4f} ppl {measured.perplexity:.2f}")
-    table = markdown(results, args, time.time() - t0)
+    table = markdown(results, args, time.time() - t0, metrics)
     (args.output / "metrics.md").write_text(table)
     print(table)
 
 
-def markdown(results: dict, args: argparse.Namespace, seconds: float) -> str:
+def markdown(results: dict, args: argparse.Namespace, seconds: float, metrics: tuple[str, ...]) -> str:
     lines = [
         f"Machine: {platform.machine()} CPU (2 cores shared), torch {torch.__version__}; "
         f"date {date.today()}; "
@@ -154,7 +156,7 @@ def markdown(results: dict, args: argparse.Namespace, seconds: float) -> str:
             return "n/a"
         return f"{spearmanr([r['predicted'][metric] for r in rows], [r[key] for r in rows]).statistic:.3f}"
 
-    for m in METRICS:
+    for m in metrics:
         cells = [rho(sets["spread"], m, "kl"), rho(sets["spread"], m, "ppl"), rho(sets["equal"], m, "kl")]
         cells += [rho(sets["equal"], m, "ppl"), rho(sets["all"], m, "kl")]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
