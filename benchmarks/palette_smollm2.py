@@ -121,6 +121,7 @@ def main() -> None:
     )
     parser.add_argument("--eval-batch", type=int, default=8, help="models evaluated together")
     parser.add_argument("--quick", action="store_true", help="score only QUICK_NEW (see above)")
+    parser.add_argument("--layers", type=int, default=0, help="only the units of the first N layers (0: all)")
     parser.add_argument("--no-eval", action="store_true", help="stop after the plans (predicted errors only)")
     args = parser.parse_args()
     out = args.output
@@ -135,9 +136,15 @@ def main() -> None:
     units = discover_units(loaded.model)
     settings = CalibrationSettings()
     stats = get_calibration(loaded, units, settings, progress)
+    if args.layers:  # a sub-problem: the allocator sees only these units (bpw over their weights)
+        units = tuple(u for u in units if int(u.name.split(".")[2]) < args.layers)
     meta = {"model_name": loaded.name}
     if args.foundation.exists() and SensitivityProfile.load(args.foundation).model_hash == loaded.model_hash:
         foundation = SensitivityProfile.load(args.foundation)
+        keep = foundation.table["unit"].isin([u.name for u in units])
+        foundation = SensitivityProfile(
+            table=foundation.table[keep].reset_index(drop=True), meta=foundation.meta
+        )
     else:
         from bitalloc.models.units import unquantized_bytes
         from bitalloc.quantizers.candidate import default_palette
@@ -212,8 +219,14 @@ def write_report(out: Path, args, plans, results, scheme, started, pred_gain=Non
     """Markdown tables + results.json from whatever has been evaluated so far."""
     lines = [
         f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; calibration 32x512 wiki tokens; wiki-test perplexity on "
-        f"{args.eval_tokens} tokens (context 512, stride 256); {time.time() - started:.0f} s so far.",
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; calibration 32x512 wiki tokens; "
+        + (
+            "no perplexity run (--no-eval); "
+            if args.no_eval
+            else f"wiki-test ppl on {args.eval_tokens} tokens; "
+        )
+        + f"units: {'first ' + str(args.layers) + ' layers' if args.layers else 'all'}; "
+        f"{time.time() - started:.0f} s so far.",
         "",
         f"Float reference perplexity: {results.get('float reference', {}).get('ppl', float('nan')):.3f}",
         "",
