@@ -68,6 +68,31 @@ def importances(study, objective: int = 0) -> dict[str, float]:
         return {}
 
 
+def against_baselines(study) -> pd.DataFrame:
+    """For each default-settings (enqueued) trial: the best searched trial at no more bytes, and its gain."""
+    df = trials_table(study)
+    if df.empty or "perplexity" not in df:
+        return pd.DataFrame()
+    rows = []
+    for base in df[df["baseline"]].itertuples(index=False):
+        rivals = df[(~df["baseline"]) & (df["bytes"] <= base.bytes)]
+        if rivals.empty:
+            continue
+        best = rivals.loc[rivals["perplexity"].idxmin()]
+        rows.append(
+            {
+                "baseline trial": base.trial,
+                "baseline bytes": base.bytes,
+                "baseline ppl": base.perplexity,
+                "best trial": int(best["trial"]),
+                "best bytes": int(best["bytes"]),
+                "best ppl": float(best["perplexity"]),
+                "ppl change %": 100.0 * (float(best["perplexity"]) / base.perplexity - 1.0),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def plot_front(study, definition: StudyDefinition, path: Path) -> Path:
     """Scatter of every completed trial (first objective vs second), the front as a line, baselines marked."""
     import matplotlib
