@@ -37,6 +37,9 @@ from bitalloc.sensitivity.profile import SensitivityProfile
 
 PRESETS = ("Q4_K_M", "Q3_K_M", "Q5_K_M", "Q2_K", "Q6_K", "Q3_K_S", "Q3_K_L", "Q4_K_S", "Q5_K_S")
 EMBEDDING = "Q8_0"
+# The types llama.cpp's k-quant presets use (their k-quants and the fallbacks for rows of 576). Q4_0/Q4_1 are
+# left out: the bundled SmolLM2 weights lie exactly on a Q4_1 grid, so Q4_1 would be lossless here.
+SAME_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "Q5_0", "Q5_1", "Q8_0")
 
 
 def with_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -71,6 +74,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("runs/bench-export-gguf"))
     parser.add_argument("--eval-tokens", type=int, default=8192)
     parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--all-types", action="store_true", help="let bitalloc use Q4_0/Q4_1 too")
+    parser.add_argument("--skip-roundtrip", action="store_true", help="do not write and reload the GGUF")
     args = parser.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -93,7 +98,11 @@ def main() -> None:
         )
         profile.save(path)
     log("profile ready")
-    problem = profile.to_problem()
+    types_allowed = SAME_TYPES if not args.all_types else tuple(profile.meta["palette"])
+    profile = SensitivityProfile(
+        table=profile.table[profile.table["candidate"].isin(types_allowed)].reset_index(drop=True),
+        meta=dict(profile.meta, palette=[t for t in profile.meta["palette"] if t in types_allowed]),
+    )
     err = {(u, c): e for u, c, e in profile.table[["unit", "candidate", "error"]].itertuples(index=False)}
     fixed = gguf_fixed_bytes(model, units, EMBEDDING)
     tokens = evaluation_tokens(loaded, "wiki", EvalSettings(max_tokens=args.eval_tokens))
@@ -133,7 +142,7 @@ def main() -> None:
                     "preset": preset,
                     "mix": name,
                     "tensor_bytes": nbytes,
-                    "linear_bpw": 8 * (nbytes - fixed) / problem.total_numel(),
+                    "linear_bpw": 8 * (nbytes - fixed) / sum(u.numel for u in units),
                     "proxy_error": sum(err[(u, t.name)] for u, t in mix.items()),
                     "ppl": results[name].perplexity,
                     "kl": results[name].kl,
@@ -144,7 +153,7 @@ def main() -> None:
             f"{preset}: preset ppl {results['preset'].perplexity:.3f} "
             f"bitalloc {results['bitalloc'].perplexity:.3f}"
         )
-        if preset == "Q4_K_M":
+        if preset == "Q4_K_M" and not args.skip_roundtrip:
             _, folder, filename = resolve_source("smollm2-135m")
             imatrix = encode_imatrix(
                 imatrix_from_stats(stats, [u.name for u in units], seq_len=settings.seq_len),
