@@ -32,6 +32,15 @@ class GemmConfig:
 
 
 @triton.jit
+def _to_float(q, dtype: tl.constexpr):
+    """Codes (< 256) to float16/bfloat16 exactly with integer ops and one subtraction, not I2F."""
+    if dtype == tl.float16:
+        return ((q.to(tl.int16) | 0x6400).to(tl.float16, bitcast=True) - 1024.0).to(tl.float16)  # 1024 + q
+    else:
+        return q.to(dtype)
+
+
+@triton.jit
 def _gemm_kernel(
     x_ptr,
     p0_ptr,
@@ -77,10 +86,10 @@ def _gemm_kernel(
         )
         if UNPACK == 1:
             qt = gather_codes(p0_ptr, p1_ptr, offs_n, mask_n, stride_p0, stride_p1, k0 + offs_k, B0, B1, True)
-            d = tl.dot(x, qt.to(x.dtype))  # (BLOCK_M, BLOCK_N) float32
+            d = tl.dot(x, _to_float(qt, x.dtype))  # (BLOCK_M, BLOCK_N) float32
         else:
             q = load_codes(p0_ptr, p1_ptr, offs_n, mask_n, stride_p0, stride_p1, k0, BLOCK_N, BLOCK_K, B0, B1)
-            d = tl.dot(x, tl.trans(q.to(x.dtype)))  # (BLOCK_M, BLOCK_N) float32
+            d = tl.dot(x, tl.trans(_to_float(q, x.dtype)))  # (BLOCK_M, BLOCK_N) float32
         scale, offset = load_group(s_ptr, m_ptr, offs_n, mask_n, stride_s, k0 // GROUP, BITS, SYM)
         xsum = tl.sum(x.to(tl.float32), axis=1)  # (BLOCK_M,)
         acc += d * scale[None, :] + xsum[:, None] * offset[None, :]

@@ -72,7 +72,9 @@ def _peel_step(
         q = (words0 >> (j * B0)) & ((1 << B0) - 1)  # (BLOCK_N, W)
         if B1 > 0:
             q = q | (((words1 >> ((base1 + j) * B1)[None, :]) & ((1 << B1) - 1)) << B0)
-        d2 += q.to(tl.float32) * x[None, :]
+        # exact int -> float without the quarter-rate I2F: 2**23 + q as float bits, minus 2**23
+        qf = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+        d2 += qf * x[None, :]
         xs += x
     return tl.sum(d2, axis=1), tl.sum(xs, axis=0)
 
