@@ -102,6 +102,9 @@ def hull_frontier(problem: AllocationProblem, *, max_points: int | None = None) 
         ks = np.unique(np.linspace(0, len(hull.cum), max_points).round().astype(np.int64))
     nbytes = np.concatenate([[hull.base], hull.cum])[ks]
     loss = base_loss - np.concatenate([[0.0], np.cumsum(hull.dloss)])[ks]
+    # An upgrade too small to change the float sum buys bytes for nothing: drop the dominated point.
+    keep = np.concatenate([[True], np.diff(loss) < 0])
+    ks, nbytes, loss = ks[keep], nbytes[keep], loss[keep]
     return pd.DataFrame(
         {
             "bytes": nbytes.astype(np.int64),

@@ -67,3 +67,12 @@ def test_hull_frontier_points_are_exact_optima_at_their_bytes(problem):
         assert int(problem.nbytes[rows, choice].sum()) == row.bytes
         assert row.loss == pytest.approx(problem.loss[rows, choice].sum(), rel=1e-9, abs=1e-12)
         assert row.loss <= brute_force(problem, int(row.bytes)) * (1 + 1e-9) + 1e-12
+
+
+def test_hull_frontier_drops_an_upgrade_too_small_to_change_the_loss():
+    from bitalloc.allocator.frontier import hull_frontier
+
+    # 1.0 + 1e-237 == 1.0 in floats: the 1-byte upgrade of u1 buys nothing measurable.
+    problem = make([[1.0, 1.0], [1e-237, 0.0]], nbytes=[[1, 1], [1, 2]])
+    df = hull_frontier(problem)
+    assert list(df["bytes"]) == [2] and list(df["loss"]) == [1.0]
