@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bitalloc import __version__
 from bitalloc.errors import BitallocError, InfeasibleBudget, InvalidInput, ProfileMismatch
+from bitalloc.export.common import ExportError
 from bitalloc.service.db import make_engine, migrate, sessions
 from bitalloc.service.errors import MalformedRequest, NotFound, PayloadTooLarge, Unauthorized
 from bitalloc.service.limits import BodyLimit
@@ -29,6 +30,7 @@ STATUS = (  # most specific first
     (MalformedRequest, 400),
     (InfeasibleBudget, 422),
     (ProfileMismatch, 409),
+    (ExportError, 422),
     (InvalidInput, 422),
 )
 UPLOAD_PATHS = ("/v1/profiles", "/v1/profiles/files")

@@ -12,8 +12,10 @@ from fastapi import APIRouter, Depends, File, Header, Query, Request, Response, 
 from fastapi.responses import JSONResponse
 
 from bitalloc import __version__ as bitalloc_version
+from bitalloc.allocator.plan import Plan
 from bitalloc.allocator.solve import check_solver
 from bitalloc.errors import InvalidInput
+from bitalloc.export.documents import DOCUMENT_FORMATS, plan_document
 from bitalloc.quantizers.candidate import Candidate
 from bitalloc.sensitivity.profile import COLUMNS, SensitivityProfile
 from bitalloc.service import jobs, store
@@ -43,8 +45,6 @@ from bitalloc.service.schemas import (
     SessionCreate,
     SessionOut,
 )
-
-EXPORT_FORMATS = ("bitalloc.plan/v1",)  # bitalloc.export adds deployment formats here
 
 
 def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
@@ -295,14 +295,19 @@ def export_plan(
     plan_id: str,
     request: Request,
     me: Me,
-    format: Annotated[str, Query(description=f"one of {', '.join(EXPORT_FORMATS)}")] = EXPORT_FORMATS[0],
-) -> JSONResponse:
-    """The plan in a deployment format (for now its bitalloc.plan/v1 JSON)."""
-    if format not in EXPORT_FORMATS:
-        raise InvalidInput(f"unknown export format {format!r}; known formats: {', '.join(EXPORT_FORMATS)}")
+    format: Annotated[str, Query(description=f"one of {', '.join(DOCUMENT_FORMATS)}")] = DOCUMENT_FORMATS[0],
+) -> Response:
+    """The plan in a deployment format that needs no weights: its own JSON, GPTQModel's quantize_config
+    (``gptq-dynamic``) or llama-quantize's tensor-type file (``llama-tensor-types``)."""
+    if format not in DOCUMENT_FORMATS:
+        raise InvalidInput(f"unknown export format {format!r}; known formats: {', '.join(DOCUMENT_FORMATS)}")
     record = store.get_plan(request.app.state.db, plan_id, me.owner)
-    headers = {"Content-Disposition": f'attachment; filename="plan-{record.id}.json"'}
-    return JSONResponse(record.document, headers=headers)
+    if format == DOCUMENT_FORMATS[0]:
+        headers = {"Content-Disposition": f'attachment; filename="plan-{record.id}.json"'}
+        return JSONResponse(record.document, headers=headers)
+    doc = plan_document(Plan.from_json(record.document), format)
+    headers = {"Content-Disposition": f'attachment; filename="plan-{record.id}-{doc.filename}"'}
+    return Response(doc.text, media_type=doc.media_type, headers=headers)
 
 
 @router.get("/plans/{a}/compare/{b}", response_model=CompareOut, tags=["plans"])

@@ -123,3 +123,21 @@ def test_sessions_and_plans_are_visible_only_to_their_owner(server, tokens, sess
         assert r.status_code == 404
         assert session["id"] not in [s["id"] for s in bob.get("/v1/sessions").json()]
         assert session["id"] in [s["id"] for s in alice.get("/v1/sessions").json()]
+
+
+def test_export_to_runtime_formats_or_422_naming_the_fix(server, tokens, session):
+    with server.client(tokens["alice"]) as c:
+        top = c.post(f"/v1/sessions/{session['id']}/plans", json={"budget": {"target_bpw": 16}}).json()
+        assert {u["candidate"] for u in top["plan"]["assignment"]} == {"rtn-w8g32-sym"}
+        types = c.get(f"/v1/plans/{top['id']}/export", params={"format": "llama-tensor-types"})
+        assert types.status_code == 200 and types.headers["content-type"].startswith("text/plain")
+        lines = types.text.splitlines()
+        assert len(lines) == len(top["plan"]["assignment"]) and all(x.endswith("=Q8_0") for x in lines)
+        assert lines[0].startswith("^blk\\.0\\.")
+        gptq = c.get(f"/v1/plans/{top['id']}/export", params={"format": "gptq-dynamic"})
+        assert gptq.status_code == 200
+        assert gptq.json()["bits"] == 8 and gptq.json()["sym"] is True and gptq.json()["dynamic"] == {}
+
+        low = c.post(f"/v1/sessions/{session['id']}/plans", json={"budget": {"target_bpw": 2.6}}).json()
+        bad = c.get(f"/v1/plans/{low['id']}/export", params={"format": "llama-tensor-types"})
+        assert bad.status_code == 422 and "GGUF palette" in bad.json()["detail"]
