@@ -24,6 +24,7 @@ from bitalloc.pipeline import (
 from bitalloc.sensitivity.profile import SensitivityProfile
 
 EVAL_CORPORA = ("wiki", "shakespeare")
+HEADER = ("model", "bpw", "model MB", *(f"{c} {m}" for c in EVAL_CORPORA for m in ("ppl", "KL")))
 
 
 @dataclass(frozen=True)
@@ -55,32 +56,29 @@ class Report:
 
     rows: tuple[Row, ...]
 
-    def table(self) -> Table:
-        """A rich table: perplexity and KL on each corpus."""
-        table = Table("model", "bpw", "model MB")
-        for corpus in EVAL_CORPORA:
-            table.add_column(f"{corpus} ppl")
-            table.add_column(f"{corpus} KL")
+    def cells(self) -> list[list[str]]:
+        """One list of formatted cells per row, in the order of ``HEADER``."""
+        out = []
         for row in self.rows:
             cells = [row.name, "-" if row.bpw is None else f"{row.bpw:.3f}"]
             cells.append("-" if row.model_bytes is None else f"{row.model_bytes / 1e6:.2f}")
             for corpus in EVAL_CORPORA:
                 r = row.results[corpus]
                 cells += [f"{r.perplexity:.3f}", f"{r.kl:.4f}"]
+            out.append(cells)
+        return out
+
+    def table(self) -> Table:
+        """A rich table: perplexity and KL on each corpus."""
+        table = Table(*HEADER)
+        for cells in self.cells():
             table.add_row(*cells)
         return table
 
     def markdown(self) -> str:
         """The same table as Markdown."""
-        head = ["model", "bpw", "model MB"] + [f"{c} {m}" for c in EVAL_CORPORA for m in ("ppl", "KL")]
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for row in self.rows:
-            cells = [row.name, "-" if row.bpw is None else f"{row.bpw:.3f}"]
-            cells.append("-" if row.model_bytes is None else f"{row.model_bytes / 1e6:.2f}")
-            for corpus in EVAL_CORPORA:
-                r = row.results[corpus]
-                cells += [f"{r.perplexity:.3f}", f"{r.kl:.4f}"]
-            lines.append("| " + " | ".join(cells) + " |")
+        lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in self.cells()]
         return "\n".join(lines) + "\n"
 
 
