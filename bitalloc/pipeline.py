@@ -54,9 +54,17 @@ def _quiet(step: str, done: int, total: int) -> None:
 
 
 def get_calibration(
-    loaded: LoadedModel, units: tuple[Unit, ...], settings: CalibrationSettings, progress: Progress = _quiet
+    loaded: LoadedModel,
+    units: tuple[Unit, ...],
+    settings: CalibrationSettings,
+    progress: Progress = _quiet,
+    *,
+    streaming: bool = False,
 ) -> CalibrationStats:
-    """Calibration statistics for ``loaded``; cached on disk by model hash and settings."""
+    """Calibration statistics for ``loaded``; cached on disk by model hash and settings.
+
+    ``streaming`` computes them one decoder layer at a time (the same sums, less activation memory).
+    """
     corpus = load_corpus(settings.corpus, Split.CALIBRATION)
     key = hashlib.sha256(
         json.dumps(
@@ -69,15 +77,28 @@ def get_calibration(
     windows = calibration_windows(
         loaded.tokenizer, corpus, n_windows=settings.n_windows, seq_len=settings.seq_len, seed=settings.seed
     )
-    stats = calibrate(
-        loaded.model,
-        units,
-        windows,
-        model_hash=loaded.model_hash,
-        corpus_hash=corpus.content_hash,
-        settings=asdict(settings),
-        on_batch=lambda d, t: progress("calibrate", d, t),
-    )
+    if streaming:
+        from bitalloc.sensitivity.streaming import calibrate_streaming
+
+        stats = calibrate_streaming(
+            loaded.model,
+            units,
+            windows,
+            model_hash=loaded.model_hash,
+            corpus_hash=corpus.content_hash,
+            settings=asdict(settings),
+            on_layer=lambda d, t: progress("calibrate", d, t),
+        )
+    else:
+        stats = calibrate(
+            loaded.model,
+            units,
+            windows,
+            model_hash=loaded.model_hash,
+            corpus_hash=corpus.content_hash,
+            settings=asdict(settings),
+            on_batch=lambda d, t: progress("calibrate", d, t),
+        )
     stats.save(path)
     return stats
 
@@ -88,10 +109,11 @@ def run_profile(
     *,
     palette: Sequence[Candidate] | None = None,
     progress: Progress = _quiet,
+    streaming: bool = False,
 ) -> SensitivityProfile:
     """Calibrate ``loaded`` and score every unit against ``palette`` (default: the foundation palette)."""
     units = discover_units(loaded.model)
-    stats = get_calibration(loaded, units, settings, progress)
+    stats = get_calibration(loaded, units, settings, progress, streaming=streaming)
     return profile_model(
         loaded.model,
         units,

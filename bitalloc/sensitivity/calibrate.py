@@ -88,6 +88,94 @@ class CalibrationStats:
         )
 
 
+class NoQuantizableUnits(InvalidInput):
+    """Calibration or profiling was asked of a model with no quantizable units."""
+
+
+class NonFiniteActivations(InvalidInput):
+    """NaN or infinite activations reach a unit during calibration."""
+
+
+NO_UNITS_FIX = (
+    "the model has no quantizable units to calibrate: bitalloc quantizes nn.Linear layers outside the "
+    "embeddings and LM head (and MoE experts via discover_moe_units); pass a transformer with such layers, "
+    "or a narrower exclude pattern to discover_units"
+)
+
+
+class HessianSums:
+    """Forward pre-hooks adding XᵀX and Σ|x| of each unit's input; units reading one tensor share a sum.
+
+    The sums are raw (not divided by the token count) so that they can be reduced across processes
+    before ``stats_for`` normalises them. Call ``end_batch`` after every forward.
+    """
+
+    def __init__(self, root: nn.Module, units: tuple[Unit, ...]) -> None:
+        self.sums: dict[str, torch.Tensor] = {}  # distinct input -> (in, in) float32
+        self.abs_sums: dict[str, torch.Tensor] = {}  # distinct input -> (in,) float32
+        self.alias: dict[str, str] = {}  # unit -> the unit whose sum it shares
+        self._last: dict[str, object] = {"input": None, "name": None}
+        self._handles = [
+            root.get_submodule(u.name).register_forward_pre_hook(self._hook(u.name)) for u in units
+        ]
+
+    def _hook(self, name: str):
+        def hook(_module: nn.Module, args: tuple) -> None:
+            x = args[0]
+            if x is self._last["input"]:  # same tensor as the previous unit: share its Hessian
+                self.alias[name] = self.alias[self._last["name"]]  # type: ignore[index]
+                return
+            self._last["input"], self._last["name"] = x, name
+            self.alias.setdefault(name, name)
+            flat = x.detach().reshape(-1, x.shape[-1]).float()  # (tokens, in)
+            if not torch.isfinite(flat).all():
+                raise NonFiniteActivations(
+                    f"non-finite activations reach unit {name!r}: the model's weights or an earlier layer "
+                    "hold NaN/inf, or the dtype overflows; check the checkpoint (load it in float32)"
+                )
+            h = self.sums.get(name)
+            if h is None:
+                h = self.sums[name] = torch.zeros(flat.shape[1], flat.shape[1], device=flat.device)
+            h.addmm_(flat.T, flat)
+            if name in self.abs_sums:
+                self.abs_sums[name].add_(flat.abs().sum(dim=0))
+            else:
+                self.abs_sums[name] = flat.abs().sum(dim=0)  # (in,)
+
+        return hook
+
+    def end_batch(self) -> None:
+        """Forget the last input seen (a new forward starts)."""
+        self._last["input"] = self._last["name"] = None
+
+    def remove(self) -> None:
+        """Detach the hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def distinct(self) -> list[torch.Tensor]:
+        """Every raw sum once, in a fixed order (sorted input names): what a reduction must sum."""
+        return [t for k in sorted(self.sums) for t in (self.sums[k], self.abs_sums[k])]
+
+    def check_reached(self, units: tuple[Unit, ...]) -> None:
+        """Raise InvalidInput if a unit never saw an input."""
+        missing = [u.name for u in units if u.name not in self.alias]
+        if missing:
+            raise InvalidInput(
+                f"calibration never reached units {missing[:3]}...; is the model's forward complete?"
+            )
+
+    def stats_for(self, units: tuple[Unit, ...], n_tokens: int) -> tuple[dict, dict]:
+        """(hessians, abs_means) of ``units``, sums divided by ``n_tokens`` in place, sharing kept."""
+        self.check_reached(units)
+        for key in {self.alias[u.name] for u in units}:
+            self.sums[key].div_(n_tokens)
+            self.abs_sums[key].div_(n_tokens)
+        hessians = {u.name: self.sums[self.alias[u.name]] for u in units}
+        return hessians, {u.name: self.abs_sums[self.alias[u.name]] for u in units}
+
+
 def calibrate(
     model: nn.Module,
     units: tuple[Unit, ...],
@@ -101,63 +189,27 @@ def calibrate(
 ) -> CalibrationStats:
     """Run ``windows`` (n, seq_len) through ``model`` and return the per-unit Hessians."""
     if not units:
-        raise InvalidInput("the model has no quantizable units to calibrate")
+        raise NoQuantizableUnits(NO_UNITS_FIX)
     device = next(model.parameters()).device
-    sums: dict[str, torch.Tensor] = {}
-    abs_sums: dict[str, torch.Tensor] = {}
-    alias: dict[str, str] = {}
-    last: dict[str, object] = {"input": None, "name": None}
-
-    def make_hook(name: str):
-        def hook(_module: nn.Module, args: tuple) -> None:
-            x = args[0]
-            if x is last["input"]:  # same tensor as the previous unit: share its Hessian
-                alias[name] = alias[last["name"]]
-                return
-            last["input"], last["name"] = x, name
-            alias.setdefault(name, name)
-            flat = x.detach().reshape(-1, x.shape[-1]).float()  # (tokens, in)
-            if not torch.isfinite(flat).all():
-                raise InvalidInput(f"non-finite activations reach unit {name!r}; check the model's weights")
-            h = sums.get(name)
-            if h is None:
-                h = sums[name] = torch.zeros(flat.shape[1], flat.shape[1], device=device)
-            h.addmm_(flat.T, flat)
-            if name in abs_sums:
-                abs_sums[name].add_(flat.abs().sum(dim=0))
-            else:
-                abs_sums[name] = flat.abs().sum(dim=0)  # (in,)
-
-        return hook
-
-    handles = [model.get_submodule(u.name).register_forward_pre_hook(make_hook(u.name)) for u in units]
+    sums = HessianSums(model, units)
     n_tokens = 0
     try:
         with torch.no_grad():  # not inference_mode: the sums must stay ordinary tensors
             for start in range(0, windows.shape[0], batch_size):
                 batch = windows[start : start + batch_size].to(device)  # (b, seq_len)
                 model(input_ids=batch, use_cache=False)
-                last["input"] = last["name"] = None
+                sums.end_batch()
                 n_tokens += batch.numel()
                 if on_batch is not None:
                     on_batch(min(start + batch_size, windows.shape[0]), windows.shape[0])
     finally:
-        for handle in handles:
-            handle.remove()
-    missing = [u.name for u in units if u.name not in alias]
-    if missing:
-        raise InvalidInput(
-            f"calibration never reached units {missing[:3]}...; is the model's forward complete?"
-        )
-    for h in sums.values():
-        h.div_(n_tokens)
-    for a in abs_sums.values():
-        a.div_(n_tokens)
+        sums.remove()
+    hessians, abs_means = sums.stats_for(units, n_tokens)
     return CalibrationStats(
-        hessians={u.name: sums[alias[u.name]] for u in units},
+        hessians=hessians,
         n_tokens=n_tokens,
         model_hash=model_hash,
         corpus_hash=corpus_hash,
         settings=dict(settings or {}),
-        abs_means={u.name: abs_sums[alias[u.name]] for u in units},
+        abs_means=abs_means,
     )

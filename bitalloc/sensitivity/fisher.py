@@ -51,7 +51,19 @@ def accumulate_fisher(
     """Per-unit diagonal empirical Fisher E[(∂L/∂W)²] over batches of ``windows`` (n, seq_len): (out, in)."""
     if not units:
         raise InvalidInput("the model has no quantizable units to compute a Fisher metric for")
+    if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+        raise GradientsUnavailable(
+            "the Fisher metric needs gradients but autograd is off (called inside torch.no_grad() or "
+            "torch.inference_mode()): call it outside those blocks, or pick 'hessian' or 'weight_mse'"
+        )
     params = {u.name: unit_parameter(model, u) for u in units}
+    frozen = [name for name, (p, _) in params.items() if p.is_inference()]
+    if frozen:
+        raise GradientsUnavailable(
+            f"the weight of unit {frozen[0]!r} is an inference tensor (the model was loaded or copied under "
+            "torch.inference_mode()) and cannot carry gradients: load the model outside inference mode, "
+            "or pick a metric without gradients ('hessian', 'weight_mse')"
+        )
     distinct = {id(p): p for p, _ in params.values()}
     flags = {k: p.requires_grad for k, p in distinct.items()}
     sums = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in distinct.items()}
