@@ -78,6 +78,7 @@ def profile(
     windows: Annotated[int, typer.Option(help="calibration windows")] = 32,
     seq_len: Annotated[int, typer.Option(help="tokens per calibration window")] = 512,
     seed: int = 0,
+    streaming: Annotated[bool, typer.Option(help="calibrate one decoder layer at a time")] = False,
 ) -> None:
     """Calibrate MODEL on CORPUS and score every unit x candidate of the default palette."""
     from bitalloc.models.loading import load_model
@@ -85,7 +86,8 @@ def profile(
 
     with progress_bar() as update:
         loaded = load_model(model)
-        prof = run_profile(loaded, CalibrationSettings(corpus, windows, seq_len, seed), progress=update)
+        settings = CalibrationSettings(corpus, windows, seq_len, seed)
+        prof = run_profile(loaded, settings, progress=update, streaming=streaming)
     path = prof.save(output)
     console.print(f"profile: {len(prof.units())} units x {len(prof.meta['palette'])} candidates -> {path}")
 
