@@ -19,7 +19,7 @@ from bitalloc.quantizers.packed_linear import PackedLinear
 from bitalloc.quantizers.quant_linear import QuantLinear
 from bitalloc.quantizers.quantize import quantize
 from bitalloc.quantizers.quantized_weight import QuantizedWeight
-from bitalloc.quantizers.registry import needs_hessian
+from bitalloc.quantizers.registry import InsufficientCalibration, check_tokens, needs_hessian
 
 
 def needs_hessians(plan: Plan) -> bool:
@@ -33,10 +33,16 @@ def apply_plan(
     *,
     model_hash: str,
     hessians: dict[str, torch.Tensor] | None = None,
+    n_tokens: int | None = None,
     on_unit: Callable[[int, int], None] | None = None,
 ) -> nn.Module:
-    """A copy of ``model`` with every planned unit quantized; unplanned tensors are shared, not copied."""
+    """A copy of ``model`` with every planned unit quantized; unplanned tensors are shared, not copied.
+
+    Every unit is checked (a Linear, a shape its scheme handles, the calibration it needs: Hessian and,
+    when ``n_tokens`` is given, enough tokens) before any is quantized.
+    """
     plan.check_model(model_hash)
+    _check_units(model, plan, hessians, n_tokens)
     shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
     quantized = copy.deepcopy(model, memo=shared)
     for i, choice in enumerate(plan.assignment):
@@ -46,7 +52,8 @@ def apply_plan(
             raise InvalidInput(f"plan unit {choice.unit!r} is not a Linear of this model")
         candidate = Candidate.parse(choice.candidate)
         hessian = None if hessians is None else hessians.get(choice.unit)
-        qweight = quantize(linear.weight.detach().float(), candidate, hessian=hessian, unit=choice.unit)
+        weight = linear.weight.detach().float()
+        qweight = quantize(weight, candidate, hessian=hessian, unit=choice.unit, n_tokens=n_tokens)
         if qweight.nbytes != choice.nbytes:
             raise BitallocError(f"{choice.unit}: packed {qweight.nbytes} bytes, plan says {choice.nbytes}")
         if isinstance(qweight, QuantizedWeight):
@@ -59,6 +66,24 @@ def apply_plan(
     if stored != plan.nbytes:
         raise BitallocError(f"quantized model stores {stored} bytes but the plan counts {plan.nbytes}")
     return quantized
+
+
+def _check_units(
+    model: nn.Module, plan: Plan, hessians: dict[str, torch.Tensor] | None, n_tokens: int | None
+) -> None:
+    for choice in plan.assignment:
+        weight = getattr(model.get_submodule(choice.unit), "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            continue  # not a 2-D weight: the quantizing loop says what is wrong
+        candidate = Candidate.parse(choice.candidate)
+        shape = (int(weight.shape[0]), int(weight.shape[1]))
+        candidate.check(shape, choice.unit)
+        if needs_hessian(candidate) and (hessians is None or choice.unit not in hessians):
+            raise InsufficientCalibration(
+                f"{candidate.name} for unit {choice.unit!r} needs calibration statistics (the Hessian of "
+                "its inputs): pass hessians= from a calibration of this model"
+            )
+        check_tokens(candidate, shape, n_tokens, choice.unit)
 
 
 def quantized_bytes(model: nn.Module) -> int:

@@ -14,6 +14,7 @@ candidate's bytes (``2 * in``); a deployment may fold it where the architecture 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,10 +29,13 @@ from bitalloc.sensitivity.proxy import proxy_errors
 
 @dataclass(frozen=True)
 class AwqConfig:
-    """Exponents tried for ``s = a^α`` and the floor on activation RMS (relative to its mean)."""
+    """Exponents tried for ``s = a^α``, the floor on activation RMS (relative to its mean), and the
+    calibration tokens needed per input channel: below one, H = XᵀX / n is singular and the α search
+    fits the few calibration tokens rather than the distribution."""
 
     alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     floor: float = 1e-4
+    tokens_per_input: float = 1.0
 
 
 CONFIG = AwqConfig()
@@ -80,4 +84,9 @@ def dequantize(q: PackedWeight) -> torch.Tensor:
     return grid_dequantize(q.candidate, q.shape, q.stored) / q.stored["awq_scale"].float()
 
 
-SPEC = QuantizerSpec(QuantKind.AWQ, CONFIG, True, layout, quantize_many, dequantize)
+def min_tokens(candidate: Candidate, shape: tuple[int, int]) -> int:
+    """Calibration tokens the α search needs: ``tokens_per_input`` per input channel."""
+    return math.ceil(CONFIG.tokens_per_input * shape[1])
+
+
+SPEC = QuantizerSpec(QuantKind.AWQ, CONFIG, True, layout, quantize_many, dequantize, min_tokens=min_tokens)

@@ -16,7 +16,9 @@ a ``PackedWeight`` whose named tensors are listed by its quantizer's ``layout`` 
 Names: ``<kind>-w<bits>g<group>-<sym|asym>[-o<outliers>][-h<percent>]``. Foundation names (``rtn-w4g32-asym``,
 ``gptq-w3g64-sym``) are unchanged. New kinds use new prefixes (``gptqact``, ``awq``, ``kmeans``, ``nest``,
 ``mix``, ``tern``); the optional ``-o<n>`` suffix keeps ``n`` input columns in float16 (QUIK/SpQR) on top of
-an ``rtn``, ``gptq`` or ``gptqact`` base. For ``kmeans`` the group is the number of columns of a row that
+an ``rtn``, ``gptq`` or ``gptqact`` base. ``a8``/``a4`` names (``a4-w4g64-sym-o32``) are weight-activation
+candidates: the name's bits, group and symmetry are the weights', ``-o<n>`` their float16 channels
+(``activations.py``). For ``kmeans`` the group is the number of columns of a row that
 share one lookup table and the name always says ``asym``; for ``mix`` and ``tern`` see their modules.
 """
 
@@ -33,7 +35,7 @@ DEFAULT_BITS = (2, 3, 4, 5, 6, 8)
 DEFAULT_GROUP_SIZES = (32, 64, 128)
 SCALE_BYTES = 2  # float16
 _NAME = re.compile(
-    r"^(?P<kind>[a-z]+)-w(?P<bits>\d+)g(?P<group>\d+)-(?P<sym>sym|asym)(?:-o(?P<outliers>[1-9]\d*))?(?:-h(?P<high>[1-9]\d?))?$"
+    r"^(?P<kind>[a-z][a-z0-9]*)-w(?P<bits>\d+)g(?P<group>\d+)-(?P<sym>sym|asym)(?:-o(?P<outliers>[1-9]\d*))?(?:-h(?P<high>[1-9]\d?))?$"
 )
 
 
@@ -48,10 +50,13 @@ class QuantKind(StrEnum):
     NEST = "nest"  # bit-nested matryoshka codes (nested.py)
     MIX = "mix"  # two bit widths by column groups (mixbits.py)
     TERN = "tern"  # sparse ternary with an enumerative code (ternary.py)
+    A8 = "a8"  # W<bits>A8: activations 8-bit per token, float16 outlier channels (activations.py)
+    A4 = "a4"  # W<bits>A4: activations 4-bit per token, float16 outlier channels (activations.py)
 
 
 FOUNDATION_KINDS = (QuantKind.RTN, QuantKind.GPTQ)
-OUTLIER_KINDS = (QuantKind.RTN, QuantKind.GPTQ, QuantKind.GPTQACT)
+ACT_KINDS = (QuantKind.A8, QuantKind.A4)  # their -o<n> channels are float16 in activations and weights
+OUTLIER_KINDS = (QuantKind.RTN, QuantKind.GPTQ, QuantKind.GPTQACT, *ACT_KINDS)
 ASYM_ONLY_KINDS = (QuantKind.KMEANS,)
 
 

@@ -85,7 +85,16 @@ def _quantize_n(
 ) -> list[PackedWeight]:
     w = weight.detach().float()  # (out, in)
     h = check_hessian(candidates[0], hessian, w.shape[1], unit)  # (in, in): selection and compensation
-    o = select_outliers(w, h, n)  # (n,)
+    stored = quantize_with_columns(w, h, select_outliers(w, h, n), [c.base for c in candidates], unit)
+    shape = (w.shape[0], w.shape[1])
+    return [PackedWeight(c, shape, t) for c, t in zip(candidates, stored, strict=True)]
+
+
+def quantize_with_columns(
+    weight: torch.Tensor, hessian: torch.Tensor, columns: torch.Tensor, bases: Sequence[Candidate], unit: str
+) -> list[dict[str, torch.Tensor]]:
+    """Tensors ``base.*``, ``outlier_idx``, ``outlier_val`` of each base with float16 ``columns`` (sorted)."""
+    w, h, o = weight.float(), hessian.float(), columns  # (out, in), (in, in), (n,)
     keep = torch.ones(w.shape[1], dtype=torch.bool)
     keep[o] = False
     b = keep.nonzero().squeeze(1)  # (in - n,)
@@ -96,33 +105,35 @@ def _quantize_n(
     transfer = torch.linalg.solve(h_oo, h[o][:, b].double()).float()  # (n, in-n) = H_oo⁻¹ H_ob
     h_base = torch.zeros_like(h)
     h_base[b.unsqueeze(1), b.unsqueeze(0)] = h[b][:, b] - h[b][:, o] @ transfer  # Schur complement
-    results = []
     groups: dict[int, list[int]] = {}
-    for i, c in enumerate(candidates):
+    for i, c in enumerate(bases):
         groups.setdefault(id(base_spec(c)), []).append(i)
-    bases: list = [None] * len(candidates)
+    quantized: list = [None] * len(bases)
     for idx in groups.values():
-        spec = base_spec(candidates[idx[0]])
-        done = spec.quantize_many(w_base, [candidates[i].base for i in idx], h_base, unit)
-        for i, q in zip(idx, done, strict=True):
-            bases[i] = q
-    shape = (w.shape[0], w.shape[1])
-    for c, q in zip(candidates, bases, strict=True):
+        spec = base_spec(bases[idx[0]])
+        for i, q in zip(idx, spec.quantize_many(w_base, [bases[i] for i in idx], h_base, unit), strict=True):
+            quantized[i] = q
+    results = []
+    for q in quantized:
         delta_b = q.dequantize()[:, b] - w[:, b]  # (out, in-n)
         values = w[:, o] - delta_b @ transfer.t()  # (out, n)
         tensors = {f"base.{k}": t for k, t in q.tensors().items()}
         tensors["outlier_idx"] = o.to(torch.int16)
         tensors["outlier_val"] = values.to(torch.float16)
-        results.append(PackedWeight(c, shape, tensors))
+        results.append(tensors)
     return results
+
+
+def fill_columns(base: torch.Tensor, stored: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``base`` (float32 ``(out, in)``, modified) with the stored float16 outlier columns written in."""
+    base[:, stored["outlier_idx"].long()] = stored["outlier_val"].float()
+    return base
 
 
 def dequantize(q: PackedWeight) -> torch.Tensor:
     """Base weight with the outlier columns replaced by their float16 values: float32 ``(out, in)``."""
     base = {k.removeprefix("base."): t for k, t in q.stored.items() if k.startswith("base.")}
-    w = rebuild(q.candidate.base, q.shape, base).dequantize().clone()  # (out, in)
-    w[:, q.stored["outlier_idx"].long()] = q.stored["outlier_val"].float()
-    return w
+    return fill_columns(rebuild(q.candidate.base, q.shape, base).dequantize().clone(), q.stored)
 
 
 SPEC = QuantizerSpec(None, CONFIG, True, layout, quantize_many, dequantize, unsupported)  # type: ignore[arg-type]

@@ -50,8 +50,17 @@ class PackedLinear(nn.Module):
         return PackedWeight(self.candidate, (self.out_features, self.in_features), stored)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``F.linear`` with the weight dequantized in float32 and cast to ``x.dtype``."""
-        weight = self.qweight.dequantize(torch.float32).to(x.device, x.dtype)  # (out, in)
+        """``F.linear`` with the weight dequantized in float32 and cast to ``x.dtype``.
+
+        Weight-activation candidates (``activations.py``) first fake-quantize ``x`` as their kernel would.
+        """
+        from bitalloc.quantizers.registry import spec_of
+
+        qweight = self.qweight
+        prepare = spec_of(self.candidate).prepare_input
+        if prepare is not None:
+            x = prepare(x, qweight)  # (..., in)
+        weight = qweight.dequantize(torch.float32).to(x.device, x.dtype)  # (out, in)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, weight, bias)
 

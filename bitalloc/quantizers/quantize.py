@@ -50,15 +50,19 @@ def quantize(
     *,
     hessian: torch.Tensor | None = None,
     unit: str = "",
+    n_tokens: int | None = None,
 ) -> QuantizedWeight | PackedWeight:
-    """Quantize an ``(out, in)`` weight with ``candidate``; GPTQ needs the ``(in, in)`` input Hessian."""
+    """Quantize an ``(out, in)`` weight with ``candidate``; GPTQ needs the ``(in, in)`` input Hessian.
+
+    ``n_tokens`` (the calibration tokens behind ``hessian``) lets AWQ and k-means refuse too few.
+    """
     if weight.dim() != 2:
         raise InvalidInput(f"weights must be 2-D (out, in), got shape {tuple(weight.shape)}")
     candidate.check(tuple(weight.shape), unit)  # type: ignore[arg-type]
     if not candidate.foundation_format:
         from bitalloc.quantizers.registry import quantize_batch
 
-        return quantize_batch(weight, [candidate], hessian, unit)[0]
+        return quantize_batch(weight, [candidate], hessian, unit, n_tokens=n_tokens)[0]
     try:
         quantizer = QUANTIZERS[candidate.kind]
     except KeyError:

@@ -15,7 +15,7 @@ from typing import Union
 import torch
 
 from bitalloc.errors import InvalidInput
-from bitalloc.quantizers.candidate import Candidate, QuantKind
+from bitalloc.quantizers.candidate import ACT_KINDS, Candidate, QuantKind
 from bitalloc.quantizers.gptq import quantize_gptq_many
 from bitalloc.quantizers.packed import Layout, PackedWeight, grid_layout, layout_bytes
 from bitalloc.quantizers.quantized_weight import QuantizedWeight
@@ -44,6 +44,8 @@ class QuantizerSpec:
     quantize_many: Callable[[torch.Tensor, Sequence[Candidate], torch.Tensor | None, str], list[AnyWeight]]
     dequantize: Callable[[AnyWeight], torch.Tensor]  # float32 (out, in)
     unsupported: Callable[[Candidate, Shape], str | None] = _fits
+    prepare_input: Callable[[torch.Tensor, AnyWeight], torch.Tensor] | None = None  # activation quantizers
+    min_tokens: Callable[[Candidate, Shape], int] | None = None  # calibration tokens the search needs
 
 
 def check_hessian(
@@ -68,6 +70,24 @@ def check_hessian(
             "tokens reached this unit); recalibrate with more windows"
         )
     return h
+
+
+def check_tokens(candidate: Candidate, shape: Shape, n_tokens: int | None, unit: str = "") -> None:
+    """InsufficientCalibration, naming unit and scheme, if ``n_tokens`` is below what ``candidate`` needs.
+
+    ``n_tokens`` is the calibration token count behind the Hessian (``CalibrationStats.n_tokens``); None
+    (a caller that does not know it) skips the check.
+    """
+    rule = spec_of(candidate).min_tokens
+    if n_tokens is None or rule is None:
+        return
+    need = rule(candidate, shape)
+    if n_tokens < need:
+        where = f"unit {unit!r}" if unit else "this weight"
+        raise InsufficientCalibration(
+            f"{candidate.name} for {where} needs at least {need} calibration tokens, got {n_tokens}: "
+            "recalibrate with more windows or longer sequences, or use another scheme (rtn, gptq)"
+        )
 
 
 def rebuild(candidate: Candidate, shape: Shape, tensors: Mapping[str, torch.Tensor]) -> AnyWeight:
@@ -113,7 +133,7 @@ GPTQ_SPEC = QuantizerSpec(QuantKind.GPTQ, GptqConfig(), True, _grid, _gptq_many,
 
 
 def _build() -> Mapping[QuantKind, QuantizerSpec]:
-    from bitalloc.quantizers import awq, gptq_actorder, kmeans, mixbits, nested, ternary
+    from bitalloc.quantizers import activations, awq, gptq_actorder, kmeans, mixbits, nested, ternary
 
     specs = (
         RTN_SPEC,
@@ -124,6 +144,8 @@ def _build() -> Mapping[QuantKind, QuantizerSpec]:
         nested.SPEC,
         mixbits.SPEC,
         ternary.SPEC,
+        activations.SPEC_A8,
+        activations.SPEC_A4,
     )
     return MappingProxyType({s.kind: s for s in specs})
 
@@ -140,7 +162,7 @@ def registry() -> Mapping[QuantKind, QuantizerSpec]:
 
 def spec_of(candidate: Candidate) -> QuantizerSpec:
     """The spec that stores ``candidate`` (the outlier wrapper for ``-o<n>`` candidates)."""
-    if candidate.outliers:
+    if candidate.outliers and candidate.kind not in ACT_KINDS:
         from bitalloc.quantizers import outliers
 
         return outliers.SPEC
@@ -166,12 +188,21 @@ def needs_hessian(candidate: Candidate) -> bool:
 
 
 def quantize_batch(
-    weight: torch.Tensor, candidates: Sequence[Candidate], hessian: torch.Tensor | None, unit: str = ""
+    weight: torch.Tensor,
+    candidates: Sequence[Candidate],
+    hessian: torch.Tensor | None,
+    unit: str = "",
+    *,
+    n_tokens: int | None = None,
 ) -> list[AnyWeight]:
-    """Quantize one weight for every candidate, batching by spec; results follow ``candidates``."""
+    """Quantize one weight for every candidate, batching by spec; results follow ``candidates``.
+
+    Every candidate is checked (shape, calibration tokens) before any is quantized.
+    """
     shape = tuple(weight.shape)
     for c in candidates:
         c.check(shape, unit)  # type: ignore[arg-type]
+        check_tokens(c, shape, n_tokens, unit)  # type: ignore[arg-type]
     by_spec: dict[int, list[int]] = {}
     specs: dict[int, QuantizerSpec] = {}
     for i, c in enumerate(candidates):

@@ -32,6 +32,9 @@ CONTRACT = tuple(
         "nest-w2g64-sym",
         "mix-w3g64-asym-h50",
         "tern-w1g192-sym",
+        "a8-w8g64-sym",
+        "a4-w4g64-sym-o8",
+        "a4-w4g64-asym",
     )
 )
 FAMILIES = {  # name template and increasing bit widths
@@ -43,6 +46,7 @@ FAMILIES = {  # name template and increasing bit widths
     "kmeans": ("kmeans-w{}g64-asym", (2, 3, 4)),
     "nest": ("nest-w{}g64-asym", (2, 4, 8)),
     "mix": ("mix-w{}g64-asym-h50", (2, 3, 4)),
+    "act": ("a8-w{}g64-sym-o8", (2, 3, 4)),
 }
 
 
