@@ -18,7 +18,7 @@ from bitalloc.allocator.resources import resources
 from bitalloc.allocator.rules import apply_rules, candidate_bits
 
 
-def _step(m: AllocationProblem, choice: np.ndarray, up: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def step(m: AllocationProblem, choice: np.ndarray, up: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per group: the step's candidate (-1 if none), its byte change (>0) and loss change (>0)."""
     rows = np.arange(len(choice))
     db = m.nbytes - m.nbytes[rows, choice][:, None]
@@ -47,8 +47,8 @@ def explain(problem: AllocationProblem, solution: Solution, budget: Budget) -> p
     first = np.zeros(len(m.units), dtype=np.int64)
     first[gid[::-1]] = np.arange(len(gid))[::-1]
     gchoice = solution.choice[first]
-    up_c, up_b, up_l = _step(m, gchoice, up=True)
-    dn_c, dn_b, dn_l = _step(m, gchoice, up=False)
+    up_c, up_b, up_l = step(m, gchoice, up=True)
+    dn_c, dn_b, dn_l = step(m, gchoice, up=False)
     byte_price = prices.get("price_bytes", 0.0)
     rows = np.arange(len(p.units))
     bits = candidate_bits(p)[rows, solution.choice]
