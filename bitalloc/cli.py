@@ -59,14 +59,6 @@ def parse_range(text: str) -> list[float]:
         ) from None
 
 
-def _budget(target_bpw: float | None, max_bytes: int | None):
-    from bitalloc.allocator.problem import Budget
-
-    if (target_bpw is None) == (max_bytes is None):
-        raise InvalidInput("give exactly one of --target-bpw or --max-bytes")
-    return Budget(max_bytes=max_bytes, target_bpw=target_bpw)
-
-
 Model = Annotated[str, typer.Option("--model", "-m", help="bundled name, HF folder, .gguf file or hub id")]
 
 
@@ -92,6 +84,9 @@ def profile(
     console.print(f"profile: {len(prof.units())} units x {len(prof.meta['palette'])} candidates -> {path}")
 
 
+SOLVER_HELP = "auto, milp, lagrange, pulp, pulp:NAME (any solver PuLP drives), cvxpy or baq"
+
+
 @app.command()
 def plan(
     profile_path: Annotated[Path, typer.Argument(help="profile .parquet")],
@@ -99,19 +94,57 @@ def plan(
     target_bpw: Annotated[
         float | None, typer.Option(help="average bits per weight over quantized units")
     ] = None,
-    max_bytes: Annotated[int | None, typer.Option(help="total bytes of the quantized units")] = None,
-    solver: Annotated[str, typer.Option(help="milp, lagrange or auto")] = "auto",
+    max_bytes: Annotated[
+        int | None, typer.Option(help="total bytes of the quantized units (with --target-bpw: the smaller)")
+    ] = None,
+    max_latency: Annotated[float | None, typer.Option(help="summed latency of the units, in us")] = None,
+    latency_table: Annotated[
+        str, typer.Option(help="measured (shipped H100 table), analytic, or a latency CSV path")
+    ] = "measured",
+    latency_batch: Annotated[int, typer.Option(help="batch size the latency table is read at")] = 1,
+    max_active_bytes: Annotated[
+        float | None, typer.Option(help="bytes weighted by routing frequency (MoE experts)")
+    ] = None,
+    routing: Annotated[
+        Path | None, typer.Option(help="unit,frequency CSV for --max-active-bytes (default: all 1)")
+    ] = None,
+    min_bits: Annotated[
+        list[str] | None, typer.Option(help="UNIT=BITS, at least these code bits (glob UNIT; repeatable)")
+    ] = None,
+    max_bits: Annotated[
+        list[str] | None, typer.Option(help="UNIT=BITS, at most these code bits (glob UNIT; repeatable)")
+    ] = None,
+    pin: Annotated[
+        list[str] | None, typer.Option(help="UNIT=CANDIDATE, force a candidate (glob UNIT; repeatable)")
+    ] = None,
+    solver: Annotated[str, typer.Option(help=SOLVER_HELP)] = "auto",
+    explain: Annotated[Path | None, typer.Option(help="write why each unit got its bits to this CSV")] = None,
 ) -> None:
-    """Solve for the best candidate per unit under one budget."""
-    from bitalloc.pipeline import make_plan
+    """Solve for the best candidate per unit under every limit given at once (bpw, bytes, latency, active
+    bytes) and the per-unit rules; --target-bpw and --max-bytes together: the smaller byte limit wins."""
+    from bitalloc.allocator.options import PlanRequest, make_budget, make_plan_with
     from bitalloc.sensitivity.profile import SensitivityProfile
 
-    result = make_plan(SensitivityProfile.load(profile_path), _budget(target_bpw, max_bytes), solver=solver)
+    budget = make_budget(
+        target_bpw=target_bpw,
+        max_bytes=max_bytes,
+        max_latency=max_latency,
+        max_active_bytes=max_active_bytes,
+        min_bits=min_bits,
+        max_bits=max_bits,
+        pin=pin,
+    )
+    request = PlanRequest(budget, solver, latency_table, latency_batch, routing)
+    profile = SensitivityProfile.load(profile_path)
+    result, table = make_plan_with(profile, request, explain=explain is not None)
     result.save(output)
+    if table is not None and explain is not None:
+        table.to_csv(explain, index=False)
     s = result.solver
     console.print(
         f"plan: {result.bpw:.4f} bpw, {result.nbytes} bytes, predicted error {result.predicted_error:.6g}, "
         f"solver {s['name']} ({s['status']}, gap {s['gap']:.2e}) -> {output}"
+        + ("" if explain is None else f", explanation -> {explain}")
     )
 
 
@@ -119,20 +152,46 @@ def plan(
 def frontier(
     profile_path: Annotated[Path, typer.Argument(help="profile .parquet")],
     bpw: Annotated[str, typer.Option(help="START:STOP:STEP or a,b,c")] = "2.5:4.5:0.25",
+    max_bytes: Annotated[
+        int | None, typer.Option(help="also cap every point at this many bytes (the smaller limit wins)")
+    ] = None,
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("frontier.csv"),
     plot: Annotated[Path | None, typer.Option(help="also draw the frontier to this PNG")] = None,
-    solver: str = "lagrange",
+    solver: Annotated[str, typer.Option(help=SOLVER_HELP)] = "lagrange",
+    exact: Annotated[bool, typer.Option("--exact", help="solve every budget exactly (MILP)")] = False,
+    hull: Annotated[
+        bool, typer.Option("--hull", help="every certified hull breakpoint instead of --bpw (gap 0 each)")
+    ] = False,
+    max_points: Annotated[int | None, typer.Option(help="with --hull: at most this many points")] = None,
 ) -> None:
-    """Error against size for many budgets at once."""
+    """Error against size for many budgets at once (--exact: MILP per budget; --hull: whole hull)."""
     from bitalloc.allocator.frontier import frontier as compute_frontier
-    from bitalloc.allocator.frontier import plot_frontier
+    from bitalloc.allocator.frontier import hull_frontier, plot_frontier
     from bitalloc.allocator.problem import Budget
+    from bitalloc.allocator.solve import check_solver
     from bitalloc.sensitivity.profile import SensitivityProfile
 
+    if exact and hull:
+        raise InvalidInput("give --exact or --hull, not both")
+    if exact:
+        if solver not in ("lagrange", "milp"):
+            raise InvalidInput(f"--exact solves with milp; drop --solver {solver}")
+        solver = "milp"
+    check_solver(solver)
+    if max_points is not None and (not hull or max_points < 2):
+        raise InvalidInput("--max-points needs --hull and at least 2 points")
     problem = SensitivityProfile.load(profile_path).to_problem()
-    df = compute_frontier(problem, [Budget(target_bpw=b) for b in parse_range(bpw)], solver=solver)
+    if hull:
+        df = hull_frontier(problem, max_points=max_points)
+        if max_bytes is not None:
+            df = df[df["bytes"] <= max_bytes].reset_index(drop=True)
+    else:
+        budgets = [Budget(target_bpw=b, max_bytes=max_bytes) for b in parse_range(bpw)]
+        df = compute_frontier(problem, budgets, solver=solver)
     df.to_csv(output, index=False)
     if plot is not None:
+        if hull:
+            df = df.assign(budget_bytes=df["bytes"], budget_bpw=df["bpw"])
         plot_frontier(df, plot)
     console.print(df.to_string(index=False))
 
