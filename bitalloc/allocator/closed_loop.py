@@ -75,10 +75,17 @@ def _label_index(labels: np.ndarray) -> tuple[list[str], np.ndarray]:
     return names, np.array([where[x] for x in labels.tolist()], dtype=np.int64)
 
 
-def fit_scales(errors: np.ndarray, measured: np.ndarray, *, ridge: float = 0.01) -> np.ndarray:
-    """(labels,) non-negative scales s minimizing ``|errors @ s - measured|^2 + ridge * sum_g v_g^2
+def fit_scales(
+    errors: np.ndarray, measured: np.ndarray, *, ridge: float = 0.01, intercept: bool = True
+) -> np.ndarray:
+    """(labels,) non-negative scales s minimizing ``|c + errors @ s - measured|^2 + ridge * sum_g v_g^2
     (s_g - s0)^2``, where s0 is the best single common scale and v_g how much label g's errors vary
-    across the measurements (its centred column norm; a tiny floor keeps an unvaried label at s0)."""
+    across the measurements (its centred column norm; a tiny floor keeps an unvaried label at s0).
+
+    ``intercept``: fit a free constant c too, so that the scales are the local rates of change of the
+    measured loss (what the allocation depends on) even when the loss grows faster than linearly in the
+    errors; without it the line goes through zero loss at zero error.
+    """
     errors = np.asarray(errors, dtype=np.float64)
     measured = np.asarray(measured, dtype=np.float64)
     if errors.ndim != 2 or measured.shape != errors.shape[:1]:
@@ -87,16 +94,23 @@ def fit_scales(errors: np.ndarray, measured: np.ndarray, *, ridge: float = 0.01)
         raise InvalidInput("measured losses and errors must be finite, and losses non-negative")
     if ridge < 0:
         raise InvalidInput(f"ridge must be non-negative, got {ridge}")
+    n, g = errors.shape
     total = errors.sum(axis=1)
     s0 = float(total @ measured / (total @ total)) if total @ total > 0 else 0.0
+    centred = total - total.mean()
+    if intercept and centred @ centred > 1e-24 * max(total @ total, 1e-300):
+        s0 = max(float(centred @ (measured - measured.mean()) / (centred @ centred)), 0.0)
     spread = np.linalg.norm(errors - errors.mean(axis=0), axis=0)
     spread = np.maximum(spread, 1e-6 * max(float(spread.max()), float(np.abs(errors).max()), 1e-300))
     weight = np.sqrt(ridge) * spread
     a = np.vstack([errors, np.diag(weight)])
     b = np.concatenate([measured, weight * s0])
+    if intercept:  # c = c_plus - c_minus, both non-negative columns, unpenalized
+        ones = np.concatenate([np.ones(n), np.zeros(g)])[:, None]
+        a = np.hstack([a, ones, -ones])
     norm = np.maximum(np.linalg.norm(a, axis=0), 1e-300)  # column scaling for a well-posed NNLS
     scaled, _ = nnls(a / norm, b, maxiter=50 * a.shape[1])
-    return scaled / norm
+    return (scaled / norm)[:g]
 
 
 def rescale(problem: AllocationProblem, labels: np.ndarray, scales: np.ndarray) -> AllocationProblem:
@@ -179,6 +193,7 @@ def closed_loop(
     rounds: int = 2,
     direction: str = "down",
     ridge: float = 0.01,
+    intercept: bool = True,
     solver: str = "auto",
 ) -> ClosedLoop:
     """Solve, measure, probe, refit the label scales and re-solve for ``rounds`` rounds in all (see the
@@ -195,7 +210,7 @@ def closed_loop(
     done = [LoopRound(first, measured[0], None)]
     for _ in range(rounds - 1):
         errors = label_errors(problem, np.stack(choices), labels)
-        scales = fit_scales(errors, np.array(measured), ridge=ridge)
+        scales = fit_scales(errors, np.array(measured), ridge=ridge, intercept=intercept)
         sol = solve(rescale(problem, labels, scales), budget, solver=solver)
         seen = [i for i, c in enumerate(choices) if np.array_equal(c, sol.choice)]
         if seen:

@@ -96,6 +96,25 @@ def test_the_default_ridge_stays_close_and_a_uniform_truth_keeps_the_first_plan(
     assert same.best == 0 and len(same.measured) == 1 + len(same.choices) - 1
 
 
+def test_the_intercept_makes_scales_local_rates():
+    problem = layered(seed=5)
+    labels = unit_labels(problem.units, "type")
+    truth = np.array([2.0, 0.5, 1.0])
+    base = solve(problem, Budget(target_bpw=3.5)).choice
+    choices = [base, *probe_choices(problem, base, labels, direction="both")]
+    errors = label_errors(problem, np.stack(choices), labels)
+    offset = 0.3 * float(errors[0] @ truth)  # a loss floor the errors do not explain
+    np.testing.assert_allclose(fit_scales(errors, offset + errors @ truth, ridge=0.0), truth, rtol=1e-6)
+    through_zero = fit_scales(errors, offset + errors @ truth, ridge=0.0, intercept=False)
+    assert np.abs(through_zero / truth - 1).max() > 0.05
+    # a loss that grows faster than the errors (here over 4x error steps): with the intercept every
+    # label keeps a positive scale in the true order; through zero, one label's scale collapses to 0
+    squared = (errors @ truth) ** 2
+    fitted = fit_scales(errors, squared)
+    assert (fitted > 0).all() and fitted[0] > fitted[2] > fitted[1]
+    assert (fit_scales(errors, squared, intercept=False) == 0).any()
+
+
 def test_probes_move_exactly_one_label_one_step():
     problem = layered(seed=2, layers=3)
     labels = unit_labels(problem.units, "type")
