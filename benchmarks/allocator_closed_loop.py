@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--calib-windows", type=int, default=4, help="512-token windows for the fit")
     parser.add_argument("--calib-seed", type=int, default=1)
     parser.add_argument("--eval-tokens", type=int, default=4096)
+    parser.add_argument("--eval-stride", type=int, default=256, help="512 = windows without overlap")
     parser.add_argument("--output", type=Path, default=Path("runs/bench-closed-loop"))
     args = parser.parse_args()
     started = time.time()
@@ -91,7 +92,9 @@ def main() -> None:
             todo = {k: c for k, c in todo.items() if k not in evaluated}
             models = {str(i): measure.quantized_copy(c) for i, c in enumerate(todo.values())}
             if models:
-                results = evaluate_models(models, loaded.model, eval_tokens)
+                results = evaluate_models(
+                    models, loaded.model, eval_tokens, context=512, stride=args.eval_stride
+                )
                 reference = results["reference"]
                 evaluated.update({k: results[str(i)] for i, k in enumerate(todo)})
             del models

@@ -34,6 +34,8 @@ class PlanKL:
     windows:    (n, seq_len) int64 token windows; the next-token distribution at every position but
                 the last of each window is scored
     hessians:   unit -> (in, in) input Hessian, needed by GPTQ candidates
+    keep_reference: windows up to which the float model's log-probabilities are kept between calls
+                (each window holds seq_len x vocab float32: 100 MB for 512 x 49152)
     """
 
     model: nn.Module
@@ -42,7 +44,9 @@ class PlanKL:
     windows: torch.Tensor
     hessians: dict[str, torch.Tensor] | None = None
     batch_size: int = 2
+    keep_reference: int = 4
     _cache: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
+    _reference: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.windows.dim() != 2 or self.windows.shape[1] < 2:
@@ -92,7 +96,11 @@ class PlanKL:
         with torch.inference_mode():
             for start in range(0, self.windows.shape[0], self.batch_size):
                 ids = self.windows[start : start + self.batch_size].to(next(work.parameters()).device)
-                ref = _log_probs(self.model, ids)  # (b * (t - 1), vocab)
+                ref = self._reference.get(start)
+                if ref is None:
+                    ref = _log_probs(self.model, ids)  # (b * (t - 1), vocab)
+                    if start + len(ids) <= self.keep_reference:
+                        self._reference[start] = ref
                 p_ref = ref.exp()
                 for i, weights in enumerate(plans):
                     for linear, w in zip(linears, weights, strict=True):
