@@ -89,29 +89,21 @@ def run_kernel(x: torch.Tensor, layout: KernelLayout, kernel: str, params: dict[
 
 def gemv_space() -> list[dict[str, int]]:
     return [
-        {"block_n": bn, "block_k": 128, "split_k": sk, "num_warps": warps, "num_stages": 2, "unpack": 2}
-        for (bn, warps), sk in itertools.product([(8, 2), (16, 4), (32, 4), (64, 4)], [1, 2, 4, 8, 16])
+        {"block_n": bn, "block_k": bk, "split_k": sk, "num_warps": warps, "num_stages": 3}
+        for (bn, warps), bk, sk in itertools.product([(16, 2), (32, 4), (64, 4)], [256, 512], [1, 2, 4, 8])
     ]
 
 
 def gemm_space(bucket: int) -> list[dict[str, int]]:
     if bucket <= 16:
-        tiles = [(16, 64, 4), (16, 128, 4)]
+        tiles = [(16, 64, 4), (16, 128, 4), (64, 128, 4)]
     elif bucket <= 64:
         tiles = [(64, 64, 4), (64, 128, 4)]
     else:
-        tiles = [(64, 128, 4), (128, 128, 8)]
+        tiles = [(64, 128, 4), (128, 128, 8), (256, 64, 8)]
     return [
-        {
-            "block_m": bm,
-            "block_n": bn,
-            "block_k": 128,
-            "split_k": sk,
-            "num_warps": w,
-            "num_stages": 3,
-            "unpack": u,
-        }
-        for (bm, bn, w), sk, u in itertools.product(tiles, [1, 2, 4], [0, 1])
+        {"block_m": bm, "block_n": bn, "split_k": sk, "num_warps": w, "num_stages": 3}
+        for (bm, bn, w), sk in itertools.product(tiles, [1, 2, 4])
     ]
 
 
@@ -146,8 +138,10 @@ def tune(path: Path, shapes: list[tuple[int, int]], base: Registry, batches: tup
     Registry(torch.cuda.get_device_name(), tuple(entries)).save(path)
 
 
-def speed_table(registry: Registry, shapes, batches, with_gemlite: bool) -> list[str]:
+def speed_table(registry: Registry, shapes, batches, with_gemlite: bool, gemlite_budget_s: float = 150.0):
+    """Markdown rows: fp16 cuBLAS, ours, and gemlite on the large shapes at batch <= 16 (time-boxed)."""
     bw = copy_bandwidth()
+    gemlite_deadline = time.time() + gemlite_budget_s
     rows = [
         f"copy bandwidth {bw / 1e12:.2f} TB/s ({torch.cuda.get_device_name()}); shapes (out, in); "
         "asym, group 128 "
@@ -169,11 +163,35 @@ def speed_table(registry: Registry, shapes, batches, with_gemlite: bool) -> list
             us = bench(lambda: run_kernel(x, layout, choice.kernel, choice.params))  # noqa: B023 (called at once)
             moved = cand.nbytes(shape) + x.numel() * 2 + batch * shape[0] * 2
             frac = moved / (us * 1e-6) / bw
-            gl = gemlite_us(qw, x) if with_gemlite else None
+            run_gl = with_gemlite and shape in LARGE and batch <= 16 and time.time() < gemlite_deadline
+            gl = gemlite_us(qw, x) if run_gl else None
             gl_txt = "-" if gl is None else f"{gl:.1f}"
             rows.append(
                 f"| {shape[0]}x{shape[1]} | {batch} | {fp16_us:.1f} | {bits} | {us:.1f} | {frac:.2f} | "
                 f"{fp16_us / us:.2f} | {gl_txt} |"
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
+def nested_rows(registry: Registry, shapes, bw: float) -> list[str]:
+    """Batch-1 GEMV on bit-nested weights reading the top k of 8 stored planes (nest-w<k>g128-asym)."""
+    from bitalloc.kernels.layout import nested_layout
+
+    rows = ["", "| shape | nested bits read | ours us | frac BW | bytes read |", "|---|---|---|---|---|"]
+    for shape in shapes:
+        x = torch.randn(1, shape[1], device="cuda", dtype=torch.float16)
+        groups = (shape[0], shape[1] // 128)
+        scales = (torch.rand(groups, device="cuda") * 0.02 + 0.001).half()
+        mins = (-scales.float() * 128).half()
+        full = torch.randint(0, 256, (8, shape[0] * shape[1] // 8), device="cuda", dtype=torch.uint8)
+        for k in (2, 4, 8):
+            layout = nested_layout(full[:k], scales, mins, 128, shape)
+            choice = registry.choose(4, shape, 1)
+            us = bench(lambda: run_kernel(x, layout, "gemv", choice.params))  # noqa: B023 (called at once)
+            moved = layout.nbytes + x.numel() * 2 + shape[0] * 2
+            rows.append(
+                f"| {shape[0]}x{shape[1]} | {k} | {us:.1f} | {moved / (us * 1e-6) / bw:.2f} | {moved} |"
             )
             print(rows[-1], flush=True)
     return rows
@@ -213,7 +231,7 @@ def gemlite_us(qw: QuantizedWeight, x: torch.Tensor) -> float | None:
         return None
 
 
-def latency_csv(registry: Registry, path: Path, shapes) -> None:
+def latency_csv(registry: Registry, path: Path, shapes, groups=(32, 64, 128)) -> None:
     """Time every (bits, group, symmetry) x shape x batch with the registry's choice; write CSV."""
     fields = [
         "format",
@@ -236,7 +254,7 @@ def latency_csv(registry: Registry, path: Path, shapes) -> None:
                 w16 = torch.randn(shape, device="cuda", dtype=torch.float16)
                 x = torch.randn(batch, shape[1], device="cuda", dtype=torch.float16)
                 fp16_us = bench(lambda: torch.nn.functional.linear(x, w16), rep=20)  # noqa: B023 (called at once)
-                for bits, group, sym in itertools.product((2, 3, 4, 5, 6, 8), (32, 64, 128), (True, False)):
+                for bits, group, sym in itertools.product((2, 3, 4, 5, 6, 8), groups, (True, False)):
                     if shape[1] % group:
                         continue
                     cand = Candidate(QuantKind.RTN, bits, group, sym)
@@ -271,10 +289,14 @@ def main() -> None:
     parser.add_argument("--gemlite", action="store_true", help="add gemlite to the speed table")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed table")
     parser.add_argument("--out", type=Path, help="also write the Markdown table here")
+    parser.add_argument("--shapes", default="all", choices=["all", "large", "smollm2"], help="shape set")
+    parser.add_argument("--batches", default="1,16,64,256", help="batch sizes of the speed table")
+    parser.add_argument("--nested", action="store_true", help="add batch-1 rows for bit-nested weights")
+    parser.add_argument("--latency-groups", default="32,64,128", help="group sizes of the latency table")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("kernels_speed needs a CUDA GPU")
-    shapes = LARGE + SMOLLM2
+    shapes = {"all": LARGE + SMOLLM2, "large": LARGE, "smollm2": SMOLLM2}[args.shapes]
     start = time.time()
     if args.tune:
         batches = tuple(int(b) for b in args.tune_batches.split(","))
@@ -282,9 +304,12 @@ def main() -> None:
         print(f"tuning took {time.time() - start:.0f} s", flush=True)
     registry = Registry.load(args.tune or args.table) if (args.table or args.tune) else Registry.load()
     if args.latency:
-        latency_csv(registry, args.latency, shapes)
+        latency_csv(registry, args.latency, shapes, tuple(int(g) for g in args.latency_groups.split(",")))
     if not args.no_speed:
-        rows = speed_table(registry, shapes, (1, 16, 64, 256), args.gemlite)
+        batches = tuple(int(b) for b in args.batches.split(","))
+        rows = speed_table(registry, shapes, batches, args.gemlite)
+        if args.nested:
+            rows += nested_rows(registry, [s for s in shapes if s[1] % 128 == 0], copy_bandwidth())
         text = "\n".join(rows)
         print("\n" + text)
         if args.out:

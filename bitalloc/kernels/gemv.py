@@ -1,9 +1,11 @@
-"""GEMV for batch 1: ``y (1, out) = x (1, in) W^T``, codes dequantized in registers, optional split-K.
+"""GEMV for batch 1: ``y (1, out) = x (1, in) W^T`` on the interleaved layout, fp32 accumulation.
 
-Each program owns BLOCK_N output rows and a 1/SPLIT_K slice of the input dimension. Per BLOCK_K step
-and each group slice of it it forms ``d = sum_k q_k x_k`` on the raw codes and adds
-``scale * d + offset * sum_k x_k``: the dequantization costs two multiply-adds per row and group, not per
-weight. SPLIT_K > 1 accumulates float32 partial sums with atomics.
+Each program owns BLOCK_N outputs and a 1/SPLIT_K slice of the inputs. Per BLOCK_K step it streams the
+``(BLOCK_K * b / 32, BLOCK_N)`` word tile of every plane (coalesced along the outputs), turns each field
+into a float with one AND/OR and one subtraction (``_unpack.plane_dot``), and keeps a ``(words, BLOCK_N)``
+float32 accumulator: per word ``acc += scale * sum_j q_j x_j + offset * sum_j x_j`` (the dequantization
+costs two multiply-adds per word, not per weight). The accumulator is reduced once at the end.
+SPLIT_K > 1 adds the partial results atomically into a zeroed output.
 """
 
 from __future__ import annotations
@@ -14,135 +16,87 @@ import torch
 import triton
 import triton.language as tl
 
-from bitalloc.kernels._unpack import gather_codes, load_codes, load_group
+from bitalloc.kernels._unpack import load_group, plane_dot, plane_dot3
 from bitalloc.kernels.layout import KernelLayout
 
 
 @dataclass(frozen=True)
 class GemvConfig:
-    """Launch parameters of the GEMV kernel."""
+    """Launch parameters of the GEMV kernel (block_k is rounded down to fit the input dimension)."""
 
-    block_n: int = 32
-    block_k: int = 128
+    block_n: int = 64
+    block_k: int = 256
     split_k: int = 1
     num_warps: int = 4
-    num_stages: int = 2
-    unpack: int = 2  # 0: load words and reshape; 1: gather each code's word; 2: shift-peel (block_k <= group)
-
-
-@triton.jit
-def _peel_step(
-    x_ptr,
-    p0_ptr,
-    p1_ptr,
-    offs_n,
-    mask_n,
-    stride_p0,
-    stride_p1,
-    k0,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    B0: tl.constexpr,
-    B1: tl.constexpr,
-):
-    """``(sum_k q_k x_k per row, sum_k x_k)`` over [k0, k0 + BLOCK_K) without reshaping any tile.
-
-    Word w of plane 0 holds codes k0 + w * PW0 + j; step j of the unrolled loop takes code j of every
-    word at once, its plane-1 bits from word (w * PW0 + j) // PW1 at the matching shift.
-    """
-    PW0: tl.constexpr = 32 // B0
-    W: tl.constexpr = BLOCK_K // PW0
-    offs_w = tl.arange(0, W)  # (W,)
-    words0 = tl.load(
-        p0_ptr + offs_n[:, None] * stride_p0 + (k0 // PW0 + offs_w)[None, :], mask=mask_n[:, None], other=0
-    )
-    if B1 > 0:
-        PW1: tl.constexpr = 32 // B1
-        R: tl.constexpr = PW1 // PW0  # plane-0 words per plane-1 word
-        words1 = tl.load(
-            p1_ptr + offs_n[:, None] * stride_p1 + (k0 // PW1 + offs_w // R)[None, :],
-            mask=mask_n[:, None],
-            other=0,
-        )
-        base1 = (offs_w % R) * PW0  # (W,) code index inside the plane-1 word at j = 0
-    d2 = tl.zeros((BLOCK_N, W), dtype=tl.float32)
-    xs = tl.zeros((W,), dtype=tl.float32)
-    for j in tl.static_range(PW0):
-        x = tl.load(x_ptr + k0 + offs_w * PW0 + j).to(tl.float32)  # (W,)
-        q = (words0 >> (j * B0)) & ((1 << B0) - 1)  # (BLOCK_N, W)
-        if B1 > 0:
-            q = q | (((words1 >> ((base1 + j) * B1)[None, :]) & ((1 << B1) - 1)) << B0)
-        # exact int -> float without the quarter-rate I2F: 2**23 + q as float bits, minus 2**23
-        qf = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-        d2 += qf * x[None, :]
-        xs += x
-    return tl.sum(d2, axis=1), tl.sum(xs, axis=0)
+    num_stages: int = 3
 
 
 @triton.jit
 def _gemv_kernel(
     x_ptr,
-    p0_ptr,
-    p1_ptr,
+    a_ptr,
+    b_ptr,
     s_ptr,
     m_ptr,
     y_ptr,
     N,
     K,
-    stride_p0,
-    stride_p1,
-    stride_s,
-    BITS: tl.constexpr,
-    B0: tl.constexpr,
-    B1: tl.constexpr,
-    GROUP,
-    SYM,
+    stride_a,
+    QOFF,
+    ONES,
+    NA: tl.constexpr,
+    BA: tl.constexpr,
+    SA: tl.constexpr,
+    BB: tl.constexpr,
+    SB: tl.constexpr,
+    GROUP: tl.constexpr,
+    HAS_MIN: tl.constexpr,
+    CHUNK: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     SPLIT_K,
-    GK: tl.constexpr,
-    NG: tl.constexpr,
-    UNPACK: tl.constexpr,
 ):
-    # GK = min(BLOCK_K, GROUP) inputs per group slice, NG = BLOCK_K // GK group slices per step
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     mask_n = offs_n < N
+    WKA: tl.constexpr = BLOCK_K * BA // 32
+    WPA: tl.constexpr = CHUNK * BA // 32
+    MERGE3: tl.constexpr = (BA == 2) and (BB == 1) and (NA == 1)
     n_blocks = K // BLOCK_K
     kb_start = pid_k * n_blocks // SPLIT_K
     kb_end = (pid_k + 1) * n_blocks // SPLIT_K
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    acc = tl.zeros((WKA, BLOCK_N), dtype=tl.float32)
+    if BB > 0:
+        WKB: tl.constexpr = BLOCK_K * BB // 32
+        WPB: tl.constexpr = CHUNK * BB // 32
+        acc_b = tl.zeros((WKB, BLOCK_N), dtype=tl.float32)
     for kb in range(kb_start, kb_end):
         k0 = kb * BLOCK_K
-        if UNPACK == 2:  # words loaded once, codes peeled off by an unrolled shift loop; BLOCK_K <= GROUP
-            d, xsum = _peel_step(
-                x_ptr, p0_ptr, p1_ptr, offs_n, mask_n, stride_p0, stride_p1, k0, BLOCK_N, BLOCK_K, B0, B1
-            )
-            scale, offset = load_group(s_ptr, m_ptr, offs_n, mask_n, stride_s, k0 // GROUP, BITS, SYM)
-            acc += scale * d + offset * xsum
-        elif UNPACK == 1:  # one group per step: BLOCK_K <= GROUP
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            x = tl.load(x_ptr + offs_k).to(tl.float32)  # (BLOCK_K,)
-            q = gather_codes(p0_ptr, p1_ptr, offs_n, mask_n, stride_p0, stride_p1, offs_k, B0, B1, False)
-            d = tl.sum(q.to(tl.float32) * x[None, :], axis=1)  # (BLOCK_N,)
-            scale, offset = load_group(s_ptr, m_ptr, offs_n, mask_n, stride_s, k0 // GROUP, BITS, SYM)
-            acc += scale * d + offset * tl.sum(x, axis=0)
+        rows_a = (k0 + (tl.arange(0, WKA) // WPA) * CHUNK) // GROUP  # (WKA,) group of each word
+        scale, offset = load_group(s_ptr, m_ptr, rows_a, offs_n, mask_n, N, QOFF, HAS_MIN)
+        if MERGE3:  # 3-bit: both planes merged into 4-bit-stride words
+            dot, xsum = plane_dot3(a_ptr, b_ptr, x_ptr, offs_n, mask_n, N, k0, ONES, WKA, WPA, CHUNK)
         else:
-            x = tl.load(x_ptr + k0 + tl.arange(0, BLOCK_K)).to(tl.float32)  # (BLOCK_K,)
-            x = tl.reshape(x, (NG, GK))
-            q = load_codes(p0_ptr, p1_ptr, offs_n, mask_n, stride_p0, stride_p1, k0, BLOCK_N, BLOCK_K, B0, B1)
-            q = tl.reshape(q, (BLOCK_N, NG, GK))
-            d = tl.sum(q.to(tl.float32) * x[None, :, :], axis=2)  # (BLOCK_N, NG)
-            g = k0 // GROUP + tl.arange(0, NG)  # (NG,)
-            scale, offset = load_group(
-                s_ptr, m_ptr, offs_n[:, None], mask_n[:, None], stride_s, g[None, :], BITS, SYM
-            )
-            acc += tl.sum(scale * d + offset * tl.sum(x, axis=1)[None, :], axis=1)
+            dot, xsum = plane_dot(a_ptr, x_ptr, offs_n, mask_n, N, k0, ONES, WKA, WPA, CHUNK, BA)
+        if SA > 0:
+            dot = dot * (1 << SA)
+        for i in tl.static_range(1, NA):  # further stacked planes (nested format)
+            d_i, _ = plane_dot(a_ptr + i * stride_a, x_ptr, offs_n, mask_n, N, k0, ONES, WKA, WPA, CHUNK, BA)
+            dot += d_i * (1 << (SA - i * BA))
+        acc += scale * dot + offset * xsum[:, None]
+        if BB > 0 and not MERGE3:
+            rows_b = (k0 + (tl.arange(0, WKB) // WPB) * CHUNK) // GROUP  # (WKB,)
+            scale_b, _ = load_group(s_ptr, m_ptr, rows_b, offs_n, mask_n, N, 0.0, False)
+            dot_b, _ = plane_dot(b_ptr, x_ptr, offs_n, mask_n, N, k0, ONES, WKB, WPB, CHUNK, BB)
+            acc_b += scale_b * dot_b * (1 << SB)
+    y = tl.sum(acc, axis=0)  # (BLOCK_N,)
+    if BB > 0 and not MERGE3:
+        y += tl.sum(acc_b, axis=0)
     if SPLIT_K == 1:
-        tl.store(y_ptr + offs_n, acc.to(y_ptr.dtype.element_ty), mask=mask_n)
+        tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
     else:
-        tl.atomic_add(y_ptr + offs_n, acc, mask=mask_n)
+        tl.atomic_add(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
 
 
 def gemv(
@@ -150,50 +104,47 @@ def gemv(
 ) -> torch.Tensor:
     """``x (in,) or (1, in) -> (1, out)`` in x's dtype; the caller has checked the format and shapes.
 
-    ``out`` (used when split_k is 1: contiguous, x's dtype, ``out`` elements) receives the result.
+    ``out`` (contiguous, x's dtype, ``out`` elements) receives the result when given.
     """
     out_features, in_features = layout.shape
     x = x.reshape(-1).contiguous()  # (in,)
-    block_k = 1 << (min(config.block_k, in_features).bit_length() - 1)  # power of two
+    block_k = max(layout.chunk, 1 << (min(config.block_k, in_features).bit_length() - 1))
     while in_features % block_k:
         block_k //= 2
-    if config.unpack in (1, 2):
-        block_k = min(block_k, layout.group_size)
-    group_k = min(block_k, layout.group_size)
     split_k = max(1, min(config.split_k, in_features // block_k))
-    if split_k == 1:
-        y = torch.empty(out_features, dtype=x.dtype, device=x.device) if out is None else out.view(-1)
-    else:
-        y = torch.zeros(out_features, dtype=torch.float32, device=x.device)
-    p0 = layout.planes[0]
-    p1 = layout.planes[1] if len(layout.planes) > 1 else p0
-    widths = layout.plane_bits
+    y = torch.empty(out_features, dtype=x.dtype, device=x.device) if out is None else out.view(-1)
+    result = y
+    if split_k > 1:  # atomics add into zeros: float16 directly, bfloat16 through a float32 buffer
+        y = y.zero_() if x.dtype == torch.float16 else torch.zeros_like(y, dtype=torch.float32)
+    b = layout.b if layout.b is not None else layout.a
     mins = layout.mins if layout.mins is not None else layout.scales
     grid = (triton.cdiv(out_features, config.block_n), split_k)
     _gemv_kernel[grid](
         x,
-        p0,
-        p1,
+        layout.a,
+        b,
         layout.scales,
         mins,
         y,
         out_features,
         in_features,
-        p0.stride(0),
-        p1.stride(0),
-        layout.scales.stride(0),
-        BITS=layout.bits,
-        B0=widths[0],
-        B1=widths[1] if len(widths) > 1 else 0,
+        layout.a.stride(0),
+        layout.qoff,
+        255,
+        NA=layout.a.shape[0],
+        BA=layout.bits_a,
+        SA=layout.shift_a,
+        BB=layout.bits_b,
+        SB=layout.shift_b,
         GROUP=layout.group_size,
-        SYM=int(layout.symmetric),
+        HAS_MIN=layout.mins is not None,
+        CHUNK=layout.chunk,
         BLOCK_N=config.block_n,
         BLOCK_K=block_k,
         SPLIT_K=split_k,
-        GK=group_k,
-        NG=block_k // group_k,
-        UNPACK=config.unpack,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-    return y.to(x.dtype).view(1, out_features)
+    if y.data_ptr() != result.data_ptr():
+        result.copy_(y)
+    return result.view(1, out_features)

@@ -1,13 +1,21 @@
-"""The kernel layout: a packed weight repacked at load time into int32 bit planes.
+"""The kernel layout: a packed weight converted exactly, at load time, into transposed interleaved bit planes.
 
-A format of ``bits`` bits is split into at most two planes whose widths divide 32 (2 -> [2], 3 -> [2, 1],
-4 -> [4], 5 -> [4, 1], 6 -> [4, 2], 8 -> [8], 1 -> [1]). Plane ``p`` of width ``b`` holds, for every row
-``n``, ``in * b / 32`` int32 words; word ``i`` holds codes ``k = i * (32 / b) + j`` at bit ``j * b``, and the
-plane's value is ``(code >> offset) & (2**b - 1)`` with ``offset`` the sum of the earlier planes' widths.
+A format of ``bits`` bits is split into at most two plane groups whose widths divide 32
+(2 -> [2], 3 -> [2, 1], 4 -> [4], 5 -> [4, 1], 6 -> [4, 2], 8 -> [8], 1 -> [1]); the bit-nested format
+(``nested.py``) reading its top ``k`` bits gives ``k`` planes of width 1. The code of a weight is
+``sum_p plane_p << shift_p`` (plus a constant ``qoff`` folded into the group offset).
 
-For one-plane formats (1, 2, 4, 8 bits) the plane IS the stored little-endian bitstream viewed as int32:
-no copy, no extra byte. Two-plane formats take exactly ``out * in * bits / 8`` bytes too (no padding), so
-the layout always holds the same number of bytes as ``Candidate.nbytes`` counts.
+Each plane of width ``b`` is stored as int32 words of shape ``(in * b / 32, out)``: the output dimension is
+contiguous, so a program streams a ``(words, BLOCK_N)`` tile with coalesced 16-byte loads and reuses each
+activation across the rows it holds. Along the input dimension the codes are interleaved in chunks of
+``chunk`` inputs (a power of two, ``32 <= chunk <= group``, dividing ``in``): chunk ``c`` takes
+``wp = chunk * b / 32`` words, and word ``c * wp + w`` holds the codes of inputs ``c * chunk + j * wp + w``
+at bit ``j * b`` (``j < 32 / b``). Unpacking a chunk's words by shifts and stacking the ``j`` slices gives
+the chunk in natural order, which the GEMM feeds to ``tl.dot``; every word lies inside one group.
+
+Scales and mins are the stored float16 tensors transposed to ``(in / group, out)``. The conversion is a
+permutation of the stored bits: planes, scales and mins hold exactly ``Candidate.nbytes(shape)`` bytes
+(the kernel layout is a copy; the packed stream is not needed by the kernels afterwards).
 """
 
 from __future__ import annotations
@@ -17,11 +25,13 @@ from dataclasses import dataclass
 import torch
 
 from bitalloc.errors import UnsupportedShape
-from bitalloc.quantizers.packing import pack_codes, unpack_codes
+from bitalloc.quantizers.packing import unpack_codes
 from bitalloc.quantizers.quantized_weight import QuantizedWeight
 
 PLANES: dict[int, tuple[int, ...]] = {1: (1,), 2: (2,), 3: (2, 1), 4: (4,), 5: (4, 1), 6: (4, 2), 8: (8,)}
 WORD_BITS = 32
+MAX_CHUNK = 128
+NESTED_FULL_BITS = 8
 
 
 def layout_supports(bits: int, group_size: int, in_features: int) -> str | None:
@@ -35,45 +45,62 @@ def layout_supports(bits: int, group_size: int, in_features: int) -> str | None:
     return None
 
 
+def chunk_size(group_size: int, in_features: int) -> int:
+    """Inputs per interleave chunk: the largest power of two <= min(group, 128) dividing ``in``."""
+    chunk = min(group_size, MAX_CHUNK)
+    while in_features % chunk:
+        chunk //= 2
+    return chunk
+
+
 @dataclass(frozen=True, eq=False)
 class KernelLayout:
-    """Int32 bit planes plus the stored float16 scales and mins of one ``(out, in)`` weight."""
+    """Plane groups ``a`` (stacked, equal widths) and optional ``b``, plus transposed scales and mins."""
 
     bits: int
     group_size: int
     symmetric: bool
-    shape: tuple[int, int]
-    planes: tuple[torch.Tensor, ...]  # each (out, in * b / 32) int32, contiguous
-    scales: torch.Tensor  # (out, in / group) float16
-    mins: torch.Tensor | None  # (out, in / group) float16 when asymmetric
-
-    @property
-    def plane_bits(self) -> tuple[int, ...]:
-        """Widths of the planes, lowest bits first."""
-        return PLANES[self.bits]
+    shape: tuple[int, int]  # (out, in)
+    chunk: int
+    a: torch.Tensor  # (planes_a, in * bits_a / 32, out) int32
+    bits_a: int
+    shift_a: int  # shift of a's first plane; plane i is shifted by shift_a - i * bits_a
+    b: torch.Tensor | None  # (in * bits_b / 32, out) int32
+    bits_b: int
+    shift_b: int
+    scales: torch.Tensor  # (in / group, out) float16
+    mins: torch.Tensor | None  # (in / group, out) float16 when asymmetric
+    qoff: float  # w = scale * (code + qoff) + min  (min = 0 when symmetric)
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by planes, scales and mins (equals ``Candidate.nbytes(shape)``)."""
-        tensors = [*self.planes, self.scales] + ([] if self.mins is None else [self.mins])
+        """Bytes held by planes, scales and mins (equals the stored format's bytes)."""
+        tensors = [self.a, self.scales] + [t for t in (self.b, self.mins) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def codes(self) -> torch.Tensor:
-        """The ``(out, in)`` unsigned codes, rebuilt from the planes in torch (for tests)."""
-        out_features, in_features = self.shape
-        q = torch.zeros(out_features, in_features, dtype=torch.int32, device=self.scales.device)
-        offset = 0
-        for plane, b in zip(self.planes, self.plane_bits, strict=True):
-            per_word = WORD_BITS // b
-            shifts = torch.arange(per_word, device=plane.device, dtype=torch.int32) * b
-            vals = (plane.unsqueeze(-1) >> shifts) & ((1 << b) - 1)  # (out, in/per_word, per_word)
-            q |= vals.reshape(out_features, in_features) << offset
-            offset += b
+        """The ``(out, in)`` codes (without ``qoff``) rebuilt from the planes in torch (for tests)."""
+        q = torch.zeros(self.shape, dtype=torch.int32, device=self.a.device)
+        for i in range(self.a.shape[0]):
+            q |= _plane_codes(self.a[i], self.bits_a, self.shape, self.chunk) << (
+                self.shift_a - i * self.bits_a
+            )
+        if self.b is not None:
+            q |= _plane_codes(self.b, self.bits_b, self.shape, self.chunk) << self.shift_b
         return q
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 ``(out, in)`` weight the kernels compute with (for tests)."""
+        g = self.group_size
+        scale = self.scales.float().t().repeat_interleave(g, dim=1)  # (out, in)
+        w = scale * (self.codes().float() + self.qoff)
+        if self.mins is not None:
+            w = w + self.mins.float().t().repeat_interleave(g, dim=1)
+        return w
 
 
 def to_layout(qweight: QuantizedWeight) -> KernelLayout:
-    """Repack ``qweight`` into bit planes (a view, without copy, for 1/2/4/8 bits)."""
+    """Convert a packed weight (RTN/GPTQ storage) into the kernel layout (an exact copy)."""
     cand = qweight.candidate
     out_features, in_features = qweight.shape
     reason = layout_supports(cand.bits, cand.group_size, in_features)
@@ -81,32 +108,93 @@ def to_layout(qweight: QuantizedWeight) -> KernelLayout:
         raise UnsupportedShape(
             f"{cand.name} {qweight.shape}: no kernel layout for {reason}; use the reference"
         )
+    chunk = chunk_size(cand.group_size, in_features)
+    q = unpack_codes(qweight.codes, cand.bits, out_features * in_features).view(out_features, in_features)
     widths = PLANES[cand.bits]
-    if len(widths) == 1:
-        planes: tuple[torch.Tensor, ...] = (
-            _as_words(qweight.codes.contiguous(), out_features, in_features * cand.bits // WORD_BITS),
-        )
-    else:
-        q = unpack_codes(qweight.codes, cand.bits, out_features * in_features)  # (out*in,) uint8
-        built = []
-        offset = 0
-        for b in widths:
-            stream = pack_codes((q >> offset) & ((1 << b) - 1), b)  # (out*in*b/8,) uint8
-            built.append(_as_words(stream, out_features, in_features * b // WORD_BITS))
-            offset += b
-        planes = tuple(built)
+    a = _interleave((q & ((1 << widths[0]) - 1)).to(torch.int32), widths[0], chunk).unsqueeze(0)
+    b = None
+    if len(widths) > 1:
+        b = _interleave(((q >> widths[0]) & ((1 << widths[1]) - 1)).to(torch.int32), widths[1], chunk)
     return KernelLayout(
         cand.bits,
         cand.group_size,
         cand.symmetric,
         (out_features, in_features),
-        planes,
-        qweight.scales,
-        qweight.mins,
+        chunk,
+        a,
+        widths[0],
+        0,
+        b,
+        widths[1] if b is not None else 0,
+        widths[0] if b is not None else 0,
+        qweight.scales.t().contiguous(),
+        None if qweight.mins is None else qweight.mins.t().contiguous(),
+        -float(1 << (cand.bits - 1)) if cand.symmetric else 0.0,
     )
 
 
-def _as_words(stream: torch.Tensor, rows: int, words: int) -> torch.Tensor:
-    if stream.storage_offset() % 4:
-        stream = stream.clone()
-    return stream.view(torch.int32).view(rows, words)  # (rows, words) little-endian int32
+def nested_layout(
+    planes: torch.Tensor,
+    scales: torch.Tensor,
+    mins: torch.Tensor | None,
+    group_size: int,
+    shape: tuple[int, int],
+) -> KernelLayout:
+    """Kernel layout reading the top ``k`` bit planes of a nested code (``planes (k, out * in / 8)`` uint8).
+
+    The ``k``-bit read is the mid-bin value ``top * 2**(8-k) + (2**(8-k) - 1) / 2`` of ``nested.py``.
+    """
+    out_features, in_features = shape
+    k = planes.shape[0]
+    reason = layout_supports(1, group_size, in_features)
+    if reason is not None or not 1 <= k <= NESTED_FULL_BITS:
+        why = reason or f"{k} planes (1 to {NESTED_FULL_BITS})"
+        raise UnsupportedShape(f"nested weight {shape}: no kernel layout for {why}; use the reference")
+    chunk = chunk_size(group_size, in_features)
+    a = torch.stack(
+        [
+            _interleave(unpack_codes(p, 1, out_features * in_features).view(shape).to(torch.int32), 1, chunk)
+            for p in planes
+        ]
+    )  # (k, in / 32, out)
+    step = 1 << (NESTED_FULL_BITS - k)
+    qoff = (step - 1) / 2 - (float(1 << (NESTED_FULL_BITS - 1)) if mins is None else 0.0)
+    return KernelLayout(
+        k,
+        group_size,
+        mins is None,
+        shape,
+        chunk,
+        a,
+        1,
+        NESTED_FULL_BITS - 1,
+        None,
+        0,
+        0,
+        scales.t().contiguous(),
+        None if mins is None else mins.t().contiguous(),
+        qoff,
+    )
+
+
+def _interleave(q: torch.Tensor, b: int, chunk: int) -> torch.Tensor:
+    """Codes ``q (out, in)`` int32 < 2**b -> words ``(in * b / 32, out)`` int32 in the interleaved order."""
+    out_features, in_features = q.shape
+    per_word = WORD_BITS // b
+    wp = chunk // per_word  # words per chunk
+    q = q.view(out_features, in_features // chunk, per_word, wp).transpose(2, 3)  # (out, chunks, wp, j)
+    shifts = torch.arange(per_word, device=q.device, dtype=torch.int64) * b
+    words = (q.to(torch.int64) << shifts).sum(-1)  # (out, chunks, wp) < 2**32, fields disjoint
+    words = torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
+    return words.reshape(out_features, in_features * b // WORD_BITS).t().contiguous()
+
+
+def _plane_codes(words: torch.Tensor, b: int, shape: tuple[int, int], chunk: int) -> torch.Tensor:
+    """Invert ``_interleave``: words ``(in * b / 32, out)`` -> codes ``(out, in)`` int32."""
+    out_features, in_features = shape
+    per_word = WORD_BITS // b
+    wp = chunk // per_word
+    w = words.t().reshape(out_features, in_features // chunk, wp, 1)
+    shifts = torch.arange(per_word, device=words.device, dtype=torch.int32) * b
+    vals = (w >> shifts) & ((1 << b) - 1)  # (out, chunks, wp, j)
+    return vals.transpose(2, 3).reshape(out_features, in_features)

@@ -21,6 +21,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_TABLE = CONFIG_DIR / "h100.json"
 BATCH_BUCKETS = (1, 16, 64, 256)
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+FORMAT = "bitalloc.kernels/v2"  # v2: interleaved transposed layout (v1 tables hold other parameters)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ class Registry:
             )
         try:
             data = json.loads(path.read_text())
+            if data.get("format") != FORMAT:
+                raise ValueError(f"format {data.get('format')!r}, expected {FORMAT!r}")
             entries = tuple(TunedEntry(**e) for e in data["entries"])
             return cls(str(data["device"]), entries)
         except (KeyError, TypeError, ValueError) as err:
@@ -95,7 +98,7 @@ class Registry:
     def save(self, path: Path) -> None:
         """Write the table as JSON."""
         data = {
-            "format": "bitalloc.kernels/v1",
+            "format": FORMAT,
             "device": self.device,
             "entries": [asdict(e) for e in self.entries],
         }
@@ -120,14 +123,6 @@ class Registry:
 def default_params(kernel: str, batch: int) -> dict[str, int]:
     """Untuned launch parameters that run everywhere."""
     if kernel == "gemv":
-        return {"block_n": 16, "block_k": 128, "split_k": 4, "num_warps": 4, "num_stages": 2, "unpack": 2}
+        return {"block_n": 64, "block_k": 256, "split_k": 2, "num_warps": 4, "num_stages": 3}
     block_m = 16 if batch <= 16 else 64
-    return {
-        "block_m": block_m,
-        "block_n": 64,
-        "block_k": 64,
-        "split_k": 1,
-        "num_warps": 4,
-        "num_stages": 3,
-        "unpack": 0,
-    }
+    return {"block_m": block_m, "block_n": 64, "split_k": 1, "num_warps": 4, "num_stages": 3}

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bitalloc.errors import UnsupportedShape
-from bitalloc.kernels.layout import PLANES, layout_supports, to_layout
+from bitalloc.kernels.layout import PLANES, chunk_size, layout_supports, nested_layout, to_layout
+from bitalloc.quantizers import nested
 from bitalloc.quantizers.candidate import Candidate, QuantKind
 from bitalloc.quantizers.packing import pack_codes
 from bitalloc.quantizers.quantized_weight import QuantizedWeight
@@ -31,17 +32,45 @@ def test_layout_round_trips_codes_and_keeps_bytes(bits, group, rows, groups, sym
     layout = to_layout(QuantizedWeight(cand, shape, pack_codes(q, bits), scales, mins))
     assert torch.equal(layout.codes(), q.to(torch.int32))
     assert layout.nbytes == cand.nbytes(shape)
-    assert all(
-        p.dtype == torch.int32 and p.shape == (rows, shape[1] * b // 32)
-        for p, b in zip(layout.planes, layout.plane_bits, strict=True)
-    )
+    widths = PLANES[bits]
+    assert layout.a.dtype == torch.int32 and layout.a.shape == (1, shape[1] * widths[0] // 32, rows)
+    if len(widths) > 1:
+        assert layout.b is not None and layout.b.shape == (shape[1] * widths[1] // 32, rows)
+    assert torch.equal(layout.scales, scales.t())
+    assert torch.allclose(layout.dequantize(), layout_weight(q, scales, mins, group, bits))
 
 
-def test_one_plane_formats_share_the_stored_bytes():
-    q = torch.randint(0, 16, (4, 64))
+def layout_weight(q, scales, mins, group, bits):
+    scale = scales.float().repeat_interleave(group, dim=1)
+    if mins is None:
+        return scale * (q.float() - 2 ** (bits - 1))
+    return scale * q.float() + mins.float().repeat_interleave(group, dim=1)
+
+
+def test_interleave_order_is_the_documented_one():
+    # chunk 32 at 4 bits: 4 words per chunk, word w holds inputs w, w + 4, ..., w + 28 at bits 0, 4, ..., 28
+    q = torch.arange(64).remainder(16).view(1, 64)
     cand = Candidate(QuantKind.RTN, 4, 32, True)
-    qw = QuantizedWeight(cand, (4, 64), pack_codes(q, 4), torch.ones(4, 2).half(), None)
-    assert to_layout(qw).planes[0].data_ptr() == qw.codes.data_ptr()
+    layout = to_layout(QuantizedWeight(cand, (1, 64), pack_codes(q, 4), torch.ones(1, 2).half(), None))
+    assert layout.chunk == 32
+    word = int(layout.a[0, 1, 0]) & 0xFFFFFFFF
+    assert [(word >> (4 * j)) & 15 for j in range(8)] == [(1 + 4 * j) % 16 for j in range(8)]
+
+
+@pytest.mark.parametrize(("group", "in_features", "chunk"), [(32, 96, 32), (128, 576, 64), (64, 4096, 64)])
+def test_chunk_sizes(group, in_features, chunk):
+    assert chunk_size(group, in_features) == chunk
+
+
+@pytest.mark.parametrize("name", ["nest-w8g32-asym", "nest-w2g64-sym", "nest-w5g128-asym"])
+def test_nested_layout_reads_the_top_planes(name):
+    cand = Candidate.parse(name)
+    weight = torch.randn(6, 256, generator=torch.Generator().manual_seed(cand.bits))
+    packed = nested.quantize_many(weight, [cand], None)[0]
+    s = packed.stored
+    layout = nested_layout(s["planes"], s["scales"], s.get("mins"), cand.group_size, (6, 256))
+    assert layout.nbytes == packed.nbytes
+    assert torch.equal(layout.dequantize(), nested.dequantize(packed))
 
 
 @pytest.mark.parametrize(

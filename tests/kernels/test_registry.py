@@ -21,7 +21,7 @@ def test_batch_buckets():
 def _registry() -> Registry:
     gemv = {"block_n": 16, "block_k": 256, "split_k": 4, "num_warps": 4, "num_stages": 2}
     big = {"block_n": 64, "block_k": 128, "split_k": 1, "num_warps": 8, "num_stages": 2}
-    gemm = {"block_m": 16, "block_n": 64, "block_k": 128, "split_k": 2, "num_warps": 4, "num_stages": 3}
+    gemm = {"block_m": 16, "block_n": 64, "split_k": 2, "num_warps": 4, "num_stages": 3}
     return Registry(
         "test",
         (
@@ -52,7 +52,9 @@ def test_save_load_round_trip(tmp_path):
 def test_bad_tables_name_the_fix(tmp_path):
     with pytest.raises(InvalidInput, match="--tune"):
         Registry.load(tmp_path / "missing.json")
-    (tmp_path / "bad.json").write_text('{"device": "x", "entries": [{"bits": 4}]}')
+    (tmp_path / "bad.json").write_text(
+        '{"format": "bitalloc.kernels/v2", "device": "x", "entries": [{"bits": 4}]}'
+    )
     with pytest.raises(InvalidInput, match="re-run --tune"):
         Registry.load(tmp_path / "bad.json")
 
