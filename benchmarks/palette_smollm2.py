@@ -1,96 +1,119 @@
-"""The quantizer palette on SmolLM2-135M: per-scheme errors, uniform perplexity, mixed plans.
+"""The quantizer palette on SmolLM2-135M: per-scheme errors, uniform perplexity, mixed plans, W8A8/W4A4.
 
 Run with `.venv/bin/python benchmarks/palette_smollm2.py` (reuses runs/bench-quality/profile.parquet, the
-foundation profile, when it exists). Writes runs/bench-palette/{palette_rows.parquet,plans/*.json,
-palette.{md,json}; palette_predicted.md with --no-eval} after every step and prints the Markdown
-tables. Phases: (1) score every new candidate on every unit (proxy tr(ΔW H ΔWᵀ) and relative weight
-error ||ΔW||/||W||); (2) plans at
-2.5/3.0/3.5/4.0 bpw with the foundation palette and with the full palette; (3) wiki-test perplexity of
-the mixed plans, then of uniform recipes, in priority order; (4) the bpw gain at equal perplexity.
+foundation profile, and the cached float calibration). Phases, each resumable from runs/bench-palette-s2:
+(1) ``--phase score``: every new candidate on every unit (proxy tr(ΔW H ΔWᵀ), relative weight error
+||ΔW||/||W||, exact bytes), checkpointed to palette_rows.parquet; (2) ``--phase eval``: plans at
+2.5/3.0/3.5/4.0 bpw with the foundation palette (RTN+GPTQ) and the full palette, extra foundation points
+for the frontier, simulated W8A8/W4A4 recipes, then uniform recipes, in priority order; wiki-test
+perplexity of each (``--max-models`` per run; results.json after every batch); (3) the report
+(palette.md): per-scheme table, W8A8/W4A4 table with the analytic latency, mixed plans and the bpw gain
+at equal perplexity (interpolated in log ppl along each measured frontier).
+
+Evaluation detail: each unit's weight is quantized once with the real quantizer, its exact stored bytes
+summed and checked against the plan, and dequantized once to float32; the evaluated model holds those
+float32 weights (PackedLinear computes the same tensor on every call, too slowly for this CPU), and
+W8A8/W4A4 units fake-quantize their inputs with ``activations.quantize_activations`` as PackedLinear does.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import platform
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from bitalloc.allocator.plan import uniform_plan
 from bitalloc.allocator.problem import Budget
 from bitalloc.models.loading import load_model
-from bitalloc.models.units import discover_units
-from bitalloc.pipeline import (
-    CalibrationSettings,
-    EvalSettings,
-    get_calibration,
-    make_plan,
-    quantize_model,
-    run_eval,
-)
+from bitalloc.models.units import discover_units, get_submodule_parent
+from bitalloc.pipeline import CalibrationSettings, EvalSettings, get_calibration, make_plan, run_eval
+from bitalloc.quantizers.activations import act_bits, latency_table, quantize_activations
 from bitalloc.quantizers.candidate import Candidate
+from bitalloc.quantizers.quantize import quantize
 from bitalloc.quantizers.registry import quantize_batch
 from bitalloc.sensitivity.profile import SensitivityProfile
-from bitalloc.sensitivity.profiler import profile_model
 from bitalloc.sensitivity.proxy import proxy_errors
 
-NEW = (  # kept small: scoring all 210 units on the shared 2-core machine costs minutes per candidate family
+NEW = (  # the new kinds scored on every unit (bpw-comparable g64 / g192 settings)
     *(f"gptqact-w{b}g64-asym" for b in (2, 3, 4)),
     *(f"gptqact-w{b}g64-asym-o8" for b in (2, 3)),
     *(f"awq-w{b}g64-asym" for b in (3, 4)),
     "kmeans-w3g192-asym",
+    "kmeans-w4g192-asym",
     *(f"nest-w{b}g64-asym" for b in (2, 3, 4, 8)),
     "mix-w2g64-asym-h50",
     "mix-w3g64-asym-h50",
     "tern-w1g192-sym",
 )
 REFERENCE = tuple(f"{k}-w{b}g64-asym" for k in ("rtn", "gptq") for b in (2, 3, 4))
-# --quick: the cheapest families (one batched GPTQ pass, RTN-based searches), for a loaded machine
 QUICK_NEW = tuple(n for n in NEW if n.split("-")[0] in ("gptqact", "awq", "nest", "tern") and "-o" not in n)
 QUICK_REFERENCE = tuple(n for n in REFERENCE if n.startswith("rtn"))
 BUDGETS = (2.5, 3.0, 3.5, 4.0)
-UNIFORM = (  # priority order: evaluated while time allows (those not scored are skipped)
+FRONTIER = (2.25, 4.5)  # extra foundation points so that each full plan's ppl falls inside the frontier
+ACT = (
+    "gptq-w8g64-sym",
+    "a8-w8g64-sym",
+    "a8-w8g64-sym-o32",
+    "gptq-w4g64-sym",
+    "a4-w4g64-sym",
+    "a4-w4g64-sym-o32",
+)
+UNIFORM = (  # priority order
     "gptqact-w3g64-asym",
     "gptq-w3g64-asym",
     "awq-w3g64-asym",
     "nest-w3g64-asym",
     "rtn-w3g64-asym",
-    "gptqact-w3g64-asym-o8",
     "kmeans-w3g192-asym",
+    "gptqact-w3g64-asym-o8",
     "mix-w3g64-asym-h50",
     "gptqact-w4g64-asym",
     "gptq-w4g64-asym",
     "awq-w4g64-asym",
+    "kmeans-w4g192-asym",
     "nest-w4g64-asym",
+    "rtn-w4g64-asym",
     "tern-w1g192-sym",
 )
+PREFILL_TOKENS = 2048
 
 
-def score_rows(loaded, units, stats, names, progress) -> pd.DataFrame:
-    """Proxy and relative weight error of every (unit, candidate)."""
+def score_rows(loaded, units, stats, names, progress, path: Path) -> pd.DataFrame:
+    """Proxy and relative weight error of every (unit, candidate); resumes from / checkpoints to ``path``."""
+    cols = ["unit", "tie", "rows", "cols", "candidate", "error", "nbytes", "rel_weight_error"]
+    done = pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=cols)
+    have = set(zip(done["unit"], done["candidate"], strict=True))
     cands = [Candidate.parse(n) for n in names]
     rows = []
     for i, unit in enumerate(units):
         w = loaded.model.get_submodule(unit.name).weight.detach().float()  # (out, in)
         h = stats.hessians[unit.name]
-        fitting = [c for c in cands if c.supports(tuple(w.shape))]
+        fitting = [c for c in cands if c.supports(tuple(w.shape)) and (unit.name, c.name) not in have]
         qs = quantize_batch(w, fitting, h, unit.name)
         deq = [q.dequantize() for q in qs]
-        proxies = proxy_errors(w, deq, h)
+        proxies = proxy_errors(w, deq, h) if deq else []
         norm = float(w.norm())
         for c, q, d, e in zip(fitting, qs, deq, proxies, strict=True):
             rel = float((d - w).norm()) / norm
             rows.append((unit.name, unit.tie, *unit.shape, c.name, e, q.nbytes, rel))
         progress("score", i + 1, len(units))
-    cols = ["unit", "tie", "rows", "cols", "candidate", "error", "nbytes", "rel_weight_error"]
-    return pd.DataFrame(rows, columns=cols)
+        if rows and ((i + 1) % 30 == 0 or i + 1 == len(units)):
+            done = pd.concat([done, pd.DataFrame(rows, columns=cols)], ignore_index=True)
+            done.to_parquet(path, index=False)
+            rows = []
+    return done
 
 
 def _foundation_rows(foundation: SensitivityProfile, rows: pd.DataFrame) -> pd.DataFrame:
@@ -111,169 +134,246 @@ def equal_ppl_bpw(points: list[tuple[float, float]], ppl: float) -> float | None
     return None
 
 
+class DequantizedLinear(nn.Module):
+    """A unit's dequantized float32 weight; W·A· candidates fake-quantize their inputs first."""
+
+    def __init__(self, weight: torch.Tensor, bias, outliers: torch.Tensor | None, bits: int) -> None:
+        super().__init__()
+        self.weight, self.bias, self.outliers, self.bits = weight, bias, outliers, bits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bits < 16:
+            x = quantize_activations(x, self.bits, self.outliers)  # (..., in)
+        return F.linear(x, self.weight.to(x.dtype), self.bias)
+
+
+def entries(foundation: SensitivityProfile, full: SensitivityProfile, units) -> dict[str, dict]:
+    """Every model to evaluate, in priority order: name -> assignment [(unit, candidate)], bytes, bpw.
+
+    ``full-notern`` (the full palette without ternary) is added where its plan differs from both others.
+    """
+    out: dict[str, dict] = {}
+    numel = sum(u.shape[0] * u.shape[1] for u in units)
+    for bpw in (*BUDGETS, *FRONTIER):
+        for label, prof in (("foundation", foundation), ("full", full)):
+            if label == "full" and bpw in FRONTIER:
+                continue
+            out[f"{label} @ {bpw:g}"] = {"plan": make_plan(prof, Budget(target_bpw=bpw), solver="milp")}
+    for cand in ACT:
+        nbytes = sum(Candidate.parse(cand).nbytes(u.shape) for u in units)
+        out[f"act {cand}"] = {"assignment": [(u.name, cand) for u in units], "nbytes": nbytes}
+    notern = SensitivityProfile(
+        table=full.table[~full.table["candidate"].str.startswith("tern")].reset_index(drop=True),
+        meta=dict(full.meta, palette=[c for c in full.meta["palette"] if not c.startswith("tern")]),
+    )
+    for bpw in BUDGETS:
+        plan = make_plan(notern, Budget(target_bpw=bpw), solver="milp")
+        same = (out[f"{lb} @ {bpw:g}"]["plan"].assignment for lb in ("full", "foundation"))
+        if plan.assignment not in same:
+            out[f"full-notern @ {bpw:g}"] = {"plan": plan}
+    for cand in UNIFORM:
+        if cand in full.meta["palette"]:
+            out[f"uniform {cand}"] = {"plan": uniform_plan(full, cand)}
+    for e in out.values():
+        if "plan" in e:
+            plan = e["plan"]
+            e["assignment"] = [(c.unit, c.candidate) for c in plan.assignment]
+            e["nbytes"] = plan.nbytes
+        e["bpw"] = e["nbytes"] * 8 / numel
+    return out
+
+
+def evaluate(loaded, stats, todo: dict[str, dict], args, results: dict, out: Path, log) -> None:
+    """Perplexity of each entry, ``args.eval_batch`` models at a time; weights quantized once, shared."""
+    uses = Counter(pair for e in todo.values() for pair in e["assignment"])
+    cache: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor | None, int, int]] = {}
+    shared = {id(t): t for t in [*loaded.model.parameters(), *loaded.model.buffers()]}
+    names = list(todo)
+    settings = EvalSettings(max_tokens=args.eval_tokens, stride=args.stride)
+    for i in range(0, len(names), args.eval_batch):
+        models = {}
+        for name in names[i : i + args.eval_batch]:
+            model = copy.deepcopy(loaded.model, memo=dict(shared))  # deepcopy fills its memo: copy it
+            stored = 0
+            for unit, cand in todo[name]["assignment"]:
+                if (unit, cand) not in cache:
+                    w = loaded.model.get_submodule(unit).weight.detach().float()  # (out, in)
+                    c = Candidate.parse(cand)
+                    q = quantize(w, c, hessian=stats.hessians[unit], unit=unit, n_tokens=stats.n_tokens)
+                    idx = getattr(q, "stored", {}).get("outlier_idx")
+                    cache[(unit, cand)] = (q.dequantize(), idx, act_bits(c), q.nbytes)
+                weight, idx, bits, nbytes = cache[(unit, cand)]
+                stored += nbytes
+                parent, leaf = get_submodule_parent(model, unit)
+                setattr(parent, leaf, DequantizedLinear(weight, getattr(parent, leaf).bias, idx, bits))
+                uses[(unit, cand)] -= 1
+                if not uses[(unit, cand)]:
+                    del cache[(unit, cand)]
+            if stored != todo[name]["nbytes"]:
+                raise RuntimeError(f"{name}: stored {stored} bytes, plan counts {todo[name]['nbytes']}")
+            models[name] = model
+        res = run_eval(loaded, models, "wiki", settings)
+        results["float reference"] = {"ppl": res["reference"].perplexity, "bpw": None}
+        for name in models:
+            results[name] = {"ppl": res[name].perplexity, "kl": res[name].kl, "bpw": todo[name]["bpw"]}
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        log(f"evaluated {list(models)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--output", type=Path, default=Path("runs/bench-palette"))
+    parser.add_argument("--output", type=Path, default=Path("runs/bench-palette-s2"))
     parser.add_argument("--foundation", type=Path, default=Path("runs/bench-quality/profile.parquet"))
-    parser.add_argument("--eval-tokens", type=int, default=8192)
-    parser.add_argument(
-        "--uniform", type=int, default=len(UNIFORM), help="how many uniform recipes to evaluate"
-    )
-    parser.add_argument("--eval-batch", type=int, default=8, help="models evaluated together")
+    parser.add_argument("--phase", choices=("score", "eval", "report", "all"), default="all")
+    parser.add_argument("--eval-tokens", type=int, default=4096)
+    parser.add_argument("--stride", type=int, default=512, help="window stride (context 512)")
+    parser.add_argument("--eval-batch", type=int, default=3, help="models evaluated together")
+    parser.add_argument("--max-models", type=int, default=0, help="evaluate at most this many now (0: all)")
     parser.add_argument("--quick", action="store_true", help="score only QUICK_NEW (see above)")
     parser.add_argument("--layers", type=int, default=0, help="only the units of the first N layers (0: all)")
-    parser.add_argument("--no-eval", action="store_true", help="stop after the plans (predicted errors only)")
     args = parser.parse_args()
     out = args.output
     (out / "plans").mkdir(parents=True, exist_ok=True)
     started = time.time()
 
+    def log(message: str) -> None:
+        print(f"[{time.time() - started:7.1f}s] {message}", flush=True)
+
     def progress(step: str, done: int, total: int) -> None:
         if done == total or done % 30 == 0:
-            print(f"[{time.time() - started:7.1f}s] {step} {done}/{total}", flush=True)
+            log(f"{step} {done}/{total}")
 
     loaded = load_model("smollm2-135m")
     units = discover_units(loaded.model)
-    settings = CalibrationSettings()
-    stats = get_calibration(loaded, units, settings, progress)
+    stats = get_calibration(loaded, units, CalibrationSettings(), progress)
     if args.layers:  # a sub-problem: the allocator sees only these units (bpw over their weights)
         units = tuple(u for u in units if int(u.name.split(".")[2]) < args.layers)
-    meta = {"model_name": loaded.name}
-    if args.foundation.exists() and SensitivityProfile.load(args.foundation).model_hash == loaded.model_hash:
-        foundation = SensitivityProfile.load(args.foundation)
-        keep = foundation.table["unit"].isin([u.name for u in units])
-        foundation = SensitivityProfile(
-            table=foundation.table[keep].reset_index(drop=True), meta=foundation.meta
+    foundation = SensitivityProfile.load(args.foundation)
+    if foundation.model_hash != loaded.model_hash:
+        raise SystemExit(
+            f"{args.foundation} was profiled on another model; re-run benchmarks/quality_smollm2.py"
         )
-    else:
-        from bitalloc.models.units import unquantized_bytes
-        from bitalloc.quantizers.candidate import default_palette
-
-        meta["unquantized_bytes"] = unquantized_bytes(loaded.model, units)
-        foundation = profile_model(loaded.model, units, stats, default_palette(), meta=meta, on_unit=None)
+    keep = foundation.table["unit"].isin([u.name for u in units])
+    foundation = SensitivityProfile(table=foundation.table[keep].reset_index(drop=True), meta=foundation.meta)
     rows_path = out / "palette_rows.parquet"
-    if rows_path.exists():
-        rows = pd.read_parquet(rows_path)
-    else:
+    if args.phase in ("score", "all"):
         names = QUICK_NEW + QUICK_REFERENCE if args.quick else NEW + REFERENCE
-        rows = score_rows(loaded, units, stats, names, progress)
-        rows.to_parquet(rows_path, index=False)
+        rows = score_rows(loaded, units, stats, names, progress, rows_path)
+        log(f"scored {len(names)} candidates on {len(units)} units")
+        if args.phase == "score":
+            return
+    rows = pd.read_parquet(rows_path)
+    if len(set(rows["unit"])) != len(units):
+        raise SystemExit(
+            f"{rows_path} covers {len(set(rows['unit']))} of {len(units)} units: run --phase score"
+        )
     new = [n for n in NEW if n in set(rows["candidate"])]
-    new_rows = rows[rows["candidate"].isin(new)].drop(columns="rel_weight_error")
     full = SensitivityProfile(
-        table=pd.concat([foundation.table, new_rows], ignore_index=True),
+        table=pd.concat(
+            [foundation.table, rows[rows["candidate"].isin(new)].drop(columns="rel_weight_error")],
+            ignore_index=True,
+        ),
         meta=dict(foundation.meta, palette=[*foundation.meta["palette"], *new]),
     )
+    todo = entries(foundation, full, units)
+    for name, e in todo.items():
+        if "plan" in e:
+            e["plan"].save(out / "plans" / f"{name.replace(' @ ', '-').replace(' ', '_')}.json")
+    log(f"{len(todo)} plans and recipes")
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if args.phase in ("eval", "all"):
+        pending = {n: e for n, e in todo.items() if n not in results}
+        if args.max_models:
+            pending = dict(list(pending.items())[: args.max_models])
+        evaluate(loaded, stats, pending, args, results, out, log)
+    write_report(out, args, todo, results, scheme_table(rows, foundation), units, started)
+
+
+def scheme_table(rows: pd.DataFrame, foundation: SensitivityProfile) -> pd.DataFrame:
+    """Per candidate: mean relative weight error, summed proxy and bpw over all units."""
     scheme = (
         pd.concat([rows, _foundation_rows(foundation, rows)], ignore_index=True)
         .groupby("candidate")
         .agg(rel_weight_error=("rel_weight_error", "mean"), proxy=("error", "sum"), nbytes=("nbytes", "sum"))
     )
-    numel = float((rows.drop_duplicates("unit")["rows"] * rows.drop_duplicates("unit")["cols"]).sum())
-    scheme["bpw"] = scheme["nbytes"] * 8 / numel
-    print(
-        f"[{time.time() - started:7.1f}s] scored {len(NEW)} new candidates on {len(units)} units", flush=True
-    )
-
-    plans = {}
-    for bpw in BUDGETS:
-        for label, prof in (("foundation", foundation), ("full", full)):
-            t0 = time.time()
-            plans[f"{label} @ {bpw:g}"] = make_plan(prof, Budget(target_bpw=bpw), solver="milp")
-            print(
-                f"[{time.time() - started:7.1f}s] plan {label} @ {bpw:g}: {time.time() - t0:.1f}s", flush=True
-            )
-    for name in [n for n in UNIFORM if n in full.meta["palette"]][: args.uniform]:
-        plans[f"uniform {name}"] = uniform_plan(full, name)
-    for name, plan in plans.items():
-        plan.save(out / "plans" / f"{name.replace(' @ ', '-').replace(' ', '_')}.json")
-
-    results: dict[str, dict] = {}
-    if args.no_eval:
-        write_report(out, args, plans, results, scheme, started, predicted_gain(foundation, plans))
-        return
-    eval_settings = EvalSettings(max_tokens=args.eval_tokens)
-    names = list(plans)
-    for i in range(0, len(names), args.eval_batch):
-        chunk = names[i : i + args.eval_batch]
-        models = {n: quantize_model(loaded, plans[n]) for n in chunk}
-        res = run_eval(loaded, models, "wiki", eval_settings)
-        results["float reference"] = {"ppl": res["reference"].perplexity, "bpw": None}
-        for n in chunk:
-            results[n] = {"ppl": res[n].perplexity, "kl": res[n].kl, "bpw": plans[n].bpw}
-        del models
-        print(f"[{time.time() - started:7.1f}s] evaluated {chunk}", flush=True)
-        write_report(out, args, plans, results, scheme, started)
+    first = rows.drop_duplicates("unit")
+    scheme["bpw"] = scheme["nbytes"] * 8 / float((first["rows"] * first["cols"]).sum())
+    return scheme
 
 
-def predicted_gain(foundation: SensitivityProfile, plans) -> dict[float, float | None]:
-    """Foundation bpw reaching each full plan's predicted error (foundation frontier every 0.125 bpw)."""
-    curve = []
-    for bpw in np.arange(2.25, 5.01, 0.125):
-        p = make_plan(foundation, Budget(target_bpw=float(bpw)), solver="milp")
-        curve.append((p.bpw, p.predicted_error))
-    return {b: equal_ppl_bpw(curve, plans[f"full @ {b:g}"].predicted_error) for b in BUDGETS}
+def _ppl(results: dict, name: str) -> str:
+    r = results.get(name)
+    return f"{r['ppl']:.2f}" if r else "not run"
 
 
-def write_report(out: Path, args, plans, results, scheme, started, pred_gain=None) -> None:
-    """Markdown tables + results.json from whatever has been evaluated so far."""
+def write_report(out: Path, args, todo, results, scheme, units, started) -> None:
+    """Markdown tables (palette.md) from whatever has been evaluated so far."""
+    ref = results.get("float reference", {}).get("ppl", float("nan"))
     lines = [
         f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; calibration 32x512 wiki tokens; "
-        + (
-            "no perplexity run (--no-eval); "
-            if args.no_eval
-            else f"wiki-test ppl on {args.eval_tokens} tokens; "
-        )
-        + f"units: {'first ' + str(args.layers) + ' layers' if args.layers else 'all'}; "
-        f"{time.time() - started:.0f} s so far.",
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; calibration 32x512 wiki tokens; wiki-test ppl on "
+        f"{args.eval_tokens} tokens (context 512, stride {args.stride}); units: "
+        f"{'first ' + str(args.layers) + ' layers' if args.layers else 'all 210'}; "
+        f"this run {time.time() - started:.0f} s.",
         "",
-        f"Float reference perplexity: {results.get('float reference', {}).get('ppl', float('nan')):.3f}",
+        f"Float reference perplexity: {ref:.3f}",
         "",
-        "| candidate | bpw (all units) | mean rel. weight error | proxy Σ tr(ΔW H ΔWᵀ) | uniform wiki ppl |",
+        "| candidate | bpw | mean rel. weight error | proxy Σ tr(ΔW H ΔWᵀ) | uniform wiki ppl |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for name, r in scheme.sort_values("bpw").iterrows():
-        ppl = results.get(f"uniform {name}", {}).get("ppl")
-        ppl_s = f"{ppl:.2f}" if ppl is not None else "not run"
-        lines.append(f"| {name} | {r.bpw:.3f} | {r.rel_weight_error:.4f} | {r.proxy:.4g} | {ppl_s} |")
+        ppl = _ppl(results, f"uniform {name}")
+        lines.append(f"| {name} | {r.bpw:.3f} | {r.rel_weight_error:.4f} | {r.proxy:.4g} | {ppl} |")
+    shapes = [u.shape for u in units]
     lines += [
         "",
-        "| budget bpw | foundation: bpw / pred. error / ppl | full: bpw / pred. error / ppl "
-        "| full-palette units | foundation bpw at full's ppl | gain (bpw) |",
-        "| ---: | --- | --- | --- | ---: | ---: |",
+        f"| recipe (all units) | weight bpw | wiki ppl | KL | latency Σ µs, decode (1 token) | "
+        f"latency Σ µs, prefill ({PREFILL_TOKENS} tokens) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    curve = [(plans[n].bpw, r["ppl"]) for n, r in results.items() if n.startswith("foundation @")]
-    for bpw in BUDGETS:
-        f, g = plans[f"foundation @ {bpw:g}"], plans[f"full @ {bpw:g}"]
-        fr, gr = results.get(f"foundation @ {bpw:g}"), results.get(f"full @ {bpw:g}")
-        fp = f"{fr['ppl']:.2f}" if fr else "not run"
-        gp = f"{gr['ppl']:.2f}" if gr else "not run"
-        kinds: dict[str, int] = {}
-        for c in g.assignment:
-            k = Candidate.parse(c.candidate).kind.value + ("-o" if "-o" in c.candidate else "")
-            kinds[k] = kinds.get(k, 0) + 1
-        eq = equal_ppl_bpw(curve, gr["ppl"]) if gr and len(curve) >= 2 else None
-        eq_s, gain_s = (f"{eq:.3f}", f"{eq - g.bpw:+.3f}") if eq is not None else ("outside range", "n/a")
-        mix = ", ".join(f"{k}:{v}" for k, v in sorted(kinds.items()))
+    for cand in ACT:
+        e = todo.get(f"act {cand}")
+        if e is None:
+            continue
+        nbytes = np.array([[Candidate.parse(cand).nbytes(s)] for s in shapes])
+        dec, pre = (float(latency_table([cand], shapes, nbytes, t).sum()) for t in (1, PREFILL_TOKENS))
+        r = results.get(f"act {cand}")
+        kl = f"{r['kl']:.4f}" if r else "not run"
         lines.append(
-            f"| {bpw:g} | {f.bpw:.3f} / {f.predicted_error:.4g} / {fp} "
-            f"| {g.bpw:.3f} / {g.predicted_error:.4g} / {gp} | {mix} | {eq_s} | {gain_s} |"
+            f"| {cand} | {e['bpw']:.3f} | {_ppl(results, f'act {cand}')} | {kl} | {dec:.0f} | {pre:.0f} |"
         )
-    if pred_gain:
-        lines += [
-            "",
-            "| budget bpw | full plan bpw | foundation bpw at equal predicted error | predicted gain (bpw) |",
-        ]
-        lines += ["| ---: | ---: | ---: | ---: |"]
-        for b, eq in pred_gain.items():
-            g = plans[f"full @ {b:g}"].bpw
-            eq_s, gain_s = (f"{eq:.3f}", f"{eq - g:+.3f}") if eq is not None else ("outside range", "n/a")
-            lines.append(f"| {b:g} | {g:.3f} | {eq_s} | {gain_s} |")
+    labels = ("foundation", "full", "full-notern")
+    curves = {
+        lb: [(r["bpw"], r["ppl"]) for n, r in results.items() if n.startswith(f"{lb} @")] for lb in labels
+    }
+    lines += [
+        "",
+        "| budget bpw | foundation: bpw / pred. error / ppl | palette | bpw / pred. error / ppl "
+        "| plan's kinds | foundation bpw at its ppl | gain | its bpw at foundation's ppl | gain |",
+        "| ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for bpw, label in itertools.product(BUDGETS, labels[1:]):
+        if f"{label} @ {bpw:g}" not in todo:
+            continue
+        f, g = todo[f"foundation @ {bpw:g}"]["plan"], todo[f"{label} @ {bpw:g}"]["plan"]
+        fr, gr = results.get(f"foundation @ {bpw:g}"), results.get(f"{label} @ {bpw:g}")
+        kinds = Counter(
+            Candidate.parse(c.candidate).kind.value + ("-o" if "-o" in c.candidate else "")
+            for c in g.assignment
+        )
+        mix = ", ".join(f"{k}:{v}" for k, v in sorted(kinds.items()))
+        cells = []
+        for r, plan, other, sign in ((gr, g, "foundation", 1), (fr, f, label, -1)):
+            eq = equal_ppl_bpw(curves[other], r["ppl"]) if r and len(curves[other]) >= 2 else None
+            cells += [f"{eq:.3f}", f"{sign * (eq - plan.bpw):+.3f}"] if eq is not None else ["outside", "n/a"]
+        lines.append(
+            f"| {bpw:g} | {f.bpw:.3f} / {f.predicted_error:.4g} / {_ppl(results, f'foundation @ {bpw:g}')} "
+            f"| {label} | {g.bpw:.3f} / {g.predicted_error:.4g} / {_ppl(results, f'{label} @ {bpw:g}')} "
+            f"| {mix} | {' | '.join(cells)} |"
+        )
     text = "\n".join(lines) + "\n"
-    stem = "palette_predicted" if pred_gain else "palette"
-    (out / f"{stem}.md").write_text(text)
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    (out / "palette.md").write_text(text)
     print(text, flush=True)
 
 
