@@ -1,0 +1,245 @@
+"""Peak memory and time of calibration: whole-model hooks vs layer-by-layer streaming vs offloaded layers.
+
+Every mode runs in a fresh child process (so its peak RSS, ``ru_maxrss``, is its own) on the same
+calibration windows:
+
+- ``whole``: the float model in memory, one forward per batch with hooks on every unit (``calibrate``);
+- ``streaming``: the float model in memory, one decoder layer at a time (``calibrate_streaming``);
+- ``offload``: decoder layers on the meta device, each read from the safetensors checkpoint for its pass
+  and freed after it (``calibrate_streaming`` + ``SafetensorsLayers``);
+- ``offload-profile``: ``offload`` that also scores each layer's units with ``--palette`` while the layer
+  is loaded and drops its Hessians afterwards (``profile_offloaded``): the whole profile never holds
+  more than one layer's weights and Hessians.
+
+The ``whole`` child also times one plain forward pass over the same tokens (no hooks) and, with
+``--palette``, scoring every unit against it, so the profiling cost is printed as a multiple of that
+forward pass (the speed goal of issue 4; the goal itself is stated for the H100). ΣH (the sum of every
+distinct Hessian entry, float64) checks that the modes computed the same statistics.
+
+    .venv/bin/python benchmarks/calibration_scale.py [--model smollm2-135m] [--windows 8] [--seq-len 256]
+        [--palette rtn|default|none] [--modes whole,streaming,offload,offload-profile]
+
+``--model random-llama-1.1b`` is a random-initialised Llama-shaped model of about 1.1B parameters (written
+once as a safetensors checkpoint under the bitalloc cache, about 4.4 GB of disk; windows from the wiki
+text with SmolLM2's tokenizer, ids taken modulo its 32000-token vocabulary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+MODES = ("whole", "streaming", "offload", "offload-profile")
+LLAMA = "random-llama-1.1b"
+
+
+def _rss_mb(field: str = "VmHWM") -> float:
+    """This process's peak (VmHWM) or current (VmRSS) resident memory in MiB.
+
+    (``ru_maxrss`` is not used: Linux carries the parent's peak over into a child across exec.)
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _palette(name: str):
+    from bitalloc.quantizers.candidate import Candidate, default_palette
+
+    if name == "default":
+        return tuple(default_palette())
+    if name == "rtn":
+        return tuple(Candidate.parse(f"rtn-w{b}g64-asym") for b in (2, 3, 4, 5, 6, 8))
+    return ()
+
+
+def _sum_h(stats) -> float:
+    seen, total = set(), 0.0
+    for h in stats.hessians.values():
+        if id(h) not in seen:
+            seen.add(id(h))
+            total += float(h.sum(dtype=torch.float64))
+    return total
+
+
+def child(mode: str, folder: Path, windows_file: Path, palette_name: str, batch_size: int) -> dict:
+    """Run one mode in this process and return its measurements."""
+    from bitalloc.models.units import discover_units, unquantized_bytes
+    from bitalloc.sensitivity.calibrate import calibrate
+    from bitalloc.sensitivity.offload import SafetensorsLayers, offloaded_model, profile_offloaded
+    from bitalloc.sensitivity.profiler import profile_model
+    from bitalloc.sensitivity.streaming import calibrate_streaming
+
+    windows = torch.load(windows_file)  # (n, seq_len)
+    torch.set_num_threads(torch.get_num_threads())
+    base = _rss_mb()
+    out: dict = {"mode": mode, "tokens": windows.numel(), "rss_imports_mb": base}
+    t0 = time.perf_counter()
+    if mode in ("whole", "streaming"):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval().requires_grad_(False)
+    else:
+        off = offloaded_model(folder)
+        model = off.model
+    out["load_s"] = time.perf_counter() - t0
+    out["rss_loaded_mb"] = _rss_mb("VmRSS")
+    units = discover_units(model)
+    if mode in ("whole", "streaming"):  # warm-up (first-call costs), untimed
+        with torch.no_grad():
+            model(input_ids=windows[:1, :16], use_cache=False)
+    kw = dict(model_hash="bench", corpus_hash="bench", batch_size=batch_size)
+    palette = _palette(palette_name)
+    if mode == "whole":
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for start in range(0, windows.shape[0], batch_size):
+                model(input_ids=windows[start : start + batch_size], use_cache=False)
+        out["forward_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if mode == "whole":
+        stats = calibrate(model, units, windows, **kw)
+    elif mode == "streaming":
+        stats = calibrate_streaming(model, units, windows, **kw)
+    elif mode == "offload":
+        stats = calibrate_streaming(model, units, windows, source=SafetensorsLayers(off), **kw)
+    else:
+        prof, stats = profile_offloaded(off, windows, palette, corpus_hash="bench", batch_size=batch_size)
+        out["rows"] = len(prof.table)
+    out["calibrate_s"] = time.perf_counter() - t0
+    out["peak_rss_mb"] = _rss_mb()  # before any scoring after calibration
+    if stats is not None:
+        out["sum_h"] = _sum_h(stats)
+    if mode == "whole" and palette:
+        t0 = time.perf_counter()
+        meta = {"unquantized_bytes": unquantized_bytes(model, units)}
+        out["rows"] = len(profile_model(model, units, stats, palette, meta=meta).table)
+        out["score_s"] = time.perf_counter() - t0
+        out["peak_rss_scored_mb"] = _rss_mb()
+    return out
+
+
+def random_llama_1b(root: Path) -> Path:
+    """A random-initialised Llama of ~1.1B parameters saved as safetensors under ``root`` (once)."""
+    folder = root / "random-llama-1b"
+    if (folder / "config.json").exists():
+        return folder
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).float()
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp)
+    tmp.replace(folder)
+    return folder
+
+
+def run_model(label: str, folder: Path, windows: torch.Tensor, args, modes) -> list[dict]:
+    """Every mode of one model, each in a child process."""
+    wfile = Path(f"/tmp/calibration-scale-{label}-windows.pt")
+    torch.save(windows, wfile)
+    rows = []
+    for mode in modes:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            mode,
+            "--folder",
+            str(folder),
+            "--windows-file",
+            str(wfile),
+        ]
+        cmd += ["--palette", args.palette, "--batch-size", str(args.batch_size)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{label} {mode} failed:\n{done.stderr[-3000:]}")
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        row["model"] = label
+        rows.append(row)
+        print(f"# {label} {mode}: {row}", file=sys.stderr, flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """The Markdown table of all rows."""
+    lines = [
+        "| model | mode | tokens | load s | calibrate s | × forward | score s | peak RSS MB"
+        " | RSS imports MB | RSS loaded MB | ΣH (rel. to whole) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    ref = {r["model"]: r for r in rows if r["mode"] == "whole"}
+    for r in rows:
+        w = ref.get(r["model"], {})
+        fwd = w.get("forward_s")
+        mult = f"{r['calibrate_s'] / fwd:.2f}" if fwd else "-"
+        score = f"{r['score_s']:.1f} ({r['score_s'] / fwd:.1f}× fwd)" if "score_s" in r and fwd else "-"
+        rel = f"{r['sum_h'] / w['sum_h'] - 1:+.1e}" if "sum_h" in r and "sum_h" in w else "-"
+        lines.append(
+            f"| {r['model']} | {r['mode']} | {r['tokens']} | {r['load_s']:.1f} | {r['calibrate_s']:.1f}"
+            f" | {mult} | {score} | {r['peak_rss_mb']:.0f} | {r['rss_imports_mb']:.0f}"
+            f" | {r['rss_loaded_mb']:.0f} | {rel} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--windows", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--palette", choices=("rtn", "default", "none"), default="rtn")
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--child", choices=MODES)
+    p.add_argument("--folder", type=Path)
+    p.add_argument("--windows-file", type=Path)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.folder, args.windows_file, args.palette, args.batch_size)))
+        return
+
+    from transformers import AutoTokenizer
+
+    from bitalloc.data.corpora import Split, load_corpus
+    from bitalloc.data.windows import calibration_windows
+    from bitalloc.models.loading import cache_dir
+    from bitalloc.sensitivity.offload import model_folder
+
+    modes = [m for m in args.modes.split(",") if m]
+    llama = args.model == LLAMA
+    folder = random_llama_1b(cache_dir() / "bench") if llama else model_folder(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_folder("smollm2-135m") if llama else folder)
+    corpus = load_corpus("wiki", Split.CALIBRATION)
+    windows = calibration_windows(tokenizer, corpus, n_windows=args.windows, seq_len=args.seq_len, seed=0)
+    if llama:
+        windows = windows % 32000  # the random model's vocabulary
+    rows = run_model(args.model, folder, windows, args, modes)
+    print(
+        f"\nMachine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"{date.today()}; palette {args.palette}, batch {args.batch_size}\n"
+    )
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
