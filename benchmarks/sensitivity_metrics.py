@@ -2,12 +2,13 @@
 
 On SmolLM2-135M: calibrate once, profile an RTN palette under every metric (quantizing once), then
 draw random plans, fake-quantize the model for each and measure KL to the float model and perplexity
-on held-out wiki text. Two plan sets: "spread" (per-plan Dirichlet mix of bit widths, bytes vary) and
-"equal bytes" (each unit 3 or 5 bits by a coin flip, all plans ≈ 4 bpw: only the allocation differs).
-A plan's predicted error under a metric is the sum of its units' errors. Prints a Markdown table and
-writes runs/bench-metrics/{results.json,metrics.md}.
+on held-out wiki text. Two plan sets: "random" (per-plan Dirichlet mix of 3-5 bits, g64/g128, 3.25-4.75 bpw,
+bytes vary) and "equal bytes" (each unit 3 or 5 bits by a coin flip, all plans ≈ 4.5 bpw: only the
+allocation differs). A plan's predicted error under a metric is the sum of its units' errors. Prints a
+Markdown table (and the best predictor: highest mean ρ over KL and ppl on all plans) and writes
+runs/bench-metrics/{results.json,metrics.md}.
 
-    .venv/bin/python benchmarks/sensitivity_metrics.py [--plans 12] [--eval-tokens 2048]
+    .venv/bin/python benchmarks/sensitivity_metrics.py [--plans 24] [--equal-plans 8] [--eval-tokens 4096]
 """
 
 from __future__ import annotations
@@ -34,56 +35,59 @@ from bitalloc.quantizers.rtn import quantize_rtn
 from bitalloc.sensitivity.calibrate import calibrate
 from bitalloc.sensitivity.fisher import accumulate_fisher
 from bitalloc.sensitivity.higgs import fit_noise_coefficients
+from bitalloc.sensitivity.profile import SensitivityProfile
 from bitalloc.sensitivity.scoring import MetricInputs, profile_metrics
 
 METRICS = ("hessian", "fisher", "awq", "slim", "weight_mse", "higgs")
 BITS = (2, 3, 4, 5, 6, 8)
+RANDOM_BITS = (3, 4, 5)
+EVAL_GROUP = 4  # plans evaluated together share the reference forward
 
 
 def palette() -> list[Candidate]:
-    return [Candidate.parse(f"rtn-w{b}g64-asym") for b in BITS]
+    return [Candidate.parse(f"rtn-w{b}g{g}-asym") for b in BITS for g in (64, 128)]
 
 
-def random_plans(units: list[str], n: int, seed: int) -> dict[str, dict[str, int]]:
-    """name -> unit -> bits; n 'spread' plans and n 'equal bytes' plans."""
+def random_plans(
+    units: list[str], numel: dict[str, int], n_random: int, n_equal: int, seed: int
+) -> dict[str, dict[str, str]]:
+    """name -> unit -> candidate: ``n_random`` plans of 3.25-4.75 bpw and ``n_equal`` plans of ≈4.5 bpw.
+
+    A random plan draws a per-plan mix of bit widths (Dirichlet over 3..5 bits) and, per unit, a width
+    from it and a group size of 64 or 128, redrawn until the plan lies in [3.25, 4.75] bpw. (2-bit RTN
+    anywhere in SmolLM2 sends perplexity past 10⁴, which says nothing about the metrics.) An equal-bytes
+    plan gives each unit 3 or 5 bits (g64) by a coin flip: only the allocation differs.
+    """
     rng = np.random.default_rng(seed)
-    plans = {}
-    for i in range(n):
-        p = rng.dirichlet(np.full(len(BITS) - 1, 0.7))  # over BITS[1:]: 2-bit everywhere is useless
-        plans[f"spread-{i}"] = {u: int(rng.choice(BITS[1:], p=p)) for u in units}
-    for i in range(n):
-        plans[f"equal-{i}"] = {u: int(rng.choice((3, 5))) for u in units}
+    weights = np.array([numel[u] for u in units], dtype=float)
+    choices = np.array(RANDOM_BITS)
+    plans: dict[str, dict[str, str]] = {}
+    while len(plans) < n_random:
+        p = rng.dirichlet(np.full(len(choices), 0.7))
+        bits = rng.choice(choices, size=len(units), p=p)
+        groups = rng.choice(np.array((64, 128)), size=len(units))
+        bpw = bits + 32.0 / groups  # float16 scale and min per group
+        mean = float((bpw * weights).sum() / weights.sum())
+        if 3.25 <= mean <= 4.75:
+            plans[f"random-{len(plans)}"] = {
+                u: f"rtn-w{b}g{g}-asym" for u, b, g in zip(units, bits, groups, strict=True)
+            }
+    for i in range(n_equal):
+        plans[f"equal-{i}"] = {u: f"rtn-w{int(rng.choice((3, 5)))}g64-asym" for u in units}
     return plans
 
 
-def fake_quantize(model: torch.nn.Module, bits: dict[str, int]) -> torch.nn.Module:
+def fake_quantize(model: torch.nn.Module, plan: dict[str, str]) -> torch.nn.Module:
     q = copy.deepcopy(model)
     with torch.no_grad():
-        for unit, b in bits.items():
+        for unit, name in plan.items():
             lin = q.get_submodule(unit)
-            cand = Candidate.parse(f"rtn-w{b}g64-asym")
-            lin.weight.copy_(quantize_rtn(lin.weight.float(), cand).dequantize())
+            lin.weight.copy_(quantize_rtn(lin.weight.float(), Candidate.parse(name)).dequantize())
     return q
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--output", type=Path, default=Path("runs/bench-metrics"))
-    parser.add_argument("--plans", type=int, default=12, help="plans per set (two sets)")
-    parser.add_argument("--windows", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--eval-tokens", type=int, default=2048)
-    parser.add_argument("--metrics", default=",".join(METRICS), help="comma-separated metric names")
-    args = parser.parse_args()
-    metrics = tuple(args.metrics.split(","))
-    args.output.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-
-    def log(msg: str) -> None:
-        print(f"[{time.time() - t0:7.1f}s] {msg}", flush=True)
-
-    loaded = load_model("smollm2-135m")
-    model, units = loaded.model, discover_units(loaded.model)
+def measure_profiles(model, loaded, units, metrics: tuple[str, ...], args, log) -> dict:
+    """Calibrate, collect what the metrics need and profile the RTN palette under every metric."""
     corpus = load_corpus("wiki", Split.CALIBRATION)
     windows = calibration_windows(
         loaded.tokenizer, corpus, n_windows=args.windows, seq_len=args.seq_len, seed=0
@@ -95,7 +99,7 @@ def main() -> None:
     coeffs = fit_noise_coefficients(model, units, windows[:2, :128]) if "higgs" in metrics else {}
     log("higgs coefficients")
     inputs = MetricInputs(calibration=stats, fisher=fisher, coefficients=coeffs)
-    profiles = profile_metrics(
+    return profile_metrics(
         model,
         units,
         palette(),
@@ -103,69 +107,103 @@ def main() -> None:
         inputs=inputs,
         meta={"model_name": "smollm2-135m", "unquantized_bytes": 0},
     )
-    for name, prof in profiles.items():
-        prof.save(args.output / f"profile-{name}.parquet")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output", type=Path, default=Path("runs/bench-metrics"))
+    parser.add_argument("--plans", type=int, default=24, help="random plans (3.25-4.75 bpw)")
+    parser.add_argument("--equal-plans", type=int, default=8, help="equal-bytes plans (3 or 5 bits)")
+    parser.add_argument("--windows", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--eval-tokens", type=int, default=4096)
+    parser.add_argument("--metrics", default=",".join(METRICS), help="comma-separated metric names")
+    args = parser.parse_args()
+    metrics = tuple(args.metrics.split(","))
+    args.output.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - t0:7.1f}s] {msg}", flush=True)
+
+    loaded = load_model("smollm2-135m")
+    model, units = loaded.model, discover_units(loaded.model)
+    saved = {m: args.output / f"profile-{m}.parquet" for m in metrics}
+    if all(path.exists() for path in saved.values()):  # a re-run reuses the profiles of an earlier one
+        profiles = {m: SensitivityProfile.load(path) for m, path in saved.items()}
+    else:
+        profiles = measure_profiles(model, loaded, units, metrics, args, log)
+        for name, prof in profiles.items():
+            prof.save(saved[name])
     log("profiled")
     err = {m: {(r.unit, r.candidate): r.error for r in p.table.itertuples()} for m, p in profiles.items()}
     nbytes = {(r.unit, r.candidate): r.nbytes for r in profiles["hessian"].table.itertuples()}
     numel = sum(u.numel for u in units)
-    plans = random_plans([u.name for u in units], args.plans, seed=0)
+    plans = random_plans(
+        [u.name for u in units], {u.name: u.numel for u in units}, args.plans, args.equal_plans, seed=0
+    )
     tokens = token_stream(
         loaded.tokenizer, load_corpus("wiki", Split.EVALUATION), max_tokens=args.eval_tokens
     )
     results_path = args.output / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    for name, bits in plans.items():
-        if name in results:
-            continue
-        keys = [(u, f"rtn-w{b}g64-asym") for u, b in bits.items()]
-        qmodel = fake_quantize(model, bits)
-        measured = evaluate_models({"plan": qmodel}, model, tokens)["plan"]
-        del qmodel
-        results[name] = {
-            "bpw": 8 * sum(nbytes[k] for k in keys) / numel,
-            "kl": measured.kl,
-            "ppl": measured.perplexity,
-            "predicted": {m: sum(err[m][k] for k in keys) for m in metrics},
-        }
+    todo = [name for name in plans if name not in results]
+    for start in range(0, len(todo), EVAL_GROUP):
+        group = todo[start : start + EVAL_GROUP]
+        measured = evaluate_models({n: fake_quantize(model, plans[n]) for n in group}, model, tokens)
+        for name in group:
+            keys = list(plans[name].items())
+            results[name] = {
+                "bpw": 8 * sum(nbytes[k] for k in keys) / numel,
+                "kl": measured[name].kl,
+                "ppl": measured[name].perplexity,
+                "predicted": {m: sum(err[m][k] for k in keys) for m in metrics},
+            }
+            row = results[name]
+            log(f"{name}: bpw {row['bpw']:.3f} kl {row['kl']:.4f} ppl {row['ppl']:.2f}")
         results_path.write_text(json.dumps(results, indent=1))
-        log(f"{name}: bpw {results[name]['bpw']:.3f} kl {measured.kl:.4f} ppl {measured.perplexity:.2f}")
     table = markdown(results, args, time.time() - t0, metrics)
     (args.output / "metrics.md").write_text(table)
     print(table)
 
 
 def markdown(results: dict, args: argparse.Namespace, seconds: float, metrics: tuple[str, ...]) -> str:
+    """The ρ table, one row per metric, and the best predictor."""
     lines = [
         f"Machine: {platform.machine()} CPU (2 cores shared), torch {torch.__version__}; "
         f"date {date.today()}; "
         f"calibration {args.windows}x{args.seq_len} wiki tokens; eval {args.eval_tokens} "
         "held-out wiki tokens; "
-        f"palette rtn-w{{2,3,4,5,6,8}}g64-asym; {seconds:.0f} s.\n",
-        "| metric | ρ(KL) spread | ρ(ppl) spread | ρ(KL) equal bytes | ρ(ppl) equal bytes | ρ(KL) all |",
-        "|---|---|---|---|---|---|",
+        f"palette rtn-w{{2,3,4,5,6,8}}g{{64,128}}-asym; {seconds:.0f} s.\n",
+        "| metric | ρ(KL) random | ρ(ppl) random | ρ(KL) equal bytes | ρ(ppl) equal bytes "
+        "| ρ(KL) all | ρ(ppl) all |",
+        "|---|---|---|---|---|---|---|",
     ]
     sets = {
-        "spread": [v for k, v in results.items() if k.startswith("spread")],
+        "random": [v for k, v in results.items() if k.startswith("random")],
         "equal": [v for k, v in results.items() if k.startswith("equal")],
     }
-    sets["all"] = sets["spread"] + sets["equal"]
+    sets["all"] = sets["random"] + sets["equal"]
 
-    def rho(rows: list, metric: str, key: str) -> str:
+    def rho(rows: list, metric: str, key: str) -> float:
         if len(rows) < 3:
-            return "n/a"
-        return f"{spearmanr([r['predicted'][metric] for r in rows], [r[key] for r in rows]).statistic:.3f}"
+            return float("nan")
+        return float(spearmanr([r["predicted"][metric] for r in rows], [r[key] for r in rows]).statistic)
 
+    score = {}
     for m in metrics:
-        cells = [rho(sets["spread"], m, "kl"), rho(sets["spread"], m, "ppl"), rho(sets["equal"], m, "kl")]
-        cells += [rho(sets["equal"], m, "ppl"), rho(sets["all"], m, "kl")]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    n_s, n_e = len(sets["spread"]), len(sets["equal"])
-    bpw = [r["bpw"] for r in sets["equal"]] or [0.0]
+        cells = [rho(sets[s], m, key) for s in ("random", "equal", "all") for key in ("kl", "ppl")]
+        score[m] = (cells[4] + cells[5]) / 2
+        lines.append(f"| {m} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    n_r, n_e = len(sets["random"]), len(sets["equal"])
+    bpw_r = [r["bpw"] for r in sets["random"]] or [0.0]
+    bpw_e = [r["bpw"] for r in sets["equal"]] or [0.0]
+    ranked = sorted((s, m) for m, s in score.items() if s == s)
+    best = ranked[-1][1] if ranked else "n/a"
     lines.append(
-        f"\n{n_s} spread plans, {n_e} equal-bytes plans (bpw {min(bpw):.3f}-{max(bpw):.3f}); "
-        "Spearman ρ of the "
-        "summed predicted error against measured KL(float || plan) and perplexity."
+        f"\n{n_r} random plans (bpw {min(bpw_r):.3f}-{max(bpw_r):.3f}), {n_e} equal-bytes plans "
+        f"(bpw {min(bpw_e):.3f}-{max(bpw_e):.3f}); Spearman ρ of the summed predicted error against "
+        f"measured KL(float || plan) and perplexity. Best predictor (mean of the two 'all' columns): {best}."
     )
     return "\n".join(lines) + "\n"
 
