@@ -24,8 +24,20 @@ def _resolve(name: Path) -> Path:
     return name
 
 
+def _log_trial(trial, seconds: float) -> None:
+    values = "" if trial.values is None else ", ".join(f"{v:.6g}" for v in trial.values)
+    console.print(f"trial {trial.number} {trial.state.name} [{values}] {seconds:.0f} s {trial.params}")
+
+
 @study_app.command()
-def run(definition: Definition, storage: Storage = None, n_trials: int | None = None) -> None:
+def run(
+    definition: Definition,
+    storage: Storage = None,
+    n_trials: int | None = None,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="start no new trial after this many minutes (resume later)")
+    ] = None,
+) -> None:
     """Run (or resume) the study until it holds its n_trials finished trials; then write its report."""
     from bitalloc.study.definition import load_definition
     from bitalloc.study.report import write_report
@@ -36,7 +48,7 @@ def run(definition: Definition, storage: Storage = None, n_trials: int | None = 
         from dataclasses import replace
 
         d = replace(d, n_trials=n_trials)
-    ran = run_study(d, storage_url=storage)
+    ran = run_study(d, storage_url=storage, max_minutes=max_minutes, on_trial=_log_trial)
     report = write_report(open_study(d, storage_url=storage), d)
     console.print(f"ran {ran} trials; report -> {report}")
 

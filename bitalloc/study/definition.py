@@ -37,7 +37,18 @@ DEFAULTS = {
 }
 OBJECTIVES = ("perplexity", "kl", "bytes", "bpw", "latency")
 SAMPLERS = ("tpe", "nsga2", "random")
-STUDY_KEYS = {"name", "model", "layers", "corpus", "objectives", "n_trials", "seed", "sampler", "storage"}
+STUDY_KEYS = {
+    "name",
+    "model",
+    "layers",
+    "corpus",
+    "objectives",
+    "n_trials",
+    "seed",
+    "sampler",
+    "storage",
+    "grace_s",
+}
 EVAL_KEYS = {"max_tokens", "context", "stride"}
 PIN_KEYS = {"layers", "units", "min_bits"}
 
@@ -81,6 +92,7 @@ class StudyDefinition:
     seed: int = 0
     sampler: str = "tpe"
     storage: str = ""
+    grace_s: int = 90  # a worker silent this long is dead: its running trial is failed and retried once
     max_tokens: int = 2048
     context: int = 512
     stride: int = 256
@@ -143,6 +155,12 @@ def _dimension(name: str, value) -> tuple[Dimension | None, object]:
     return None, value
 
 
+def _positive_int(value, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise _fail(where, f"must be a positive whole number, got {value!r}")
+    return value
+
+
 def parse_definition(doc: dict, path: Path) -> StudyDefinition:
     """Validate a TOML document; every refusal names the key at fault."""
     _check_keys(doc, {"study", "evaluation", "space", "pins", "baseline"}, "definition")
@@ -192,13 +210,14 @@ def parse_definition(doc: dict, path: Path) -> StudyDefinition:
         layers=int(study.get("layers", 0)),
         corpus=study.get("corpus", "wiki"),
         objectives=objectives,
-        n_trials=int(study.get("n_trials", 20)),
+        n_trials=_positive_int(study.get("n_trials", 20), "study.n_trials"),
         seed=int(study.get("seed", 0)),
         sampler=sampler,
         storage=study.get("storage", ""),
-        max_tokens=int(evaluation.get("max_tokens", 2048)),
-        context=int(evaluation.get("context", 512)),
-        stride=int(evaluation.get("stride", 256)),
+        grace_s=_positive_int(study.get("grace_s", 90), "study.grace_s"),
+        max_tokens=_positive_int(evaluation.get("max_tokens", 2048), "evaluation.max_tokens"),
+        context=_positive_int(evaluation.get("context", 512), "evaluation.context"),
+        stride=_positive_int(evaluation.get("stride", 256), "evaluation.stride"),
         space=tuple(dims),
         fixed=fixed,
         pins=pins,

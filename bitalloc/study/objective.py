@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -19,8 +19,10 @@ from bitalloc.allocator.problem import Budget
 from bitalloc.allocator.solve import solve
 from bitalloc.errors import InfeasibleBudget, InvalidInput
 from bitalloc.models.loading import LoadedModel
-from bitalloc.pipeline import EvalSettings, quantize_model, run_eval
+from bitalloc.pipeline import EvalSettings, evaluation_tokens, quantize_model
 from bitalloc.study.definition import StudyDefinition
+from bitalloc.study.evaluation import ReferenceEval
+from bitalloc.study.materialize import UnitCache
 from bitalloc.study.profiles import full_profile, subset
 from bitalloc.study.space import TrialConfig, palette_of, pin, sample, universe_palette
 from bitalloc.study.storage import save_plan
@@ -34,6 +36,17 @@ class Objective:
 
     definition: StudyDefinition
     loaded: LoadedModel
+    cache: UnitCache = field(default_factory=UnitCache)  # this worker's packed weights, reused by trials
+    references: dict = field(default_factory=dict)  # this worker's ReferenceEval, built on first use
+
+    def reference(self) -> ReferenceEval:
+        """The float model's log-probabilities on the evaluation tokens (computed once per worker)."""
+        d = self.definition
+        if "eval" not in self.references:
+            settings = EvalSettings(max_tokens=d.max_tokens, context=d.context, stride=d.stride)
+            tokens = evaluation_tokens(self.loaded, d.corpus, settings)
+            self.references["eval"] = ReferenceEval(self.loaded.model, tokens, d.context, d.stride)
+        return self.references["eval"]
 
     def __call__(self, trial) -> tuple[float, ...]:
         import optuna
@@ -85,19 +98,18 @@ class Objective:
     def measure(self, plan) -> dict[str, float]:
         """Perplexity and KL on held-out text, bytes, bpw and (if asked) forward latency."""
         d = self.definition
-        quantized = quantize_model(self.loaded, plan)
-        settings = EvalSettings(max_tokens=d.max_tokens, context=d.context, stride=d.stride)
-        result = run_eval(self.loaded, {"plan": quantized}, d.corpus, settings)
+        reference = self.reference()
+        result = reference.evaluate(self.cache.build(self.loaded, plan))
         out = {
-            "perplexity": result["plan"].perplexity,
-            "kl": result["plan"].kl,
-            "tokens": result["plan"].tokens,
-            "reference_perplexity": result["reference"].perplexity,
+            "perplexity": result.perplexity,
+            "kl": result.kl,
+            "tokens": result.tokens,
+            "reference_perplexity": reference.evaluate(None).perplexity,
             "bytes": plan.model_bytes,
             "bpw": plan.bpw,
         }
-        if "latency" in d.objectives:
-            out["latency"] = forward_ms(quantized, d.context)
+        if "latency" in d.objectives:  # timed on the packed QuantLinear model, not the dequantized copy
+            out["latency"] = forward_ms(quantize_model(self.loaded, plan), d.context)
         return out
 
 

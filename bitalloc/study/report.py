@@ -143,6 +143,13 @@ def write_report(study, definition: StudyDefinition) -> Path:
         "",
     ]
     lines += [f"- {k}: {v:.3f}" for k, v in importances(study).items()] or ["(too few trials)"]
+    versus = against_baselines(study)
+    lines += [
+        "",
+        "## Default settings against the best searched trial at no more bytes",
+        "",
+        markdown(versus) if not versus.empty else "(no default-settings trial with a searched rival yet)",
+    ]
     path = folder / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -7,7 +7,9 @@ is failed by the heartbeat and retried, finished trials are kept.
 
 from __future__ import annotations
 
+import time
 import warnings
+from collections.abc import Callable
 
 from bitalloc.models.loading import LoadedModel, load_model, state_hash
 from bitalloc.study.definition import StudyDefinition
@@ -44,7 +46,7 @@ def open_study(definition: StudyDefinition, *, storage_url: str | None = None):
     """Create the study (enqueueing its baselines once) or load it as it stands."""
     import optuna
 
-    storage = open_storage(storage_url or definition.storage_url)
+    storage = open_storage(storage_url or definition.storage_url, grace_s=definition.grace_s)
     directions = ["minimize"] * len(definition.objectives)
     try:
         study = optuna.load_study(study_name=definition.name, storage=storage, sampler=_sampler(definition))
@@ -80,19 +82,27 @@ def run_study(
     n_trials: int | None = None,
     storage_url: str | None = None,
     loaded: LoadedModel | None = None,
+    max_minutes: float | None = None,
+    on_trial: Callable[[object, float], None] | None = None,
 ) -> int:
     """Run trials until the study holds ``n_trials`` (default: the definition's) finished trials, or
-    exactly ``n_trials`` more when called as a worker with an explicit count. Returns the trials run."""
+    exactly ``n_trials`` more when called as a worker with an explicit count; start no new trial after
+    ``max_minutes`` (a long study runs in chunks and resumes); ``on_trial(trial, seconds)`` after each.
+    Returns the trials run."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = open_study(definition, storage_url=storage_url)
     objective = Objective(definition, loaded or load_study_model(definition))
-    ran = 0
+    ran, deadline = 0, None if max_minutes is None else time.monotonic() + 60 * max_minutes
     while (n_trials is not None and ran < n_trials) or (
         n_trials is None and finished(study) < definition.n_trials
     ):
-        study.optimize(objective, n_trials=1, catch=())
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        started = time.monotonic()
+        callbacks = [] if on_trial is None else [lambda _, t, t0=started: on_trial(t, time.monotonic() - t0)]
+        study.optimize(objective, n_trials=1, catch=(), callbacks=callbacks)
         ran += 1
     return ran

@@ -4,28 +4,52 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 from bitalloc.allocator.plan import Plan
+from bitalloc.errors import InvalidInput
 
 HEARTBEAT_S = 30
 GRACE_S = 90
 
 
-def open_storage(url: str, *, heartbeat: bool = True):
-    """An RDBStorage for ``url``; trials of a dead worker fail after GRACE_S and are retried once."""
+def storage_url(url: str) -> str:
+    """``url`` with the driver this project installs (psycopg 3 for PostgreSQL); InvalidInput if it is
+    not an SQLite or PostgreSQL URL."""
+    if url.startswith("sqlite:///"):
+        return url
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    raise InvalidInput(
+        f"study storage {url!r} is neither sqlite:///PATH nor postgresql://USER@HOST/DB; "
+        "give one of those in [study].storage or --storage"
+    )
+
+
+def open_storage(url: str, *, heartbeat: bool = True, grace_s: int = GRACE_S):
+    """An RDBStorage for ``url``; a trial whose worker sent no heartbeat for ``grace_s`` seconds (a dead
+    worker) is failed by the next worker and retried once with the same parameters."""
     import optuna
 
+    url = storage_url(url)
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
+    with warnings.catch_warnings():  # heartbeats and their retry callback are "experimental" in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _rdb(optuna, url, engine_kwargs, heartbeat, grace_s)
+
+
+def _rdb(optuna, url: str, engine_kwargs: dict, heartbeat: bool, grace_s: int):
     return optuna.storages.RDBStorage(
         url,
         engine_kwargs=engine_kwargs,
-        heartbeat_interval=HEARTBEAT_S if heartbeat else None,
-        grace_period=GRACE_S if heartbeat else None,
+        heartbeat_interval=max(1, min(HEARTBEAT_S, grace_s // 3)) if heartbeat else None,
+        grace_period=grace_s if heartbeat else None,
         heartbeat_stale_trial_callback=(
             optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1) if heartbeat else None
         ),

@@ -8,7 +8,7 @@ import pytest
 
 TINY = """
 [study]
-name = "tiny"
+name = "{name}"
 layers = 2
 n_trials = {n_trials}
 sampler = "random"
@@ -45,10 +45,10 @@ budget_bpw = 4.0
 """
 
 
-def write_tiny(folder: Path, *, n_trials: int = 4, storage: str = "") -> Path:
-    """Write tiny.toml into ``folder`` and return its path."""
+def write_tiny(folder: Path, *, n_trials: int = 4, storage: str = "", name: str = "tiny") -> Path:
+    """Write tiny.toml (study ``name``) into ``folder`` and return its path."""
     path = folder / "tiny.toml"
-    path.write_text(TINY.format(n_trials=n_trials, storage=storage))
+    path.write_text(TINY.format(n_trials=n_trials, storage=storage, name=name))
     return path
 
 

@@ -10,7 +10,7 @@ from tests.study.conftest import TINY
 
 
 def _doc(**space) -> dict:
-    doc = tomllib.loads(TINY.format(n_trials=2, storage=""))
+    doc = tomllib.loads(TINY.format(n_trials=2, storage="", name="tiny"))
     doc["space"].update(space)
     return doc
 
@@ -59,3 +59,14 @@ def test_unknown_pin_rule_and_objective_are_named() -> None:
 def test_missing_file_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(StudyDefinitionError, match=r"studies/NAME\.toml"):
         load_definition(tmp_path / "nope.toml")
+
+
+def test_bad_counts_are_named() -> None:
+    doc = _doc()
+    doc["study"]["n_trials"] = 0
+    with pytest.raises(StudyDefinitionError, match=r"study\.n_trials: must be a positive whole number"):
+        parse_definition(doc, Path("x.toml"))
+    doc = _doc()
+    doc["evaluation"]["max_tokens"] = "4096"
+    with pytest.raises(StudyDefinitionError, match=r"evaluation\.max_tokens: must be a positive"):
+        parse_definition(doc, Path("x.toml"))

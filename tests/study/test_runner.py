@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import optuna
+import pytest
 from typer.testing import CliRunner
 
 from bitalloc.allocator.plan import Plan
@@ -15,6 +17,7 @@ from bitalloc.study.definition import load_definition
 from bitalloc.study.report import front_table, write_report
 from bitalloc.study.runner import finished, open_study, run_study
 from bitalloc.study.storage import load_plan
+from tests.study.conftest import write_tiny
 
 
 def test_run_resume_and_show(tiny_definition: Path, smollm2_small: LoadedModel) -> None:
@@ -49,3 +52,21 @@ def test_run_resume_and_show(tiny_definition: Path, smollm2_small: LoadedModel) 
     shown = CliRunner().invoke(study_app, ["show", str(tiny_definition)])
     assert shown.exit_code == 0, shown.output
     assert "Pareto front" in shown.output and str(front["plan_id"].iloc[0]) in shown.output
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+def test_dead_workers_trial_is_retried(tmp_path: Path, smollm2_small: LoadedModel) -> None:
+    """A worker killed mid-trial leaves it RUNNING; the next run fails it and re-runs its parameters."""
+    d = replace(load_definition(write_tiny(tmp_path, n_trials=1)), grace_s=1, baselines=())
+    study = open_study(d)
+    params = {"bits": "3,8", "pins": "none", "budget_bpw": 4.0}
+    study.enqueue_trial(params)
+    dead = study.ask()  # what the killed worker had started: RUNNING, one heartbeat, then silence
+    study._storage.record_heartbeat(dead._trial_id)
+    time.sleep(2.5)
+    assert run_study(d, loaded=smollm2_small) == 1
+    trials = open_study(d).get_trials()
+    assert trials[0].number == dead.number and trials[0].state is optuna.trial.TrialState.FAIL
+    retry = trials[1]
+    assert retry.state is optuna.trial.TrialState.COMPLETE and retry.params == params
+    assert retry.system_attrs["failed_trial"] == dead.number

@@ -1,21 +1,28 @@
-"""Two worker processes on one SQLite study: every trial number runs once, none is lost or left running."""
+"""Two worker processes on one study (SQLite, and PostgreSQL when BITALLOC_TEST_POSTGRES_URL is set):
+every trial number runs exactly once, none is lost or left running, each worker runs its share."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import optuna
+import pytest
 
+from bitalloc.errors import InvalidInput
 from bitalloc.study.definition import load_definition
 from bitalloc.study.runner import open_study
+from bitalloc.study.storage import storage_url
 from tests.study.conftest import write_tiny
 
+POSTGRES = os.environ.get("BITALLOC_TEST_POSTGRES_URL", "")
 
-def test_two_workers_share_one_study(tmp_path: Path) -> None:
-    definition = write_tiny(tmp_path, storage=f"sqlite:///{tmp_path / 'shared.db'}")
+
+def _two_workers(tmp_path: Path, storage: str, name: str) -> None:
+    definition = write_tiny(tmp_path, storage=storage, name=name)
     d = load_definition(definition)
     open_study(d)  # create it (and enqueue the baselines) once, as `bitalloc study run` would
     cmd = [sys.executable, "-c", "from bitalloc.cli import main; main()", "study", "worker", str(definition)]
@@ -35,3 +42,23 @@ def test_two_workers_share_one_study(tmp_path: Path) -> None:
     assert len(by_worker) == 2 and sorted(len(v) for v in by_worker.values()) == [2, 2]
     # the two enqueued baselines were each taken by exactly one worker
     assert sum("fixed_params" in t.system_attrs for t in trials) == 2
+    # every completed trial's plan file exists (workers share the study folder)
+    for t in trials:
+        if t.state is optuna.trial.TrialState.COMPLETE:
+            assert (d.folder / "plans" / f"{t.user_attrs['plan_id']}.json").exists()
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path: Path) -> None:
+    _two_workers(tmp_path, f"sqlite:///{tmp_path / 'shared.db'}", "tiny")
+
+
+@pytest.mark.skipif(not POSTGRES, reason="no PostgreSQL: set BITALLOC_TEST_POSTGRES_URL to run")
+def test_two_workers_share_one_postgres_study(tmp_path: Path) -> None:
+    _two_workers(tmp_path, POSTGRES, f"tiny-{uuid.uuid4().hex[:8]}")  # a fresh study in a shared database
+
+
+def test_storage_url_is_checked() -> None:
+    assert storage_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert storage_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    with pytest.raises(InvalidInput, match=r"neither sqlite:///PATH nor postgresql://"):
+        storage_url("mysql://u@h/db")
