@@ -135,10 +135,12 @@ def tune(path: Path, shapes: list[tuple[int, int]], base: Registry, batches: tup
                 best = min(best, (us, params), key=lambda t: t[0])
             entries.append(TunedEntry(bits, shape[0], shape[1], batch, kernel, best[1]))
             print(f"tuned w{bits} {shape} b{batch}: {best[0]:.1f} us {best[1]}", flush=True)
-    Registry(torch.cuda.get_device_name(), tuple(entries)).save(path)
+        Registry(torch.cuda.get_device_name(), tuple(entries)).save(
+            path
+        )  # after each shape: partial runs count
 
 
-def speed_table(registry: Registry, shapes, batches, with_gemlite: bool, gemlite_budget_s: float = 150.0):
+def speed_table(registry: Registry, shapes, batches, with_gemlite: bool, gemlite_budget_s: float = 60.0):
     """Markdown rows: fp16 cuBLAS, ours, and gemlite on the large shapes at batch <= 16 (time-boxed)."""
     bw = copy_bandwidth()
     gemlite_deadline = time.time() + gemlite_budget_s
