@@ -42,6 +42,10 @@ def apply_plan(
     when ``n_tokens`` is given, enough tokens) before any is quantized.
     """
     plan.check_model(model_hash)
+    if any("@cols" in c.unit for c in plan.assignment):  # column-group units: sensitivity/column_groups.py
+        from bitalloc.sensitivity.column_groups import apply_group_plan
+
+        return apply_group_plan(model, plan, model_hash=model_hash, hessians=hessians, n_tokens=n_tokens)
     _check_units(model, plan, hessians, n_tokens)
     shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
     quantized = copy.deepcopy(model, memo=shared)

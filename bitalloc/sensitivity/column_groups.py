@@ -268,13 +268,16 @@ def apply_group_plan(
     *,
     model_hash: str,
     hessians: dict[str, torch.Tensor] | None = None,
+    n_tokens: int | None = None,
 ) -> nn.Module:
     """``apply_plan`` for plans mixing whole and column-group units; bytes held equal the plan's."""
     from bitalloc.quantizers.apply import apply_plan, quantized_bytes
 
     groups = [c for c in plan.assignment if parse_group_unit(c.unit) is not None]
     whole = tuple(c for c in plan.assignment if parse_group_unit(c.unit) is None)
-    quantized = apply_plan(model, replace(plan, assignment=whole), model_hash=model_hash, hessians=hessians)
+    quantized = apply_plan(
+        model, replace(plan, assignment=whole), model_hash=model_hash, hessians=hessians, n_tokens=n_tokens
+    )
     apply_column_groups(quantized, [(c.unit, c.candidate, c.nbytes) for c in groups], hessians)
     stored = quantized_bytes(quantized)
     if stored != plan.nbytes:

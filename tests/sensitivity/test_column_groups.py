@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import pytest
@@ -15,7 +16,7 @@ from bitalloc.data.corpora import Split, load_corpus
 from bitalloc.data.windows import calibration_windows
 from bitalloc.errors import InvalidInput
 from bitalloc.models.units import Unit, discover_units, unquantized_bytes
-from bitalloc.quantizers.apply import quantized_bytes, save_quantized
+from bitalloc.quantizers.apply import apply_plan, quantized_bytes, save_quantized
 from bitalloc.quantizers.candidate import Candidate
 from bitalloc.quantizers.rtn import quantize_rtn
 from bitalloc.sensitivity.calibrate import calibrate
@@ -103,9 +104,7 @@ def test_mixed_group_plan_bytes_exact_and_forward_matches_dequantized(setup, smo
     for c in plan.assignment:
         by_matrix.setdefault(parse_group_unit(c.unit).base, set()).add(c.candidate)
     assert any(len(cands) > 1 for cands in by_matrix.values())  # groups of one matrix differ
-    quantized = apply_group_plan(
-        model, plan, model_hash=smollm2_small.model_hash, hessians=dict(stats.hessians)
-    )
+    quantized = apply_plan(model, plan, model_hash=smollm2_small.model_hash, hessians=dict(stats.hessians))
     assert quantized_bytes(quantized) == plan.nbytes
     module = quantized.get_submodule(units[0].name)
     assert isinstance(module, ColumnGroupLinear)
@@ -116,6 +115,17 @@ def test_mixed_group_plan_bytes_exact_and_forward_matches_dequantized(setup, smo
     reference = F.linear(x, module.dequantized_weight())
     torch.testing.assert_close(module(x), reference, rtol=1e-5, atol=1e-5)
     assert (model.get_submodule(units[0].name).weight - module.dequantized_weight()).abs().max() > 0
+    # the whole model: same logits as the float model with every planned matrix's dequantized weight
+    reference_model = copy.deepcopy(model)
+    with torch.no_grad():
+        for unit in units:
+            reference_model.get_submodule(unit.name).weight.copy_(
+                quantized.get_submodule(unit.name).dequantized_weight()
+            )
+        ids = torch.arange(3, 19)[None, :]  # (1, 16)
+        torch.testing.assert_close(
+            quantized(input_ids=ids).logits, reference_model(input_ids=ids).logits, rtol=1e-4, atol=1e-4
+        )
     written = save_quantized(quantized, plan, tmp_path / "out")
     assert written == plan.model_bytes
 
