@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -87,7 +88,9 @@ def calibrate_distributed(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Distributed (torchrun) layer-by-layer calibration.")
+    p = argparse.ArgumentParser(
+        description="Layer-by-layer calibration with offloaded layers (torchrun or not)."
+    )
     p.add_argument("--model", default="smollm2-135m", help="bundled name or HF folder with safetensors")
     p.add_argument("--corpus", default="wiki")
     p.add_argument("--windows", type=int, default=32)
@@ -96,78 +99,90 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--layers", type=int, default=None, help="only the first N decoder layers")
     p.add_argument("--out", type=Path, required=True, help="statistics .safetensors (written by rank 0)")
-    p.add_argument("--profile-out", type=Path, default=None, help="also score the default palette")
+    p.add_argument("--profile-out", type=Path, default=None, help="also write the profile (.parquet)")
+    p.add_argument(
+        "--palette", default=None, help="comma-separated candidates (default: the default palette)"
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """torchrun entry point: calibrate (and optionally profile) with offloaded layers; rank 0 writes."""
+    """Entry point: distributed under torchrun (WORLD_SIZE set), else one process; rank 0 writes."""
+    args = _parser().parse_args(argv)
+    launched = "WORLD_SIZE" in os.environ
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if launched:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        _run(args, device, launched)
+    except BitallocError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        if launched:
+            dist.destroy_process_group()
+    return 0
+
+
+def _run(args: argparse.Namespace, device: torch.device, launched: bool) -> None:
+    from transformers import AutoTokenizer
+
     from bitalloc.data.corpora import Split, load_corpus
     from bitalloc.data.windows import calibration_windows
     from bitalloc.models.units import discover_units
     from bitalloc.pipeline import CalibrationSettings
-    from bitalloc.quantizers.candidate import default_palette
+    from bitalloc.quantizers.candidate import Candidate, default_palette
     from bitalloc.sensitivity.offload import (
         SafetensorsLayers,
         model_folder,
         offloaded_model,
         profile_offloaded,
     )
+    from bitalloc.sensitivity.streaming import calibrate_streaming
 
-    args = _parser().parse_args(argv)
-    cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if cuda else "gloo")
-    try:
-        folder = model_folder(args.model)
-        off = offloaded_model(folder, num_layers=args.layers, device=device)
-        settings = CalibrationSettings(args.corpus, args.windows, args.seq_len, args.seed)
-        corpus = load_corpus(args.corpus, Split.CALIBRATION)
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        windows = calibration_windows(
-            tokenizer, corpus, n_windows=args.windows, seq_len=args.seq_len, seed=args.seed
+    palette = (
+        tuple(default_palette())
+        if args.palette is None
+        else tuple(Candidate.parse(name.strip()) for name in args.palette.split(",") if name.strip())
+    )
+    folder = model_folder(args.model)
+    settings = asdict(CalibrationSettings(args.corpus, args.windows, args.seq_len, args.seed))
+    corpus = load_corpus(args.corpus, Split.CALIBRATION)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    windows = calibration_windows(
+        tokenizer, corpus, n_windows=args.windows, seq_len=args.seq_len, seed=args.seed
+    )
+    rank, world = (dist.get_rank(), dist.get_world_size()) if launched else (0, 1)
+    shard = shard_windows(windows, rank, world)
+    off = offloaded_model(folder, num_layers=args.layers, device=device)  # after the cheap checks
+    reduce = all_reduce_sum() if launched else None
+    common = dict(corpus_hash=corpus.content_hash, batch_size=args.batch_size, settings=settings)
+    prof = None
+    if args.profile_out is not None:
+        meta = {"model_name": args.model, "world_size": world}
+        prof, stats = profile_offloaded(
+            off, shard, palette, meta=meta, device=device, reduce=reduce, keep_hessians=True, **common
         )
-        rank, world = dist.get_rank(), dist.get_world_size()
-        shard = shard_windows(windows, rank, world)
-        if args.profile_out is not None:
-            prof, stats = profile_offloaded(
-                off,
-                shard,
-                default_palette(),
-                corpus_hash=corpus.content_hash,
-                batch_size=args.batch_size,
-                settings=asdict(settings),
-                meta={"model_name": args.model, "world_size": world},
-                device=device,
-                reduce=all_reduce_sum(),
-                keep_hessians=True,
-            )
-            if rank == 0:
-                prof.save(args.profile_out)
-        else:
-            stats = calibrate_distributed(
-                off.model,
-                discover_units(off.model),
-                windows,
-                model_hash=off.model_hash,
-                corpus_hash=corpus.content_hash,
-                batch_size=args.batch_size,
-                settings=asdict(settings),
-                source=SafetensorsLayers(off, device),
-                device=device,
-            )
-        if rank == 0 and stats is not None:
-            stats.save(args.out)
-    except BitallocError as err:
-        print(f"error: {err}", flush=True)
-        return 2
-    finally:
-        dist.destroy_process_group()
-    return 0
+    else:
+        source = SafetensorsLayers(off, device)
+        units = discover_units(off.model)
+        stats = calibrate_streaming(
+            off.model,
+            units,
+            shard,
+            model_hash=off.model_hash,
+            source=source,
+            device=device,
+            reduce=reduce,
+            **common,
+        )
+    if rank == 0 and stats is not None:
+        stats.save(args.out)
+        if prof is not None:
+            prof.save(args.profile_out)
 
 
 if __name__ == "__main__":

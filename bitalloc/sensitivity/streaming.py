@@ -130,6 +130,12 @@ def stream_layers(
     """
     if not units:
         raise NoQuantizableUnits(NO_UNITS_FIX)
+    types = getattr(getattr(model, "config", None), "layer_types", None)
+    if types is not None and len(set(types)) > 1:
+        raise InvalidInput(
+            f"the model mixes attention types {sorted(set(types))} across layers, and streaming reuses the "
+            "first layer's attention mask for all: use calibrate() (whole-model hooks) for this model"
+        )
     source = source or InMemory()
     device = torch.device(device)
     prefix, layers = decoder_layers(model, units)
