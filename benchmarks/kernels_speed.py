@@ -5,7 +5,8 @@
     python benchmarks/kernels_speed.py --latency OUT.csv     # time every format x shape x batch, write CSV
     python benchmarks/kernels_speed.py --gemlite             # add gemlite (pip package) to the speed table
 
-Shapes are (out, in). Times are medians of ``triton.testing.do_bench`` (it clears L2 before every timed call).
+Shapes are (out, in). Times: each call captured in a CUDA graph and replayed, 128 MiB overwritten before
+every timed call (L2 flushed), median of CUDA-event timings.
 Bandwidth fraction = (weight bytes + activations + outputs) / time / measured copy bandwidth (read + write).
 """
 

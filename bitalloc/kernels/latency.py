@@ -69,15 +69,22 @@ class LatencyTable:
         return cls(rows)
 
     def predict(self, candidate: Candidate, shape: tuple[int, int], batch: int) -> float:
-        """Microseconds of one call: the measured row, else the nearest shape of the format scaled by size."""
-        same = [
+        """Microseconds of one call: the measured row, else the nearest shape of the format scaled by size.
+
+        A group size the table does not hold takes the nearest measured group size of the same bits and
+        symmetry (the shipped table measures group 128 only; scale bytes differ by a few percent).
+        """
+        fmt = [
             r
             for r in self.rows
-            if (r.bits, r.group_size, r.symmetric, r.batch)
-            == (candidate.bits, candidate.group_size, candidate.symmetric, batch_bucket(batch))
+            if (r.bits, r.symmetric, r.batch) == (candidate.bits, candidate.symmetric, batch_bucket(batch))
         ]
-        if not same:
+        if not fmt:
             raise InvalidInput(f"the latency table has no row for {candidate.name} at batch {batch}")
+        group = min(
+            {r.group_size for r in fmt}, key=lambda g: abs(math.log2(g / candidate.group_size))
+        )  # the candidate's group size, else the nearest measured one (an approximation)
+        same = [r for r in fmt if r.group_size == group]
         row = self._nearest(same, shape)
         return row.us * _size_ratio(row, shape)
 

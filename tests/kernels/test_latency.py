@@ -23,6 +23,11 @@ def test_predict_exact_nearest_and_kind_independent(tmp_path):
     assert table.predict(rtn, (2048, 4096), 1) == pytest.approx(10.0)  # nearest shape scaled by size
     assert table.predict(rtn, (4096, 4096), 9) == pytest.approx(30.0)  # batch bucket 16
     assert table.predict_fp16((4096, 14336), 1) == pytest.approx(56.0)
+    assert table.predict(Candidate.parse("rtn-w4g32-asym"), (4096, 4096), 1) == pytest.approx(
+        20.0
+    )  # group 128
+    with pytest.raises(InvalidInput, match="w4g128-sym"):
+        table.predict(Candidate.parse("rtn-w4g128-sym"), (4096, 4096), 1)
     with pytest.raises(InvalidInput, match="w3g128-asym"):
         table.predict(Candidate.parse("rtn-w3g128-asym"), (4096, 4096), 1)
 
