@@ -60,6 +60,12 @@ NEW = (  # the new kinds scored on every unit (bpw-comparable g64 / g192 setting
 REFERENCE = tuple(f"{k}-w{b}g64-asym" for k in ("rtn", "gptq") for b in (2, 3, 4))
 QUICK_NEW = tuple(n for n in NEW if n.split("-")[0] in ("gptqact", "awq", "nest", "tern") and "-o" not in n)
 QUICK_REFERENCE = tuple(n for n in REFERENCE if n.startswith("rtn"))
+# --fast: what the loaded 2-core machine scores on all 210 units in ~15 min (gptqact, nest, tern, one
+# k-means); AWQ's alpha search, mixed bits, outliers and the GPTQ reference are the costly ones
+FAST_NEW = (
+    *(n for n in NEW if n.split("-")[0] in ("gptqact", "nest", "tern") and "-o" not in n),
+    "kmeans-w3g192-asym",
+)
 BUDGETS = (2.5, 3.0, 3.5, 4.0)
 FRONTIER = (2.25, 4.5)  # extra foundation points so that each full plan's ppl falls inside the frontier
 ACT = (
@@ -230,6 +236,7 @@ def main() -> None:
     parser.add_argument("--eval-batch", type=int, default=3, help="models evaluated together")
     parser.add_argument("--max-models", type=int, default=0, help="evaluate at most this many now (0: all)")
     parser.add_argument("--quick", action="store_true", help="score only QUICK_NEW (see above)")
+    parser.add_argument("--fast", action="store_true", help="score only FAST_NEW (see above)")
     parser.add_argument("--layers", type=int, default=0, help="only the units of the first N layers (0: all)")
     args = parser.parse_args()
     out = args.output
@@ -257,7 +264,10 @@ def main() -> None:
     foundation = SensitivityProfile(table=foundation.table[keep].reset_index(drop=True), meta=foundation.meta)
     rows_path = out / "palette_rows.parquet"
     if args.phase in ("score", "all"):
-        names = QUICK_NEW + QUICK_REFERENCE if args.quick else NEW + REFERENCE
+        names = NEW + REFERENCE
+        names = (
+            QUICK_NEW + QUICK_REFERENCE if args.quick else FAST_NEW + QUICK_REFERENCE if args.fast else names
+        )
         rows = score_rows(loaded, units, stats, names, progress, rows_path)
         log(f"scored {len(names)} candidates on {len(units)} units")
         if args.phase == "score":
@@ -267,7 +277,8 @@ def main() -> None:
         raise SystemExit(
             f"{rows_path} covers {len(set(rows['unit']))} of {len(units)} units: run --phase score"
         )
-    new = [n for n in NEW if n in set(rows["candidate"])]
+    per_candidate = rows.groupby("candidate")["unit"].nunique()
+    new = [n for n in NEW if per_candidate.get(n, 0) == len(units)]  # scored on every unit
     full = SensitivityProfile(
         table=pd.concat(
             [foundation.table, rows[rows["candidate"].isin(new)].drop(columns="rel_weight_error")],

@@ -129,3 +129,29 @@ def test_latency_table_trades_compute_not_bytes() -> None:
     # W4A4 runs on the int8 path on H100 (no int4 tensor cores): only its smaller weight and activation
     # traffic helps, far from the 2x of an int4 MMA
     assert 0.9 * prefill[1, 1] < prefill[1, 2] < prefill[1, 1]
+
+
+def test_allocator_buys_latency_with_activation_candidates() -> None:
+    from bitalloc.allocator.problem import AllocationProblem, Budget
+    from bitalloc.allocator.solve import solve
+
+    names = ("gptq-w8g64-sym", "a8-w8g64-sym")
+    shapes = [(8192, 8192)] * 4
+    nbytes = np.array([[Candidate.parse(n).nbytes(s) for n in names] for s in shapes], dtype=np.int64)
+    latency = latency_table(names, shapes, nbytes, 8192)  # prefill: compute bound
+    problem = AllocationProblem(
+        units=tuple(f"u{i}" for i in range(4)),
+        candidates=names,
+        loss=np.array([[1.0, 1.5 + 0.1 * i] for i in range(4)]),  # activation error costs accuracy
+        nbytes=nbytes,
+        feasible=np.ones((4, 2), dtype=bool),
+        numel=np.full(4, 8192 * 8192, dtype=np.int64),
+        tie=np.arange(4),
+        latency=latency,
+    )
+    # room for two units on the slow bf16 path: the two whose activation error costs least go W8A8
+    limit = float(latency[:2, 0].sum() + latency[2:, 1].sum()) + 1e-6
+    solution = solve(problem, Budget(max_latency=limit), solver="milp")
+    assert list(solution.choice) == [1, 1, 0, 0]
+    assert float(latency[np.arange(4), solution.choice].sum()) <= limit
+    assert solution.nbytes == int(nbytes[:, 0].sum())  # same weight bytes whatever is chosen
