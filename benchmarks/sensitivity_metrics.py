@@ -49,23 +49,26 @@ def palette() -> list[Candidate]:
 
 
 def random_plans(
-    units: list[str], numel: dict[str, int], n_random: int, n_equal: int, seed: int
+    units: list[str], shapes: dict[str, tuple[int, int]], n_random: int, n_equal: int, seed: int
 ) -> dict[str, dict[str, str]]:
     """name -> unit -> candidate: ``n_random`` plans of 3.25-4.75 bpw and ``n_equal`` plans of ≈4.5 bpw.
 
     A random plan draws a per-plan mix of bit widths (Dirichlet over 3..5 bits) and, per unit, a width
-    from it and a group size of 64 or 128, redrawn until the plan lies in [3.25, 4.75] bpw. (2-bit RTN
-    anywhere in SmolLM2 sends perplexity past 10⁴, which says nothing about the metrics.) An equal-bytes
-    plan gives each unit 3 or 5 bits (g64) by a coin flip: only the allocation differs.
+    from it and a group size of 64 or 128 (64 where 128 does not divide the input), redrawn until the
+    plan lies in [3.25, 4.75] bpw. (2-bit RTN anywhere in SmolLM2 sends perplexity past 10⁴, which says
+    nothing about the metrics.) An equal-bytes plan gives each unit 3 or 5 bits (g64) by a coin flip:
+    only the allocation differs.
     """
     rng = np.random.default_rng(seed)
-    weights = np.array([numel[u] for u in units], dtype=float)
+    weights = np.array([shapes[u][0] * shapes[u][1] for u in units], dtype=float)
+    in_features = np.array([shapes[u][1] for u in units])
     choices = np.array(RANDOM_BITS)
     plans: dict[str, dict[str, str]] = {}
     while len(plans) < n_random:
         p = rng.dirichlet(np.full(len(choices), 0.7))
         bits = rng.choice(choices, size=len(units), p=p)
         groups = rng.choice(np.array((64, 128)), size=len(units))
+        groups[in_features % 128 != 0] = 64  # g128 does not divide 576 (hidden size)
         bpw = bits + 32.0 / groups  # float16 scale and min per group
         mean = float((bpw * weights).sum() / weights.sum())
         if 3.25 <= mean <= 4.75:
@@ -109,6 +112,38 @@ def measure_profiles(model, loaded, units, metrics: tuple[str, ...], args, log) 
     )
 
 
+def cross_terms_table(group_cols: tuple[int, ...] = (128, 256)) -> str:
+    """Σ full proxy error vs Σ column-group block errors over SmolLM2, one RTN format per table row."""
+    from bitalloc.pipeline import CalibrationSettings, get_calibration
+    from bitalloc.sensitivity.column_groups import column_bounds
+
+    loaded = load_model("smollm2-135m")
+    units = discover_units(loaded.model)
+    stats = get_calibration(loaded, units, CalibrationSettings())
+    lines = [
+        "| candidate | group cols | Σ full error | Σ block errors | dropped cross terms |",
+        "|---|---|---|---|---|",
+    ]
+    for name in ("rtn-w3g64-asym", "rtn-w4g64-asym"):
+        cand = Candidate.parse(name)
+        for cols in group_cols:
+            full = blocks = 0.0
+            for unit in units:
+                w = loaded.model.get_submodule(unit.name).weight.detach().float()  # (out, in)
+                h = stats.hessians[unit.name].double()  # (in, in)
+                bounds = column_bounds(w.shape[1], cols)
+                dq = torch.cat(
+                    [quantize_rtn(w[:, a:b].contiguous(), cand).dequantize() for a, b in bounds], 1
+                )
+                d = (dq - w).double()  # (out, in)
+                full += float(((d @ h) * d).sum())
+                blocks += sum(float(((d[:, a:b] @ h[a:b, a:b]) * d[:, a:b]).sum()) for a, b in bounds)
+            lines.append(
+                f"| {name} | {cols} | {full:.1f} | {blocks:.1f} | {100 * (full - blocks) / full:+.2f}% |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, default=Path("runs/bench-metrics"))
@@ -118,7 +153,13 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--eval-tokens", type=int, default=4096)
     parser.add_argument("--metrics", default=",".join(METRICS), help="comma-separated metric names")
+    parser.add_argument(
+        "--cross-terms", action="store_true", help="only measure what column groups drop (cached calibration)"
+    )
     args = parser.parse_args()
+    if args.cross_terms:
+        print(cross_terms_table())
+        return
     metrics = tuple(args.metrics.split(","))
     args.output.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -140,7 +181,7 @@ def main() -> None:
     nbytes = {(r.unit, r.candidate): r.nbytes for r in profiles["hessian"].table.itertuples()}
     numel = sum(u.numel for u in units)
     plans = random_plans(
-        [u.name for u in units], {u.name: u.numel for u in units}, args.plans, args.equal_plans, seed=0
+        [u.name for u in units], {u.name: u.shape for u in units}, args.plans, args.equal_plans, seed=0
     )
     tokens = token_stream(
         loaded.tokenizer, load_corpus("wiki", Split.EVALUATION), max_tokens=args.eval_tokens
