@@ -140,7 +140,7 @@ def stream_layers(
     device = torch.device(device)
     prefix, layers = decoder_layers(model, units)
     per_layer = _units_by_layer(prefix, len(layers), units)
-    n_tokens = torch.tensor([windows.numel()], dtype=torch.float64)
+    n_tokens = torch.tensor([windows.numel()], dtype=torch.float64, device=device)  # NCCL reduces GPU tensors
     if reduce is not None:
         reduce([n_tokens])
     total = int(n_tokens.item())

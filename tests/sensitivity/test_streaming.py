@@ -94,3 +94,20 @@ def test_pipeline_streaming_matches_and_caches(smollm2_small, both, tmp_path, mo
     assert len(list((tmp_path / "calibration").glob("*.safetensors"))) == 1
     for u in units:
         torch.testing.assert_close(streamed.hessians[u.name], hooks.hessians[u.name], rtol=1e-6, atol=1e-7)
+
+
+def test_mixed_attention_types_are_refused(smollm2_small, windows):
+    config = smollm2_small.model.config
+    before = getattr(config, "layer_types", None)
+    config.layer_types = ["full_attention", "sliding_attention"]
+    try:
+        with pytest.raises(InvalidInput, match="mixes attention types"):
+            calibrate_streaming(
+                smollm2_small.model,
+                discover_units(smollm2_small.model),
+                windows,
+                model_hash="m",
+                corpus_hash="c",
+            )
+    finally:
+        config.layer_types = before
