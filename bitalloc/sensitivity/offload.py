@@ -212,7 +212,8 @@ def profile_offloaded(
     """Calibrate and score ``offloaded`` one layer at a time (the same rows as ``profile_model``).
 
     Returns the profile and, with ``keep_hessians``, the CalibrationStats (else None: each layer's
-    Hessians are dropped once its units are scored).
+    Hessians are dropped once its units are scored). ``device`` must be the one ``offloaded_model``
+    was built on; ``reduce`` makes it a distributed run (see ``bitalloc.sensitivity.distributed``).
     """
     model = offloaded.model
     units = discover_units(model)
