@@ -152,6 +152,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--eval-tokens", type=int, default=4096)
+    parser.add_argument("--stride", type=int, default=512, help="eval window stride (context 512)")
     parser.add_argument("--metrics", default=",".join(METRICS), help="comma-separated metric names")
     parser.add_argument(
         "--cross-terms", action="store_true", help="only measure what column groups drop (cached calibration)"
@@ -191,7 +192,8 @@ def main() -> None:
     todo = [name for name in plans if name not in results]
     for start in range(0, len(todo), EVAL_GROUP):
         group = todo[start : start + EVAL_GROUP]
-        measured = evaluate_models({n: fake_quantize(model, plans[n]) for n in group}, model, tokens)
+        candidates = {n: fake_quantize(model, plans[n]) for n in group}
+        measured = evaluate_models(candidates, model, tokens, context=512, stride=args.stride)
         for name in group:
             keys = list(plans[name].items())
             results[name] = {
@@ -214,7 +216,7 @@ def markdown(results: dict, args: argparse.Namespace, seconds: float, metrics: t
         f"Machine: {platform.machine()} CPU (2 cores shared), torch {torch.__version__}; "
         f"date {date.today()}; "
         f"calibration {args.windows}x{args.seq_len} wiki tokens; eval {args.eval_tokens} "
-        "held-out wiki tokens; "
+        f"held-out wiki tokens (context 512, stride {args.stride}); "
         f"palette rtn-w{{2,3,4,5,6,8}}g{{64,128}}-asym; {seconds:.0f} s.\n",
         "| metric | ρ(KL) random | ρ(ppl) random | ρ(KL) equal bytes | ρ(ppl) equal bytes "
         "| ρ(KL) all | ρ(ppl) all |",
