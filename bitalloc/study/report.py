@@ -110,6 +110,8 @@ def plot_front(study, definition: StudyDefinition, path: Path) -> Path:
         ax.plot(front[x_name] / scale, front[y_name], "o-", c="C0", label="Pareto front")
         base = df[df["baseline"]]
         ax.scatter(base[x_name] / scale, base[y_name], marker="x", s=60, c="C3", label="default settings")
+        if df[y_name].min() > 0 and df[y_name].max() > 10 * df[y_name].min():
+            ax.set_yscale("log")  # perplexities spanning decades
     ax.set_xlabel("model MB" if x_name == "bytes" else x_name)
     ax.set_ylabel(y_name)
     ax.set_title(f"study {definition.name}")
