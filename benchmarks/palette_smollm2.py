@@ -58,8 +58,7 @@ NEW = (  # the new kinds scored on every unit (bpw-comparable g64 / g192 setting
     "tern-w1g192-sym",
 )
 REFERENCE = tuple(f"{k}-w{b}g64-asym" for k in ("rtn", "gptq") for b in (2, 3, 4))
-QUICK_NEW = tuple(n for n in NEW if n.split("-")[0] in ("gptqact", "awq", "nest", "tern") and "-o" not in n)
-QUICK_REFERENCE = tuple(n for n in REFERENCE if n.startswith("rtn"))
+RTN_REFERENCE = tuple(n for n in REFERENCE if n.startswith("rtn"))
 # --fast: what the loaded 2-core machine scores on all 210 units in ~15 min (gptqact, nest, tern, one
 # k-means); AWQ's alpha search, mixed bits, outliers and the GPTQ reference are the costly ones
 FAST_NEW = (
@@ -93,6 +92,7 @@ UNIFORM = (  # priority order
     "rtn-w4g64-asym",
     "tern-w1g192-sym",
 )
+ACT_FIRST = ("a8-w8g64-sym", "a4-w4g64-sym", "a4-w4g64-sym-o32", "gptq-w4g64-sym")
 PREFILL_TOKENS = 2048
 
 
@@ -165,7 +165,11 @@ def entries(foundation: SensitivityProfile, full: SensitivityProfile, units) -> 
             if label == "full" and bpw in FRONTIER:
                 continue
             out[f"{label} @ {bpw:g}"] = {"plan": make_plan(prof, Budget(target_bpw=bpw), solver="milp")}
-    for cand in ACT:
+        if bpw == BUDGETS[1]:  # priority: the W8A8 / W4A4 recipes right after the first two budgets
+            for cand in ACT_FIRST:
+                nbytes = sum(Candidate.parse(cand).nbytes(u.shape) for u in units)
+                out[f"act {cand}"] = {"assignment": [(u.name, cand) for u in units], "nbytes": nbytes}
+    for cand in [c for c in ACT if c not in ACT_FIRST]:
         nbytes = sum(Candidate.parse(cand).nbytes(u.shape) for u in units)
         out[f"act {cand}"] = {"assignment": [(u.name, cand) for u in units], "nbytes": nbytes}
     notern = SensitivityProfile(
@@ -230,12 +234,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, default=Path("runs/bench-palette-s2"))
     parser.add_argument("--foundation", type=Path, default=Path("runs/bench-quality/profile.parquet"))
-    parser.add_argument("--phase", choices=("score", "eval", "report", "all"), default="all")
+    parser.add_argument("--phase", choices=("score", "eval", "report", "predict", "all"), default="all")
+    parser.add_argument("--rows", type=Path, default=None, help="scored rows to use (default: the output's)")
     parser.add_argument("--eval-tokens", type=int, default=4096)
     parser.add_argument("--stride", type=int, default=512, help="window stride (context 512)")
     parser.add_argument("--eval-batch", type=int, default=3, help="models evaluated together")
     parser.add_argument("--max-models", type=int, default=0, help="evaluate at most this many now (0: all)")
-    parser.add_argument("--quick", action="store_true", help="score only QUICK_NEW (see above)")
     parser.add_argument("--fast", action="store_true", help="score only FAST_NEW (see above)")
     parser.add_argument("--layers", type=int, default=0, help="only the units of the first N layers (0: all)")
     args = parser.parse_args()
@@ -264,15 +268,13 @@ def main() -> None:
     foundation = SensitivityProfile(table=foundation.table[keep].reset_index(drop=True), meta=foundation.meta)
     rows_path = out / "palette_rows.parquet"
     if args.phase in ("score", "all"):
-        names = NEW + REFERENCE
-        names = (
-            QUICK_NEW + QUICK_REFERENCE if args.quick else FAST_NEW + QUICK_REFERENCE if args.fast else names
-        )
+        names = FAST_NEW + RTN_REFERENCE if args.fast else NEW + REFERENCE
         rows = score_rows(loaded, units, stats, names, progress, rows_path)
         log(f"scored {len(names)} candidates on {len(units)} units")
         if args.phase == "score":
             return
-    rows = pd.read_parquet(rows_path)
+    rows = pd.read_parquet(args.rows or rows_path)
+    rows = rows[rows["unit"].isin([u.name for u in units])]
     if len(set(rows["unit"])) != len(units):
         raise SystemExit(
             f"{rows_path} covers {len(set(rows['unit']))} of {len(units)} units: run --phase score"
@@ -286,6 +288,9 @@ def main() -> None:
         ),
         meta=dict(foundation.meta, palette=[*foundation.meta["palette"], *new]),
     )
+    if args.phase == "predict":
+        predict(foundation, full, out, log)
+        return
     todo = entries(foundation, full, units)
     for name, e in todo.items():
         if "plan" in e:
@@ -299,6 +304,35 @@ def main() -> None:
             pending = dict(list(pending.items())[: args.max_models])
         evaluate(loaded, stats, pending, args, results, out, log)
     write_report(out, args, todo, results, scheme_table(rows, foundation), units, started)
+
+
+def predict(foundation: SensitivityProfile, full: SensitivityProfile, out: Path, log) -> None:
+    """Predicted errors only: each budget's plans, and the foundation bpw reaching the full plan's error."""
+    curve = []
+    for bpw in np.arange(2.25, 5.01, 0.125):
+        p = make_plan(foundation, Budget(target_bpw=float(bpw)), solver="milp")
+        curve.append((p.bpw, p.predicted_error))
+    lines = [
+        "| budget bpw | foundation: bpw / pred. error | full: bpw / pred. error | full plan's kinds "
+        "| foundation bpw at full's error | predicted gain |",
+        "| ---: | --- | --- | --- | ---: | ---: |",
+    ]
+    for bpw in BUDGETS:
+        f, g = (make_plan(p, Budget(target_bpw=bpw), solver="milp") for p in (foundation, full))
+        kinds = Counter(
+            Candidate.parse(c.candidate).kind.value + ("-o" if "-o" in c.candidate else "")
+            for c in g.assignment
+        )
+        mix = ", ".join(f"{k}:{v}" for k, v in sorted(kinds.items()))
+        eq = equal_ppl_bpw(curve, g.predicted_error)
+        cells = f"{eq:.3f} | {eq - g.bpw:+.3f}" if eq is not None else "outside | n/a"
+        lines.append(
+            f"| {bpw:g} | {f.bpw:.3f} / {f.predicted_error:.4g} | {g.bpw:.3f} / {g.predicted_error:.4g} "
+            f"| {mix} | {cells} |"
+        )
+    text = "\n".join(lines) + "\n"
+    (out / "palette_predicted.md").write_text(text)
+    log("predicted:\n" + text)
 
 
 def scheme_table(rows: pd.DataFrame, foundation: SensitivityProfile) -> pd.DataFrame:
