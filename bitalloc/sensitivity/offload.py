@@ -124,21 +124,51 @@ def offloaded_model(
     shell_config.num_hidden_layers = n
     if getattr(shell_config, "layer_types", None) is not None:
         shell_config.layer_types = list(config.layer_types)
+    head = _untied_head(model)  # calibration never runs the LM head: an untied one is not loaded
+    skip = {f"{name}." for name, m in model.named_modules() if head is not None and m is head}
     files = checkpoint_tensors(folder)
-    outside = [k for k in files if not k.startswith(f"{prefix}.")]
+    outside = [k for k in files if not k.startswith((f"{prefix}.", *skip))]
     state = read_tensors(files, outside, dtype)
     missing, _ = model.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in missing if not k.startswith(f"{prefix}.")]
+    missing = [k for k in missing if not k.startswith((f"{prefix}.", *skip))]
     if missing and any(k != "lm_head.weight" for k in missing):
         raise InvalidInput(f"the checkpoint in {folder} lacks tensors {missing[:3]}")
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     parent_module = model.get_submodule(parent) if parent else model
-    setattr(parent_module, leaf, nn.ModuleList())  # move everything but the meta layers
+    setattr(parent_module, leaf, nn.ModuleList())  # move everything but the meta layers (and head)
+    head_slot = None
+    if head is not None:
+        head_name = next(name for name, m in model.named_modules() if m is head)
+        head_parent, _, head_leaf = head_name.rpartition(".")
+        head_slot = (model.get_submodule(head_parent) if head_parent else model, head_leaf)
+        setattr(*head_slot, nn.Identity())
+        head.to("meta")
     model.to(device)
     setattr(parent_module, leaf, meta_layers)
+    if head_slot is not None:
+        setattr(*head_slot, head)
     model.eval().requires_grad_(False)
     return OffloadedModel(model, folder, prefix, _folder_hash(folder, n), files, dtype)
+
+
+def _untied_head(model: nn.Module) -> nn.Module | None:
+    """The output-embedding module when it does not share its weight with the input embeddings."""
+    get_out, get_in = (
+        getattr(model, "get_output_embeddings", None),
+        getattr(model, "get_input_embeddings", None),
+    )
+    head = get_out() if get_out is not None else None
+    embed = get_in() if get_in is not None else None
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    if (
+        tied
+        or head is None
+        or embed is None
+        or getattr(head, "weight", None) is getattr(embed, "weight", None)
+    ):
+        return None
+    return head
 
 
 def _folder_hash(folder: Path, n: int) -> str:

@@ -60,3 +60,32 @@ def test_offload_needs_a_local_safetensors_checkpoint(tmp_path):
         from bitalloc.sensitivity.offload import checkpoint_tensors
 
         checkpoint_tensors(tmp_path)
+
+
+def test_an_untied_head_is_never_loaded_and_profiles_match(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval().requires_grad_(False)
+    model.save_pretrained(tmp_path / "tiny")
+    windows = torch.randint(0, 512, (3, 16))
+    units = discover_units(model)
+    stats = calibrate(model, units, windows, model_hash="m", corpus_hash="c", batch_size=2)
+    ref = profile_model(
+        model, units, stats, PALETTE, meta={"unquantized_bytes": unquantized_bytes(model, units)}
+    )
+
+    off = offloaded_model(tmp_path / "tiny")
+    assert off.model.lm_head.weight.is_meta and not off.model.model.embed_tokens.weight.is_meta
+    prof, _ = profile_offloaded(off, windows, PALETTE, corpus_hash="c", batch_size=2)
+    assert prof.table.equals(ref.table)
+    assert prof.meta["unquantized_bytes"] == ref.meta["unquantized_bytes"]
