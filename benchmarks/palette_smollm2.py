@@ -234,7 +234,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, default=Path("runs/bench-palette-s2"))
     parser.add_argument("--foundation", type=Path, default=Path("runs/bench-quality/profile.parquet"))
-    parser.add_argument("--phase", choices=("score", "eval", "report", "predict", "all"), default="all")
+    parser.add_argument(
+        "--phase", choices=("score", "eval", "report", "predict", "act-units", "all"), default="all"
+    )
     parser.add_argument("--rows", type=Path, default=None, help="scored rows to use (default: the output's)")
     parser.add_argument("--eval-tokens", type=int, default=4096)
     parser.add_argument("--stride", type=int, default=512, help="window stride (context 512)")
@@ -257,6 +259,9 @@ def main() -> None:
     loaded = load_model("smollm2-135m")
     units = discover_units(loaded.model)
     stats = get_calibration(loaded, units, CalibrationSettings(), progress)
+    if args.phase == "act-units":
+        act_units(loaded, [u for u in units if int(u.name.split(".")[2]) in (0, 15, 29)], stats, out, log)
+        return
     if args.layers:  # a sub-problem: the allocator sees only these units (bpw over their weights)
         units = tuple(u for u in units if int(u.name.split(".")[2]) < args.layers)
     foundation = SensitivityProfile.load(args.foundation)
@@ -333,6 +338,43 @@ def predict(foundation: SensitivityProfile, full: SensitivityProfile, out: Path,
     text = "\n".join(lines) + "\n"
     (out / "palette_predicted.md").write_text(text)
     log("predicted:\n" + text)
+
+
+def act_units(loaded, units, stats, out: Path, log) -> None:
+    """W8A8 / W4A4 per unit on 512 real calibration tokens: output error ||WX - Ŵ Q(X)||² / ||WX||²."""
+    from bitalloc.data.corpora import Split, load_corpus
+    from bitalloc.data.windows import token_stream
+    from bitalloc.quantizers.activations import output_error
+
+    ids = token_stream(loaded.tokenizer, load_corpus("wiki", Split.CALIBRATION), max_tokens=512)
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [
+        loaded.model.get_submodule(u.name).register_forward_hook(
+            lambda m, a, o, name=u.name: inputs.__setitem__(name, a[0].reshape(-1, a[0].shape[-1]).float())
+        )
+        for u in units
+    ]
+    with torch.inference_mode():
+        loaded.model(input_ids=ids.reshape(1, -1), use_cache=False)
+    for h in hooks:
+        h.remove()
+    table = {}
+    for u in units:
+        w, x = (
+            loaded.model.get_submodule(u.name).weight.detach().float(),
+            inputs[u.name],
+        )  # (out, in), (t, in)
+        signal = float((x @ w.T).pow(2).sum() / x.shape[0])
+        qs = quantize_batch(w, [Candidate.parse(c) for c in ACT], stats.hessians[u.name], u.name)
+        table[u.name] = [output_error(w, q, x) / signal for q in qs]
+        log(f"act-units {u.name}")
+    lines = [f"| unit | {' | '.join(ACT)} |", "| --- |" + " ---: |" * len(ACT)]
+    lines += [f"| {n} | {' | '.join(f'{e:.2e}' for e in errs)} |" for n, errs in table.items()]
+    mean = np.exp(np.log(np.array(list(table.values()))).mean(axis=0))
+    lines.append(f"| geometric mean | {' | '.join(f'{e:.2e}' for e in mean)} |")
+    text = "\n".join(lines) + "\n"
+    (out / "act_units.md").write_text(text)
+    print(text, flush=True)
 
 
 def scheme_table(rows: pd.DataFrame, foundation: SensitivityProfile) -> pd.DataFrame:
