@@ -55,9 +55,10 @@ class ReferenceEval:
     def _batches(self) -> list[tuple[torch.Tensor, ...]]:
         """(ids (b, t), targets (scored,), firsts (b,), reference log-probs (scored, vocab)) per batch."""
         if not self._cached:
+            device = next(self.reference.parameters()).device
             with torch.inference_mode():
                 for group in _groups(self.tokens.numel(), self.context, self.stride):
-                    ids = torch.stack([self.tokens[s:e] for s, e, _ in group])  # (b, t)
+                    ids = torch.stack([self.tokens[s:e] for s, e, _ in group]).to(device)  # (b, t)
                     firsts = [f for _, _, f in group]
                     targets = torch.cat([ids[r, f:] for r, f in enumerate(firsts)])  # (scored,)
                     firsts_t = torch.tensor(firsts)

@@ -5,37 +5,47 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from bitalloc.allocator.problem import Budget
 from bitalloc.errors import BitallocError
 from bitalloc.models.loading import LoadedModel
-from bitalloc.pipeline import (
-    CalibrationSettings,
-    EvalSettings,
-    make_plan,
-    quantize_model,
-    run_eval,
-    run_profile,
-)
+from bitalloc.models.units import discover_units, unquantized_bytes
+from bitalloc.pipeline import CalibrationSettings, EvalSettings, make_plan, quantize_model, run_eval
 from bitalloc.quantizers.candidate import Candidate
+from bitalloc.sensitivity.profile import SensitivityProfile
 from bitalloc.study.definition import load_definition
 from bitalloc.study.materialize import UnitCache
 from bitalloc.study.objective import Objective
 
-PALETTE = tuple(
-    Candidate.parse(n) for n in ("gptq-w2g64-sym", "gptq-w3g64-sym", "rtn-w4g64-asym", "rtn-w8g64-sym")
-)
+CANDIDATES = ("gptq-w3g64-sym", "rtn-w4g64-asym")
+CALIBRATION = CalibrationSettings(n_windows=2, seq_len=64)
 
 
 @pytest.fixture(scope="module")
 def mixed_plan(smollm2_small: LoadedModel):
-    """A GPTQ + RTN plan of the 2-layer model at 3.5 bpw (2 x 64 calibration tokens)."""
-    settings = CalibrationSettings(n_windows=2, seq_len=64)
-    profile = run_profile(smollm2_small, settings, palette=PALETTE)
-    plan = make_plan(profile, Budget(target_bpw=3.5), solver="milp")
-    assert len({c.candidate.split("-")[0] for c in plan.assignment}) == 2  # both kinds in use
+    """A plan of the 2-layer model with GPTQ on attention and RTN on the MLP: a small profile built by hand
+    (exact bytes; errors 0 for the wanted candidate, 1 for the other), solved by the MILP."""
+    units = discover_units(smollm2_small.model)
+    rows = []
+    for u in units:
+        for name in CANDIDATES:
+            wanted = ("self_attn" in u.name) == name.startswith("gptq")
+            nbytes = Candidate.parse(name).nbytes(u.shape)
+            rows.append((u.name, u.tie, *u.shape, name, 0.0 if wanted else 1.0, nbytes))
+    table = pd.DataFrame(rows, columns=["unit", "tie", "rows", "cols", "candidate", "error", "nbytes"])
+    meta = {
+        "model_hash": smollm2_small.model_hash,
+        "model_name": smollm2_small.name,
+        "corpus_hash": "-",
+        "palette": list(CANDIDATES),
+        "calibration": dataclasses.asdict(CALIBRATION),
+        "unquantized_bytes": unquantized_bytes(smollm2_small.model, units),
+    }
+    plan = make_plan(SensitivityProfile(table=table, meta=meta), Budget(target_bpw=8.0), solver="milp")
+    assert {c.candidate for c in plan.assignment} == set(CANDIDATES)  # both kinds in use
     return plan
 
 
