@@ -119,6 +119,12 @@ def plan(
     ] = None,
     solver: Annotated[str, typer.Option(help=SOLVER_HELP)] = "auto",
     explain: Annotated[Path | None, typer.Option(help="write why each unit got its bits to this CSV")] = None,
+    refine: Annotated[
+        bool, typer.Option(help="closed loop: refit the errors to KL measured on --model, re-solve")
+    ] = False,
+    model: Model = "smollm2-135m",
+    refine_windows: Annotated[int, typer.Option(help="calibration windows the closed loop measures")] = 2,
+    refine_seq_len: Annotated[int, typer.Option(help="tokens per closed-loop window")] = 512,
 ) -> None:
     """Solve for the best candidate per unit under every limit given at once (bpw, bytes, latency, active
     bytes) and the per-unit rules; --target-bpw and --max-bytes together: the smaller byte limit wins."""
@@ -134,9 +140,17 @@ def plan(
         max_bits=max_bits,
         pin=pin,
     )
+    if refine and (max_latency is not None or max_active_bytes is not None or explain is not None):
+        raise InvalidInput("--refine works on byte budgets (--target-bpw, --max-bytes) without --explain")
     request = PlanRequest(budget, solver, latency_table, latency_batch, routing)
     profile = SensitivityProfile.load(profile_path)
     result, table = make_plan_with(profile, request, explain=explain is not None)
+    if refine:
+        from bitalloc.allocator.refine import RefineSettings, refine_plan
+        from bitalloc.models.loading import load_model
+
+        settings = RefineSettings(windows=refine_windows, seq_len=refine_seq_len)
+        result, _ = refine_plan(profile, budget, load_model(model), settings, solver=solver)
     result.save(output)
     if table is not None and explain is not None:
         table.to_csv(explain, index=False)

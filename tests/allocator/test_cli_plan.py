@@ -176,3 +176,19 @@ def test_frontier_exact_hull_and_a_byte_cap(saved, tmp_path):
 def test_bad_frontier_options_name_the_fix(saved, tmp_path, args, match):
     result = CliRunner().invoke(app, ["frontier", str(saved), "-o", str(tmp_path / "f.csv"), *args])
     assert isinstance(result.exception, InvalidInput) and match in str(result.exception)
+
+
+def test_refine_measures_on_the_model_and_keeps_the_best_round(smollm2_small, tmp_path):
+    folder = tmp_path / "model"
+    smollm2_small.model.save_pretrained(folder)
+    smollm2_small.tokenizer.save_pretrained(folder)
+    saved = small_profile(smollm2_small, prefix="model.layers.1.").save(tmp_path / "p.parquet")
+    args = ["--target-bpw", "3.0", "--refine", "--model", str(folder), "--refine-windows", "1"]
+    doc = plan(saved, tmp_path, *args, "--refine-seq-len", "32")
+    loop = doc["solver"]["closed_loop"]
+    assert loop["measured_kl"][loop["round"] - 1] == min(loop["measured_kl"]) and loop["rounds"] == 2
+    assert doc["totals"]["bpw"] <= 3.0
+    bad = CliRunner().invoke(
+        app, ["plan", str(saved), "--max-latency", "50", "--refine", "-o", str(tmp_path / "x")]
+    )
+    assert isinstance(bad.exception, InvalidInput) and "byte budgets" in str(bad.exception)
