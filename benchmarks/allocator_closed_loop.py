@@ -39,15 +39,15 @@ def main() -> None:
     parser.add_argument("--bpw", default="3.0,3.5", help="budgets, comma separated")
     parser.add_argument(
         "--group",
-        default="type,type-depth:3",
+        default="type-depth:3",
         help="groupings (unit, type, type-depth:N, all), comma separated",
     )
     parser.add_argument("--direction", default="down", help="probe direction: down, up or both")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--calib-windows", type=int, default=4, help="512-token windows for the fit")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--calib-windows", type=int, default=2, help="512-token windows for the fit")
     parser.add_argument("--calib-seed", type=int, default=1)
     parser.add_argument("--eval-tokens", type=int, default=4096)
-    parser.add_argument("--eval-stride", type=int, default=256, help="512 = windows without overlap")
+    parser.add_argument("--eval-stride", type=int, default=512, help="512 = windows without overlap")
     parser.add_argument("--output", type=Path, default=Path("runs/bench-closed-loop"))
     parser.add_argument(
         "--simulate", action="store_true", help="no model: a known synthetic truth on the profile (seconds)"
