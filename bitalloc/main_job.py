@@ -16,7 +16,6 @@ from bitalloc.pipeline import (
     EvalSettings,
     Progress,
     make_plan,
-    quantize_model,
     run_eval,
     run_profile,
     save_json,
@@ -82,10 +81,28 @@ class Report:
         return "\n".join(lines) + "\n"
 
 
-def evaluate_plans(loaded, plans: dict[str, Plan], settings: EvalSettings, progress: Progress) -> Report:
-    """Quantize every plan, evaluate all of them with the reference in lockstep, and tabulate."""
-    models = {name: quantize_model(loaded, p, progress) for name, p in plans.items()}
-    results = {c: run_eval(loaded, models, c, settings, progress) for c in EVAL_CORPORA}
+def evaluate_plans(
+    loaded, plans: dict[str, Plan], settings: EvalSettings, progress: Progress, *, chunk: int = 6
+) -> Report:
+    """Quantize every plan, evaluate them ``chunk`` at a time with the reference in lockstep, and tabulate.
+
+    Each model holds its units' dequantized weights (the numbers the packed forward computes on every
+    call, computed once); a (unit, candidate) pair shared by several plans is quantized once.
+    """
+    from bitalloc.study.materialize import UnitCache
+
+    cache = UnitCache(max_bytes=4_000_000_000)
+    cache.prefill_gptq(loaded, plans.values(), progress)
+    names = list(plans)
+    results: dict[str, dict] = {c: {} for c in EVAL_CORPORA}
+    for start in range(0, len(names), chunk):
+        models = {}
+        for n in names[start : start + chunk]:
+            models[n] = cache.build(loaded, plans[n])
+            progress("quantize", len(models) + start, len(names))
+        for c in EVAL_CORPORA:
+            results[c].update(run_eval(loaded, models, c, settings, progress))
+        del models
     rows = [Row("float reference", None, None, {c: results[c]["reference"] for c in EVAL_CORPORA})]
     for name, p in plans.items():
         rows.append(Row(name, p.bpw, p.model_bytes, {c: results[c][name] for c in EVAL_CORPORA}))

@@ -12,6 +12,7 @@ dtype), computed once instead of per forward. Bytes are checked against the plan
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -23,6 +24,7 @@ from bitalloc.models.loading import LoadedModel
 from bitalloc.models.units import discover_units, get_submodule_parent
 from bitalloc.pipeline import CalibrationSettings, get_calibration
 from bitalloc.quantizers.candidate import Candidate, QuantKind
+from bitalloc.quantizers.gptq import quantize_gptq_many
 from bitalloc.quantizers.quantize import quantize
 
 MAX_CACHED_BYTES = 1_500_000_000  # packed weights kept per worker; the oldest are dropped beyond this
@@ -64,6 +66,36 @@ class UnitCache:
             oldest = next(iter(self.weights))
             total -= self.weights.pop(oldest).nbytes
         return qweight
+
+    def prefill_gptq(
+        self,
+        loaded: LoadedModel,
+        plans: Iterable[Plan],
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        """Quantize, for each unit, every foundation GPTQ candidate that any of ``plans`` gives it, in one
+        batched pass (rows never interact in GPTQ, so one pass serves all of them), into the cache."""
+        wanted: dict[tuple, set[str]] = {}  # (calibration key, unit) -> candidate names
+        settings_of: dict[tuple, CalibrationSettings] = {}
+        for plan in plans:
+            settings = CalibrationSettings(**{k: plan.calibration[k] for k in asdict(CalibrationSettings())})
+            key = tuple(asdict(settings).items())
+            settings_of[key] = settings
+            for choice in plan.assignment:
+                cand = Candidate.parse(choice.candidate)
+                if cand.kind is QuantKind.GPTQ and cand.foundation_format:
+                    wanted.setdefault((key, choice.unit), set()).add(cand.name)
+        for done, ((key, unit), names) in enumerate(sorted(wanted.items()), 1):
+            weight = loaded.model.get_submodule(unit).weight.detach().float()  # (out, in)
+            hessian = self._hessians(loaded, settings_of[key])[unit]  # (in, in)
+            cands = [Candidate.parse(n) for n in sorted(names)]
+            for cand, qweight in zip(
+                cands, quantize_gptq_many(weight, hessian, cands, unit=unit), strict=True
+            ):
+                self.weights[(key, unit, cand.name)] = qweight
+                self.quantized += 1
+            if progress is not None:
+                progress("gptq", done, len(wanted))
 
     def build(self, loaded: LoadedModel, plan: Plan) -> nn.Module:
         """A copy of ``loaded.model`` with every planned unit's weight replaced by its dequantized

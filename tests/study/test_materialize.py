@@ -103,3 +103,15 @@ def test_cache_drops_oldest_beyond_its_limit(smollm2_small: LoadedModel, mixed_p
     for unit in units:
         cache.weight(smollm2_small, mixed_plan, unit, rtn)
     assert list(cache.weights) == [((), units[-1], rtn.name)] and cache.quantized == 3
+
+
+def test_prefilled_gptq_builds_the_same_model(smollm2_small: LoadedModel, mixed_plan, built) -> None:
+    _, model, _ = built
+    cache = UnitCache()
+    cache.prefill_gptq(smollm2_small, [mixed_plan, mixed_plan])
+    n_gptq = sum(c.candidate.startswith("gptq") for c in mixed_plan.assignment)
+    assert cache.quantized == n_gptq > 0  # one batched pass per GPTQ unit, the second plan adds nothing
+    again = cache.build(smollm2_small, mixed_plan)  # only the RTN units are quantized now
+    assert cache.reused == n_gptq and cache.quantized == len(mixed_plan.assignment)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(dict(again.named_parameters())[name], p, rtol=0, atol=1e-6)
