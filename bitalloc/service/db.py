@@ -13,6 +13,9 @@ from bitalloc.errors import InvalidInput
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_MS = 10_000
+# Our own Alembic version table, so that Optuna (whose RDB storage keeps its schema version in
+# "alembic_version") can share one database with the service store.
+VERSION_TABLE = "bitalloc_alembic_version"
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -70,6 +73,8 @@ def current_revision(engine: Engine) -> str | None:
     from alembic.migration import MigrationContext
 
     with engine.connect() as connection:
-        if not inspect(connection).has_table("alembic_version"):
+        if not inspect(connection).has_table(VERSION_TABLE):
             return None
-        return MigrationContext.configure(connection).get_current_revision()
+        return MigrationContext.configure(
+            connection, opts={"version_table": VERSION_TABLE}
+        ).get_current_revision()
