@@ -62,6 +62,9 @@ def parse_range(text: str) -> list[float]:
 Model = Annotated[str, typer.Option("--model", "-m", help="bundled name, HF folder, .gguf file or hub id")]
 
 
+METRIC_HELP = "sensitivity metric: hessian, fisher, awq, slim, weight_mse or higgs"
+
+
 @app.command()
 def profile(
     output: Annotated[Path, typer.Option("--output", "-o", help="profile .parquet (a .json goes beside it)")],
@@ -71,6 +74,7 @@ def profile(
     seq_len: Annotated[int, typer.Option(help="tokens per calibration window")] = 512,
     seed: int = 0,
     streaming: Annotated[bool, typer.Option(help="calibrate one decoder layer at a time")] = False,
+    metric: Annotated[str, typer.Option(help=METRIC_HELP)] = "hessian",
 ) -> None:
     """Calibrate MODEL on CORPUS and score every unit x candidate of the default palette."""
     from bitalloc.models.loading import load_model
@@ -79,7 +83,7 @@ def profile(
     with progress_bar() as update:
         loaded = load_model(model)
         settings = CalibrationSettings(corpus, windows, seq_len, seed)
-        prof = run_profile(loaded, settings, progress=update, streaming=streaming)
+        prof = run_profile(loaded, settings, progress=update, streaming=streaming, metric=metric)
     path = prof.save(output)
     console.print(f"profile: {len(prof.units())} units x {len(prof.meta['palette'])} candidates -> {path}")
 
@@ -273,11 +277,14 @@ def run(
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("runs/main"),
     windows: int = 32,
     eval_tokens: int = 8192,
+    metric: Annotated[str, typer.Option(help=METRIC_HELP)] = "hessian",
 ) -> None:
     """The main job: profile, plan, quantize and evaluate; print the comparison table."""
     from bitalloc.main_job import MainJob, run_main_job
 
-    job = MainJob(model, corpus, target_bpw, tuple(baselines.split(",")), output, windows, eval_tokens)
+    job = MainJob(
+        model, corpus, target_bpw, tuple(baselines.split(",")), output, windows, eval_tokens, metric
+    )
     with progress_bar() as update:
         report = run_main_job(job, update)
     Console().print(report.table())

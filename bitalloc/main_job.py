@@ -37,6 +37,7 @@ class MainJob:
     output: Path = Path("runs/main")
     windows: int = 32
     eval_tokens: int = 8192
+    metric: str = "hessian"
 
 
 @dataclass(frozen=True)
@@ -118,10 +119,15 @@ def run_main_job(job: MainJob, progress: Progress) -> Report:
     profile = None
     if profile_path.exists():
         saved = SensitivityProfile.load(profile_path)
-        if saved.model_hash == loaded.model_hash and saved.meta.get("calibration") == vars(settings):
+        same_metric = saved.meta.get("metric", "hessian") == job.metric
+        if (
+            saved.model_hash == loaded.model_hash
+            and saved.meta.get("calibration") == vars(settings)
+            and same_metric
+        ):
             profile = saved
     if profile is None:
-        profile = run_profile(loaded, settings, progress=progress)
+        profile = run_profile(loaded, settings, progress=progress, metric=job.metric)
         profile.save(profile_path)
     mixed = make_plan(profile, Budget(target_bpw=job.target_bpw))
     mixed.save(job.output / "plan.json")

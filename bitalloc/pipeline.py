@@ -18,6 +18,7 @@ from bitalloc.allocator.problem import Budget
 from bitalloc.allocator.solve import solve
 from bitalloc.data.corpora import Split, load_corpus
 from bitalloc.data.windows import calibration_windows, token_stream
+from bitalloc.errors import InvalidInput
 from bitalloc.evaluate.perplexity import EvalResult, evaluate_models
 from bitalloc.models.loading import LoadedModel, cache_dir
 from bitalloc.models.units import Unit, discover_units, unquantized_bytes
@@ -103,6 +104,9 @@ def get_calibration(
     return stats
 
 
+PIPELINE_METRICS = ("hessian", "fisher", "awq", "slim", "weight_mse", "higgs")
+
+
 def run_profile(
     loaded: LoadedModel,
     settings: CalibrationSettings,
@@ -110,18 +114,56 @@ def run_profile(
     palette: Sequence[Candidate] | None = None,
     progress: Progress = _quiet,
     streaming: bool = False,
+    metric: str = "hessian",
 ) -> SensitivityProfile:
-    """Calibrate ``loaded`` and score every unit against ``palette`` (default: the foundation palette)."""
+    """Calibrate ``loaded`` and score every unit against ``palette`` (default: the foundation palette)
+    with ``metric`` (one of PIPELINE_METRICS; the MoE routing metrics need bitalloc.sensitivity.experts)."""
+    if metric not in PIPELINE_METRICS:
+        raise InvalidInput(
+            f"unknown or unsupported profile metric {metric!r}; choose one of {', '.join(PIPELINE_METRICS)}"
+        )
     units = discover_units(loaded.model)
     stats = get_calibration(loaded, units, settings, progress, streaming=streaming)
-    return profile_model(
-        loaded.model,
-        units,
-        stats,
-        tuple(palette or default_palette()),
-        meta={"model_name": loaded.name, "unquantized_bytes": unquantized_bytes(loaded.model, units)},
-        on_unit=lambda d, t: progress("profile", d, t),
-    )
+    palette = tuple(palette or default_palette())
+    meta = {"model_name": loaded.name, "unquantized_bytes": unquantized_bytes(loaded.model, units)}
+    on_unit = lambda d, t: progress("profile", d, t)  # noqa: E731
+    if metric == "hessian":
+        return profile_model(
+            loaded.model, units, stats, palette, meta=dict(meta, metric="hessian"), on_unit=on_unit
+        )
+    from bitalloc.sensitivity.scoring import MetricInputs, profile_metrics
+
+    inputs = MetricInputs(calibration=stats, **_metric_statistics(loaded, units, settings, metric, progress))
+    return profile_metrics(
+        loaded.model, units, palette, metrics=[metric], inputs=inputs, meta=meta, on_unit=on_unit
+    )[metric]
+
+
+def _metric_statistics(
+    loaded: LoadedModel,
+    units: tuple[Unit, ...],
+    settings: CalibrationSettings,
+    metric: str,
+    progress: Progress,
+) -> dict:
+    """What ``metric`` needs beyond the calibration Hessians: Fisher diagonals or noise coefficients,
+    computed on the same calibration windows."""
+    if metric not in ("fisher", "higgs"):
+        return {}
+    corpus = load_corpus(settings.corpus, Split.CALIBRATION)
+    windows = calibration_windows(
+        loaded.tokenizer, corpus, n_windows=settings.n_windows, seq_len=settings.seq_len, seed=settings.seed
+    )  # (n, seq_len)
+    if metric == "fisher":
+        from bitalloc.sensitivity.fisher import accumulate_fisher
+
+        fisher = accumulate_fisher(
+            loaded.model, units, windows, batch_size=2, on_batch=lambda d, t: progress("fisher", d, t)
+        )
+        return {"fisher": fisher}
+    from bitalloc.sensitivity.higgs import fit_noise_coefficients
+
+    return {"coefficients": fit_noise_coefficients(loaded.model, units, windows[:2, :128])}
 
 
 def make_plan(profile: SensitivityProfile, budget: Budget, *, solver: str = "auto") -> Plan:

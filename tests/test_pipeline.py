@@ -1,0 +1,36 @@
+"""run_profile under each metric the pipeline offers (real model, first two layers)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bitalloc.errors import InvalidInput
+from bitalloc.pipeline import CalibrationSettings, run_profile
+from bitalloc.quantizers.candidate import QuantKind, default_palette
+
+PALETTE = tuple(
+    c for c in default_palette(kinds=(QuantKind.RTN,), bits=(2, 4), group_sizes=(64,)) if c.symmetric
+)
+SETTINGS = CalibrationSettings(corpus="wiki", n_windows=4, seq_len=128)
+
+
+def test_fisher_profile_scores_the_same_candidates_differently(smollm2_small) -> None:
+    hessian = run_profile(smollm2_small, SETTINGS, palette=PALETTE)
+    fisher = run_profile(smollm2_small, SETTINGS, palette=PALETTE, metric="fisher")
+    assert hessian.meta["metric"] == "hessian" and fisher.meta["metric"] == "fisher"
+    assert (
+        fisher.model_hash == hessian.model_hash and fisher.meta["calibration"] == hessian.meta["calibration"]
+    )
+    keys = ["unit", "candidate", "nbytes"]
+    assert fisher.table[keys].equals(hessian.table[keys])  # same units, candidates and exact bytes
+    assert (fisher.table["error"] > 0).all()
+    # each unit: 2 bits costs more than 4 bits under either metric, but the metrics rank units differently
+    for prof in (hessian, fisher):
+        wide = prof.table.pivot(index="unit", columns="candidate", values="error")
+        assert (wide["rtn-w2g64-sym"] > wide["rtn-w4g64-sym"]).all()
+    assert not fisher.table["error"].rank().equals(hessian.table["error"].rank())
+
+
+def test_unknown_metric_names_the_choices(smollm2_small) -> None:
+    with pytest.raises(InvalidInput, match=r"'hessain'.*hessian, fisher"):
+        run_profile(smollm2_small, SETTINGS, palette=PALETTE, metric="hessain")
