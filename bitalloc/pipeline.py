@@ -174,16 +174,18 @@ def make_plan(profile: SensitivityProfile, budget: Budget, *, solver: str = "aut
 def quantize_model(loaded: LoadedModel, plan: Plan, progress: Progress = _quiet) -> torch.nn.Module:
     """Apply ``plan`` to ``loaded``, calibrating first (with the plan's settings) if GPTQ needs it."""
     plan.check_model(loaded.model_hash)
-    hessians = None
+    hessians, n_tokens = None, None
     if needs_hessians(plan):
         units = discover_units(loaded.model)
         settings = CalibrationSettings(**{k: plan.calibration[k] for k in asdict(CalibrationSettings())})
-        hessians = get_calibration(loaded, units, settings, progress).hessians
+        stats = get_calibration(loaded, units, settings, progress)
+        hessians, n_tokens = stats.hessians, stats.n_tokens  # AWQ and k-means refuse too few tokens
     return apply_plan(
         loaded.model,
         plan,
         model_hash=loaded.model_hash,
         hessians=hessians,
+        n_tokens=n_tokens,
         on_unit=lambda d, t: progress("quantize", d, t),
     )
 

@@ -34,3 +34,15 @@ def test_fisher_profile_scores_the_same_candidates_differently(smollm2_small) ->
 def test_unknown_metric_names_the_choices(smollm2_small) -> None:
     with pytest.raises(InvalidInput, match=r"'hessain'.*hessian, fisher"):
         run_profile(smollm2_small, SETTINGS, palette=PALETTE, metric="hessain")
+
+
+def test_profile_refuses_awq_on_too_few_calibration_tokens(smollm2_small) -> None:
+    from bitalloc.quantizers.candidate import Candidate
+    from bitalloc.quantizers.registry import InsufficientCalibration
+
+    few = CalibrationSettings(corpus="wiki", n_windows=2, seq_len=128)  # 256 tokens; AWQ wants one per input
+    with pytest.raises(
+        InsufficientCalibration,
+        match=r"awq-w4g64-asym for unit .model\.layers\.0\.self_attn\.q_proj.*got 256",
+    ):
+        run_profile(smollm2_small, few, palette=(Candidate.parse("awq-w4g64-asym"),))

@@ -22,9 +22,15 @@ ESTIMATOR = "hessian_proxy"
 
 
 def score_unit(
-    weight: torch.Tensor, hessian: torch.Tensor, palette: Sequence[Candidate], *, unit: str = ""
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    palette: Sequence[Candidate],
+    *,
+    unit: str = "",
+    n_tokens: int | None = None,
 ) -> list[tuple[Candidate, float, int]]:
-    """(candidate, proxy error, exact bytes) for every candidate whose group size fits ``weight``."""
+    """(candidate, proxy error, exact bytes) for every candidate whose group size fits ``weight``;
+    ``n_tokens`` (behind ``hessian``) lets AWQ and k-means refuse too few calibration tokens."""
     shape = tuple(weight.shape)
     fitting = [c for c in palette if c.supports(shape)]
     rtn = [c for c in fitting if c.kind is QuantKind.RTN and c.foundation_format]
@@ -34,7 +40,7 @@ def score_unit(
     if gptq:
         quantized += quantize_gptq_many(weight, hessian, gptq)
     if others:
-        quantized += quantize_batch(weight, others, hessian, unit)
+        quantized += quantize_batch(weight, others, hessian, unit, n_tokens=n_tokens)
     errors = proxy_errors(weight, [q.dequantize() for q in quantized], hessian)
     return [(q.candidate, e, q.nbytes) for q, e in zip(quantized, errors, strict=True)]
 
@@ -54,7 +60,8 @@ def profile_model(
     rows = []
     for i, unit in enumerate(units):
         weight = model.get_submodule(unit.name).weight.detach().float()  # (out, in)
-        scored = score_unit(weight, stats.hessians[unit.name].to(weight.device), palette, unit=unit.name)
+        hessian = stats.hessians[unit.name].to(weight.device)
+        scored = score_unit(weight, hessian, palette, unit=unit.name, n_tokens=stats.n_tokens)
         if not scored:
             raise InvalidInput(f"no candidate of the palette fits unit {unit.name!r} of shape {unit.shape}")
         for candidate, error, nbytes in scored:
