@@ -62,7 +62,10 @@ def parse_range(text: str) -> list[float]:
 Model = Annotated[str, typer.Option("--model", "-m", help="bundled name, HF folder, .gguf file or hub id")]
 
 
-METRIC_HELP = "sensitivity metric: hessian, fisher, awq, slim, weight_mse or higgs"
+METRIC_HELP = (
+    "sensitivity metric: fisher (default, the best predictor of measured loss), hessian, awq, slim, "
+    "weight_mse or higgs"
+)
 
 
 @app.command()
@@ -74,7 +77,7 @@ def profile(
     seq_len: Annotated[int, typer.Option(help="tokens per calibration window")] = 512,
     seed: int = 0,
     streaming: Annotated[bool, typer.Option(help="calibrate one decoder layer at a time")] = False,
-    metric: Annotated[str, typer.Option(help=METRIC_HELP)] = "hessian",
+    metric: Annotated[str, typer.Option(help=METRIC_HELP)] = "fisher",
 ) -> None:
     """Calibrate MODEL on CORPUS and score every unit x candidate of the default palette."""
     from bitalloc.models.loading import load_model
@@ -277,7 +280,7 @@ def run(
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("runs/main"),
     windows: int = 32,
     eval_tokens: int = 8192,
-    metric: Annotated[str, typer.Option(help=METRIC_HELP)] = "hessian",
+    metric: Annotated[str, typer.Option(help=METRIC_HELP)] = "fisher",
 ) -> None:
     """The main job: profile, plan, quantize and evaluate; print the comparison table."""
     from bitalloc.main_job import MainJob, run_main_job

@@ -37,7 +37,7 @@ class MainJob:
     output: Path = Path("runs/main")
     windows: int = 32
     eval_tokens: int = 8192
-    metric: str = "hessian"
+    metric: str = "fisher"  # the best predictor of measured loss (BENCHMARKS.md, metric study)
 
 
 @dataclass(frozen=True)

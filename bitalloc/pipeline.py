@@ -25,6 +25,7 @@ from bitalloc.models.units import Unit, discover_units, unquantized_bytes
 from bitalloc.quantizers.apply import apply_plan, needs_hessians
 from bitalloc.quantizers.candidate import Candidate, default_palette
 from bitalloc.sensitivity.calibrate import CalibrationStats, calibrate
+from bitalloc.sensitivity.metrics import DEFAULT_METRIC
 from bitalloc.sensitivity.profile import SensitivityProfile
 from bitalloc.sensitivity.profiler import profile_model
 
@@ -114,7 +115,7 @@ def run_profile(
     palette: Sequence[Candidate] | None = None,
     progress: Progress = _quiet,
     streaming: bool = False,
-    metric: str = "hessian",
+    metric: str = DEFAULT_METRIC,
 ) -> SensitivityProfile:
     """Calibrate ``loaded`` and score every unit against ``palette`` (default: the foundation palette)
     with ``metric`` (one of PIPELINE_METRICS; the MoE routing metrics need bitalloc.sensitivity.experts)."""

@@ -15,7 +15,7 @@ SETTINGS = CalibrationSettings(corpus="wiki", n_windows=4, seq_len=128)
 
 
 def test_fisher_profile_scores_the_same_candidates_differently(smollm2_small) -> None:
-    hessian = run_profile(smollm2_small, SETTINGS, palette=PALETTE)
+    hessian = run_profile(smollm2_small, SETTINGS, palette=PALETTE, metric="hessian")
     fisher = run_profile(smollm2_small, SETTINGS, palette=PALETTE, metric="fisher")
     assert hessian.meta["metric"] == "hessian" and fisher.meta["metric"] == "fisher"
     assert (
@@ -36,7 +36,8 @@ def test_unknown_metric_names_the_choices(smollm2_small) -> None:
         run_profile(smollm2_small, SETTINGS, palette=PALETTE, metric="hessain")
 
 
-def test_profile_refuses_awq_on_too_few_calibration_tokens(smollm2_small) -> None:
+@pytest.mark.parametrize("metric", ["hessian", "fisher"])
+def test_profile_refuses_awq_on_too_few_calibration_tokens(smollm2_small, metric: str) -> None:
     from bitalloc.quantizers.candidate import Candidate
     from bitalloc.quantizers.registry import InsufficientCalibration
 
@@ -45,4 +46,4 @@ def test_profile_refuses_awq_on_too_few_calibration_tokens(smollm2_small) -> Non
         InsufficientCalibration,
         match=r"awq-w4g64-asym for unit .model\.layers\.0\.self_attn\.q_proj.*got 256",
     ):
-        run_profile(smollm2_small, few, palette=(Candidate.parse("awq-w4g64-asym"),))
+        run_profile(smollm2_small, few, palette=(Candidate.parse("awq-w4g64-asym"),), metric=metric)

@@ -52,9 +52,15 @@ class MetricInputs:
 
 
 def quantize_palette(
-    weight: torch.Tensor, hessian: torch.Tensor | None, palette: Sequence[Candidate], *, unit: str = ""
+    weight: torch.Tensor,
+    hessian: torch.Tensor | None,
+    palette: Sequence[Candidate],
+    *,
+    unit: str = "",
+    n_tokens: int | None = None,
 ) -> list[tuple[Candidate, torch.Tensor, int]]:
-    """(candidate, dequantized (out, in), exact bytes) for every candidate that fits ``weight``."""
+    """(candidate, dequantized (out, in), exact bytes) for every candidate that fits ``weight``;
+    ``n_tokens`` (behind ``hessian``) lets AWQ and k-means refuse too few calibration tokens."""
     fitting = [c for c in palette if c.supports(tuple(weight.shape))]
     out = []
     gptq = [c for c in fitting if c.kind is QuantKind.GPTQ and c.name == _plain_name(c)]
@@ -69,7 +75,7 @@ def quantize_palette(
         elif c.kind is QuantKind.RTN and c.name == _plain_name(c):
             q = quantize_rtn(weight, c, unit=unit)
         else:
-            q = quantize(weight, c, hessian=hessian, unit=unit)
+            q = quantize(weight, c, hessian=hessian, unit=unit, n_tokens=n_tokens)
         out.append((c, q.dequantize(), int(q.nbytes)))
     return out
 
@@ -103,7 +109,8 @@ def profile_metrics(
             metric.check(stats, unit.name)
         weight = unit_weight(model, unit).detach().float()  # (out, in)
         hessian = None if stats.hessian is None else stats.hessian.to(weight.device)
-        scored = quantize_palette(weight, hessian, palette, unit=unit.name)
+        n_tokens = None if inputs.calibration is None else inputs.calibration.n_tokens
+        scored = quantize_palette(weight, hessian, palette, unit=unit.name, n_tokens=n_tokens)
         if not scored:
             raise InvalidInput(f"no candidate of the palette fits unit {unit.name!r} of shape {unit.shape}")
         dequantized = [dq for _, dq, _ in scored]

@@ -68,7 +68,11 @@ def run_profile_job(
         params.get("seed", 0),
     )
     stats = get_calibration(loaded, units, settings, progress)
-    meta = {"model_name": loaded.name, "unquantized_bytes": unquantized_bytes(loaded.model, units)}
+    meta = {
+        "model_name": loaded.name,
+        "unquantized_bytes": unquantized_bytes(loaded.model, units),
+        "metric": "hessian",
+    }
     tables, full_meta = [], None
     for i, unit in enumerate(units):
         if i in done:
