@@ -1,7 +1,7 @@
 """Closed loop on SmolLM2-135M: does refitting the profile to measured KL and re-solving beat one solve?
 
 Run with `.venv/bin/python benchmarks/allocator_closed_loop.py` (through the heavy lock; options below).
-Reads the RTN+GPTQ profile of `benchmarks/quality_smollm2.py` (runs/bench-quality/profile.parquet, not
+Reads the RTN+GPTQ profile of `benchmarks/quality_smollm2.py` (runs/bench-quality/profile-hessian.parquet, not
 modified) and its cached calibration Hessians. For each budget: round 1 solves the profile as it is;
 the probes and every measurement for the refit are KL(float || quantized) on CALIBRATION windows of
 the wiki corpus; rounds 2.. refit per-label scales and re-solve (bitalloc.allocator.closed_loop).
@@ -35,7 +35,7 @@ from bitalloc.sensitivity.profile import SensitivityProfile
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--profile", default="runs/bench-quality/profile.parquet")
+    parser.add_argument("--profile", default="runs/bench-quality/profile-hessian.parquet")
     parser.add_argument("--bpw", default="3.0,3.5", help="budgets, comma separated")
     parser.add_argument(
         "--group",

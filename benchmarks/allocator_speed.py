@@ -29,7 +29,7 @@ from bitalloc.allocator.solve import solve, solve_many
 from bitalloc.quantizers.candidate import Candidate
 from bitalloc.sensitivity.profile import SensitivityProfile
 
-PROFILE = "runs/bench-quality/profile.parquet"
+PROFILE = "runs/bench-quality/profile-hessian.parquet"
 
 
 def error_curves(profile: SensitivityProfile, palette: list[str]) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The quantizer palette on SmolLM2-135M: per-scheme errors, uniform perplexity, mixed plans, W8A8/W4A4.
 
-Run with `.venv/bin/python benchmarks/palette_smollm2.py` (reuses runs/bench-quality/profile.parquet, the
-foundation profile, and the cached float calibration). Phases, each resumable from runs/bench-palette-s2:
+Run with `.venv/bin/python benchmarks/palette_smollm2.py` (reuses the foundation profile,
+runs/bench-quality/profile-hessian.parquet, and the cached float calibration). Phases, each resumable
+from runs/bench-palette-s2:
 (1) ``--phase score``: every new candidate on every unit (proxy tr(ΔW H ΔWᵀ), relative weight error
 ||ΔW||/||W||, exact bytes), checkpointed to palette_rows.parquet; (2) ``--phase eval``: plans at
 2.5/3.0/3.5/4.0 bpw with the foundation palette (RTN+GPTQ) and the full palette, extra foundation points
@@ -233,7 +234,7 @@ def evaluate(loaded, stats, todo: dict[str, dict], args, results: dict, out: Pat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, default=Path("runs/bench-palette-s2"))
-    parser.add_argument("--foundation", type=Path, default=Path("runs/bench-quality/profile.parquet"))
+    parser.add_argument("--foundation", type=Path, default=Path("runs/bench-quality/profile-hessian.parquet"))
     parser.add_argument(
         "--phase", choices=("score", "eval", "report", "predict", "act-units", "all"), default="all"
     )

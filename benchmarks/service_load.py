@@ -8,7 +8,7 @@ shapes and exact bytes are Llama-3-70B's and whose errors are drawn from a measu
   3. N concurrent clients asking for plans for D seconds (goal: no errors; throughput).
 Prints a Markdown table; stops by itself.
 
-    python benchmarks/service_load.py [--profile runs/bench-quality/profile.parquet] [--clients 50]
+    python benchmarks/service_load.py [--profile runs/bench-quality/profile-hessian.parquet] [--clients 50]
         [--duration 60] [--plans 200]
 """
 
@@ -153,7 +153,7 @@ async def load(url: str, token: str, session: str, clients: int, duration: float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="runs/bench-quality/profile.parquet")
+    parser.add_argument("--profile", default="runs/bench-quality/profile-hessian.parquet")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--plans", type=int, default=100, help="sequential plan requests per solver")
