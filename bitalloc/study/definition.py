@@ -29,7 +29,7 @@ DEFAULTS = {
     "bits": (2, 3, 4, 5, 6, 8),
     "group_sizes": (32, 64, 128),
     "symmetry": "both",
-    "metric": "hessian",
+    "metric": "fisher",  # the project default (bitalloc.sensitivity.metrics.DEFAULT_METRIC)
     "calibration_windows": 32,
     "calibration_seq_len": 512,
     "pins": "none",
