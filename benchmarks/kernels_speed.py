@@ -44,11 +44,14 @@ def random_qweight(cand: Candidate, shape: tuple[int, int], device: str = "cuda"
     return QuantizedWeight(cand, shape, pack_codes(q, cand.bits), scales, mins)
 
 
-def bench(fn, rep: int = 30, graph: bool = True) -> float:
-    """Median microseconds of ``rep`` calls of ``fn``, each timed by CUDA events after overwriting L2.
+def bench(fn, rep: int = 30, graph: bool = True, flush: str = "read") -> float:
+    """Median microseconds of ``rep`` calls of ``fn``, each timed by CUDA events after flushing L2.
 
     With ``graph`` the call is captured once in a CUDA graph and replayed, so host launch overhead
     (Python, argument binding) stays out of the GPU time, as in a graph-captured decode step.
+    ``flush="read"`` reads 128 MiB before each call (L2 then holds clean lines of another buffer);
+    ``flush="write"`` overwrites 128 MiB (sessions 1-2): L2 is then full of dirty lines that are written
+    back to memory during the timed call (~50 MB of extra traffic, about +9 us on every large call).
     """
     fn()
     torch.cuda.synchronize()
@@ -61,11 +64,14 @@ def bench(fn, rep: int = 30, graph: bool = True) -> float:
     else:
         run = fn
     run()
-    flush = torch.empty(128 << 20, dtype=torch.uint8, device="cuda")  # 128 MiB > the 50 MB L2
+    buffer = torch.ones(32 << 20, dtype=torch.int32, device="cuda")  # 128 MiB > the 50 MB L2
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(rep)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(rep)]
     for start, end in zip(starts, ends, strict=True):
-        flush.zero_()
+        if flush == "write":
+            buffer.zero_()
+        else:
+            buffer.sum(dtype=torch.int64)
         start.record()
         run()
         end.record()
@@ -89,9 +95,23 @@ def run_kernel(x: torch.Tensor, layout: KernelLayout, kernel: str, params: dict[
 
 
 def gemv_space() -> list[dict[str, int]]:
+    """Launch configs of the f16x2 GEMV (K step = the layout's chunk; block_k serves the float32 path)."""
     return [
-        {"block_n": bn, "block_k": bk, "split_k": sk, "num_warps": warps, "num_stages": 3}
-        for (bn, warps), bk, sk in itertools.product([(16, 2), (32, 4), (64, 4)], [256, 512], [1, 2, 4, 8])
+        {
+            "block_n": bn,
+            "block_k": 256,
+            "split_k": sk,
+            "num_warps": warps,
+            "num_stages": 3,
+            "prefetch": pf,
+            "xs_rows": xr,
+        }
+        for (bn, warps, splits), pf, xr in itertools.product(
+            [(64, 2, (4, 8, 16)), (128, 4, (4, 8, 16)), (256, 4, (8, 16, 32)), (512, 4, (8, 16, 32))],
+            [0, 1],
+            [0, 1],
+        )
+        for sk in splits
     ]
 
 
@@ -121,12 +141,16 @@ def tune(path: Path, shapes: list[tuple[int, int]], base: Registry, batches: tup
             x = torch.randn(batch, shape[1], device="cuda", dtype=torch.float16)
             kernel = "gemv" if batch == 1 else "gemm"
             space = gemv_space() if kernel == "gemv" else gemm_space(batch)
-            space += [
+            tuned = [
                 e.params
                 for e in base.entries
                 if (e.bits, e.out_features, e.in_features, e.batch) == (bits, shape[0], shape[1], batch)
             ]
+            space += tuned
+            if kernel == "gemv":  # the float32-path GEMV with its tuned configs competes (and is reported)
+                space += [{**p, "half2": 0} for p in tuned]
             best = (float("inf"), space[0])
+            best_fp32 = float("inf")
             for params in space:
                 try:
                     us = bench(lambda p=params: run_kernel(x, layout, kernel, p), rep=15)  # noqa: B023 (called at once)
@@ -134,21 +158,32 @@ def tune(path: Path, shapes: list[tuple[int, int]], base: Registry, batches: tup
                     print(f"skip {params}: {type(err).__name__}", file=sys.stderr)
                     continue
                 best = min(best, (us, params), key=lambda t: t[0])
+                if params.get("half2", 1) == 0:
+                    best_fp32 = min(best_fp32, us)
             entries.append(TunedEntry(bits, shape[0], shape[1], batch, kernel, best[1]))
-            print(f"tuned w{bits} {shape} b{batch}: {best[0]:.1f} us {best[1]}", flush=True)
+            print(
+                f"tuned w{bits} {shape} b{batch}: {best[0]:.1f} us {best[1]} (f32 GEMV {best_fp32:.1f} us)",
+                flush=True,
+            )
         Registry(torch.cuda.get_device_name(), tuple(entries)).save(
             path
         )  # after each shape: partial runs count
 
 
-def speed_table(registry: Registry, shapes, batches, with_gemlite: bool, gemlite_budget_s: float = 60.0):
+def speed_table(
+    registry: Registry,
+    shapes,
+    batches,
+    with_gemlite: bool,
+    gemlite_budget_s: float = 60.0,
+    flush: str = "read",
+):
     """Markdown rows: fp16 cuBLAS, ours, and gemlite on the large shapes at batch <= 16 (time-boxed)."""
     bw = copy_bandwidth()
     gemlite_deadline = time.time() + gemlite_budget_s
     rows = [
         f"copy bandwidth {bw / 1e12:.2f} TB/s ({torch.cuda.get_device_name()}); shapes (out, in); "
-        "asym, group 128 "
-        "(64 for SmolLM2)",
+        f"asym, group 128 (64 for SmolLM2); L2 flushed by {flush}ing 128 MiB",
         "",
         "| shape | batch | fp16 us | bits | ours us | frac BW | x fp16 | gemlite us |",
         "|---|---|---|---|---|---|---|---|",
@@ -156,18 +191,18 @@ def speed_table(registry: Registry, shapes, batches, with_gemlite: bool, gemlite
     for shape, batch in itertools.product(shapes, batches):
         w16 = torch.randn(shape, device="cuda", dtype=torch.float16) * 0.02
         x = torch.randn(batch, shape[1], device="cuda", dtype=torch.float16)
-        fp16_us = bench(lambda: torch.nn.functional.linear(x, w16))  # noqa: B023 (called at once)
+        fp16_us = bench(lambda: torch.nn.functional.linear(x, w16), flush=flush)  # noqa: B023 (called at once)
         for bits in BITS:
             group = 128 if shape[1] % 128 == 0 else 64
             cand = Candidate(QuantKind.RTN, bits, group, False)
             qw = random_qweight(cand, shape)
             layout = to_layout(qw)
             choice = registry.choose(bits, shape, batch)
-            us = bench(lambda: run_kernel(x, layout, choice.kernel, choice.params))  # noqa: B023 (called at once)
+            us = bench(lambda: run_kernel(x, layout, choice.kernel, choice.params), flush=flush)  # noqa: B023
             moved = cand.nbytes(shape) + x.numel() * 2 + batch * shape[0] * 2
             frac = moved / (us * 1e-6) / bw
             run_gl = with_gemlite and shape in LARGE and batch <= 16 and time.time() < gemlite_deadline
-            gl = gemlite_us(qw, x) if run_gl else None
+            gl = gemlite_us(qw, x, flush) if run_gl else None
             gl_txt = "-" if gl is None else f"{gl:.1f}"
             rows.append(
                 f"| {shape[0]}x{shape[1]} | {batch} | {fp16_us:.1f} | {bits} | {us:.1f} | {frac:.2f} | "
@@ -177,7 +212,7 @@ def speed_table(registry: Registry, shapes, batches, with_gemlite: bool, gemlite
     return rows
 
 
-def nested_rows(registry: Registry, shapes, bw: float) -> list[str]:
+def nested_rows(registry: Registry, shapes, bw: float, flush: str = "read") -> list[str]:
     """Batch-1 GEMV on bit-nested weights reading the top k of 8 stored planes (nest-w<k>g128-asym)."""
     from bitalloc.kernels.layout import nested_layout
 
@@ -191,7 +226,7 @@ def nested_rows(registry: Registry, shapes, bw: float) -> list[str]:
         for k in (2, 4, 8):
             layout = nested_layout(full[:k], scales, mins, 128, shape)
             choice = registry.choose(4, shape, 1)
-            us = bench(lambda: run_kernel(x, layout, "gemv", choice.params))  # noqa: B023 (called at once)
+            us = bench(lambda: run_kernel(x, layout, "gemv", choice.params), flush=flush)  # noqa: B023
             moved = layout.nbytes + x.numel() * 2 + shape[0] * 2
             rows.append(
                 f"| {shape[0]}x{shape[1]} | {k} | {us:.1f} | {moved / (us * 1e-6) / bw:.2f} | {moved} |"
@@ -200,7 +235,7 @@ def nested_rows(registry: Registry, shapes, bw: float) -> list[str]:
     return rows
 
 
-def gemlite_us(qw: QuantizedWeight, x: torch.Tensor) -> float | None:
+def gemlite_us(qw: QuantizedWeight, x: torch.Tensor, flush: str = "read") -> float | None:
     """gemlite's time on the same codes (HQQ form: w = (q - zero) * scale), or None if it cannot run them."""
     try:
         import gemlite
@@ -226,9 +261,9 @@ def gemlite_us(qw: QuantizedWeight, x: torch.Tensor) -> float | None:
         layer.pack(codes, scales, zeros, None)
         layer(x)
         try:
-            return bench(lambda: layer(x))
+            return bench(lambda: layer(x), flush=flush)
         except Exception:  # gemlite may not capture into a graph: time it launched from Python
-            return bench(lambda: layer(x), graph=False)
+            return bench(lambda: layer(x), graph=False, flush=flush)
     except Exception as err:  # gemlite is optional here; report and go on
         print(f"gemlite failed on {qw.shape} w{cand.bits}: {type(err).__name__}: {err}", file=sys.stderr)
         return None
@@ -296,6 +331,12 @@ def main() -> None:
     parser.add_argument("--batches", default="1,16,64,256", help="batch sizes of the speed table")
     parser.add_argument("--nested", action="store_true", help="add batch-1 rows for bit-nested weights")
     parser.add_argument("--latency-groups", default="32,64,128", help="group sizes of the latency table")
+    parser.add_argument(
+        "--flush",
+        default="read",
+        choices=["read", "write"],
+        help="how the speed table flushes L2 (see bench)",
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("kernels_speed needs a CUDA GPU")
@@ -310,9 +351,10 @@ def main() -> None:
         latency_csv(registry, args.latency, shapes, tuple(int(g) for g in args.latency_groups.split(",")))
     if not args.no_speed:
         batches = tuple(int(b) for b in args.batches.split(","))
-        rows = speed_table(registry, shapes, batches, args.gemlite)
+        rows = speed_table(registry, shapes, batches, args.gemlite, flush=args.flush)
         if args.nested:
-            rows += nested_rows(registry, [s for s in shapes if s[1] % 128 == 0], copy_bandwidth())
+            large = [s for s in shapes if s[1] % 128 == 0]
+            rows += nested_rows(registry, large, copy_bandwidth(), args.flush)
         text = "\n".join(rows)
         print("\n" + text)
         if args.out:

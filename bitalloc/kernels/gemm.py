@@ -1,7 +1,8 @@
 """GEMM for batch 2-256: ``y (M, out) = x (M, in) W^T`` on the tensor cores, optional split-K.
 
 Each K step is one interleave chunk (``layout.chunk`` inputs, inside one group). The chunk's words are
-unpacked by shifts into a ``(chunk, BLOCK_N)`` code tile in natural input order, converted exactly to
+unpacked by shifts into a ``(chunk, BLOCK_N)`` code tile (rows in the layout's order; the activations are
+loaded contiguously and permuted to that order in registers), converted exactly to
 float16/bfloat16 (codes are below 256) and multiplied on the tensor cores; the group's scale and offset
 are folded into the float32 accumulator: ``acc += (x q) * scale + rowsum(x) * offset``.
 SPLIT_K > 1 adds the partial results atomically into a zeroed output.
@@ -82,7 +83,9 @@ def _gemm_kernel(
         k0 = kb * CHUNK
         x = tl.load(
             x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_k)[None, :], mask=mask_m[:, None], other=0.0
-        )  # (BLOCK_M, CHUNK)
+        )  # (BLOCK_M, CHUNK) natural order, contiguous loads
+        x = tl.reshape(tl.permute(tl.reshape(x, (BLOCK_M, CHUNK // 2, 2)), (0, 2, 1)), (BLOCK_M, CHUNK))
+        # column c of x now holds input chunk_input(c): the order of plane_tile's rows
         q = plane_tile(a_ptr, offs_n, mask_n, N, k0, CHUNK, BLOCK_N, BA) << SA  # (CHUNK, BLOCK_N)
         for i in tl.static_range(1, NA):  # further stacked planes (nested format)
             q = q | (

@@ -6,10 +6,14 @@ into a float with one AND/OR and one subtraction (``_unpack.plane_dot``), and ke
 float32 accumulator: per word ``acc += scale * sum_j q_j x_j + offset * sum_j x_j`` (the dequantization
 costs two multiply-adds per word, not per weight). The accumulator is reduced once at the end.
 SPLIT_K > 1 adds the partial results atomically into a zeroed output.
+
+Float16 activations on 2, 3, 4 or 8-bit weights run ``gemv_h2.py`` instead (packed f16x2 arithmetic, about
+half the instructions per weight); this kernel serves bfloat16, the nested format and 5/6 bits.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +21,10 @@ import triton
 import triton.language as tl
 
 from bitalloc.kernels._unpack import load_group, plane_dot, plane_dot3
+from bitalloc.kernels.gemv_h2 import HALF2_R, gemv_h2_kernel
 from bitalloc.kernels.layout import KernelLayout
+
+FP32_MAX_BLOCK_N = 64  # the float32-path kernel spills beyond (configs tuned for the f16x2 kernel go wider)
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,9 @@ class GemvConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 3
+    half2: int = 1  # float16 activations at 2/3/4/8 bits take the f16x2 kernel (gemv_h2.py)
+    prefetch: int = 1  # f16x2 kernel: load the next step before this step's arithmetic
+    xs_rows: int = 0  # f16x2 kernel: activation sums per thread's rows (no cross-warp sum per step)
 
 
 @triton.jit
@@ -108,9 +118,12 @@ def gemv(
     """
     out_features, in_features = layout.shape
     x = x.reshape(-1).contiguous()  # (in,)
-    block_k = max(layout.chunk, 1 << (min(config.block_k, in_features).bit_length() - 1))
-    while in_features % block_k:
-        block_k //= 2
+    h2 = bool(config.half2) and x.dtype == torch.float16 and layout.a.shape[0] == 1 and layout.bits in HALF2_R
+    block_k = layout.chunk
+    if not h2:
+        block_k = max(layout.chunk, 1 << (min(config.block_k, in_features).bit_length() - 1))
+        while in_features % block_k:
+            block_k //= 2
     split_k = max(1, min(config.split_k, in_features // block_k))
     y = torch.empty(out_features, dtype=x.dtype, device=x.device) if out is None else out.view(-1)
     result = y
@@ -118,7 +131,36 @@ def gemv(
         y = y.zero_() if x.dtype == torch.float16 else torch.zeros_like(y, dtype=torch.float32)
     b = layout.b if layout.b is not None else layout.a
     mins = layout.mins if layout.mins is not None else layout.scales
-    grid = (triton.cdiv(out_features, config.block_n), split_k)
+    block_n = config.block_n if h2 else min(config.block_n, FP32_MAX_BLOCK_N)
+    grid = (triton.cdiv(out_features, block_n), split_k)
+    if h2:
+        if x.data_ptr() % 4:
+            x = x.clone()  # int32 pairs need 4-byte alignment
+        gemv_h2_kernel[grid](
+            x,
+            x.view(torch.int32),
+            layout.a,
+            b,
+            layout.scales,
+            mins,
+            y,
+            out_features,
+            in_features,
+            layout.qoff,
+            BITS=layout.bits,
+            GROUP=layout.group_size,
+            HAS_MIN=layout.mins is not None,
+            CHUNK=layout.chunk,
+            BLOCK_N=config.block_n,
+            SPLIT_K=split_k,
+            R=HALF2_R[layout.bits],
+            PREFETCH=bool(config.prefetch),
+            XS_ROWS=bool(config.xs_rows),
+            ASM=os.environ.get("TRITON_INTERPRET") != "1",
+            num_warps=config.num_warps,
+            num_stages=1,
+        )
+        return result.view(1, out_features)
     _gemv_kernel[grid](
         x,
         layout.a,
@@ -139,7 +181,7 @@ def gemv(
         GROUP=layout.group_size,
         HAS_MIN=layout.mins is not None,
         CHUNK=layout.chunk,
-        BLOCK_N=config.block_n,
+        BLOCK_N=block_n,
         BLOCK_K=block_k,
         SPLIT_K=split_k,
         num_warps=config.num_warps,

@@ -9,9 +9,13 @@ Each plane of width ``b`` is stored as int32 words of shape ``(in * b / 32, out)
 contiguous, so a program streams a ``(words, BLOCK_N)`` tile with coalesced 16-byte loads and reuses each
 activation across the rows it holds. Along the input dimension the codes are interleaved in chunks of
 ``chunk`` inputs (a power of two, ``32 <= chunk <= group``, dividing ``in``): chunk ``c`` takes
-``wp = chunk * b / 32`` words, and word ``c * wp + w`` holds the codes of inputs ``c * chunk + j * wp + w``
-at bit ``j * b`` (``j < 32 / b``). Unpacking a chunk's words by shifts and stacking the ``j`` slices gives
-the chunk in natural order, which the GEMM feeds to ``tl.dot``; every word lies inside one group.
+``wp = chunk * b / 32`` words; field ``j`` of word ``c * wp + w`` (bits ``j * b``, ``j = h * L + m`` with
+``L = 16 / b`` fields per 16-bit half ``h``) holds the code of input ``c * chunk + 2 * (m * wp + w) + h``.
+The two halves of a word thus hold adjacent inputs: one int32 pair of float16 activations
+``(x[2p], x[2p + 1])`` multiplies field ``m`` of both halves in one f16x2 instruction (the GEMV's fast path).
+Unpacking a chunk's words by shifts and stacking the ``j`` slices gives the chunk's codes in the order
+``r = j * wp + w`` (input ``2 * (r % (chunk / 2)) + r // (chunk / 2)``), which the GEMM feeds to ``tl.dot``
+against the activations loaded in the same order; every word lies inside one group.
 
 Scales and mins are the stored float16 tensors transposed to ``(in / group, out)``. The conversion is a
 permutation of the stored bits: planes, scales and mins hold exactly ``Candidate.nbytes(shape)`` bytes
@@ -181,8 +185,10 @@ def _interleave(q: torch.Tensor, b: int, chunk: int) -> torch.Tensor:
     """Codes ``q (out, in)`` int32 < 2**b -> words ``(in * b / 32, out)`` int32 in the interleaved order."""
     out_features, in_features = q.shape
     per_word = WORD_BITS // b
+    lane = per_word // 2  # fields per 16-bit half
     wp = chunk // per_word  # words per chunk
-    q = q.view(out_features, in_features // chunk, per_word, wp).transpose(2, 3)  # (out, chunks, wp, j)
+    q = q.view(out_features, in_features // chunk, lane, wp, 2)  # input c*chunk + 2*(m*wp + w) + h: (m, w, h)
+    q = q.permute(0, 1, 3, 4, 2).reshape(out_features, in_features // chunk, wp, per_word)  # j = h*lane + m
     shifts = torch.arange(per_word, device=q.device, dtype=torch.int64) * b
     words = (q.to(torch.int64) << shifts).sum(-1)  # (out, chunks, wp) < 2**32, fields disjoint
     words = torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
@@ -197,4 +203,5 @@ def _plane_codes(words: torch.Tensor, b: int, shape: tuple[int, int], chunk: int
     w = words.t().reshape(out_features, in_features // chunk, wp, 1)
     shifts = torch.arange(per_word, device=words.device, dtype=torch.int32) * b
     vals = (w >> shifts) & ((1 << b) - 1)  # (out, chunks, wp, j)
-    return vals.transpose(2, 3).reshape(out_features, in_features)
+    vals = vals.view(out_features, in_features // chunk, wp, 2, per_word // 2).permute(0, 1, 4, 2, 3)
+    return vals.reshape(out_features, in_features)  # (m, w, h) -> input 2*(m*wp + w) + h

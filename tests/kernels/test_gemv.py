@@ -33,6 +33,10 @@ def test_gemv_matches_reference(bits, group, sym):
     out3 = torch.full((1, shape[0]), float("nan"), dtype=torch.float16, device=device())
     y3 = gemv(x, layout, GemvConfig(block_n=16, block_k=32, split_k=3), out=out3)  # split-K zeroes out
     assert rel_err(y3, ref) < 2e-3
+    y4 = gemv(x, layout, GemvConfig(block_n=32, split_k=2, prefetch=0, xs_rows=1))  # f16x2 kernel variants
+    assert rel_err(y4, ref) < 2e-3
+    y5 = gemv(x, layout, GemvConfig(block_n=16, half2=0))  # float32 path on float16 activations
+    assert rel_err(y5, ref) < 2e-3
 
 
 def test_gemv_bfloat16_and_uneven_split():

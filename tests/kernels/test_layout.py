@@ -48,13 +48,13 @@ def layout_weight(q, scales, mins, group, bits):
 
 
 def test_interleave_order_is_the_documented_one():
-    # chunk 32 at 4 bits: 4 words per chunk, word w holds inputs w, w + 4, ..., w + 28 at bits 0, 4, ..., 28
+    # chunk 32 at 4 bits: 4 words per chunk; word w holds inputs 2 (4 m + w) + h at bit 16 h + 4 m (m < 4)
     q = torch.arange(64).remainder(16).view(1, 64)
     cand = Candidate(QuantKind.RTN, 4, 32, True)
     layout = to_layout(QuantizedWeight(cand, (1, 64), pack_codes(q, 4), torch.ones(1, 2).half(), None))
     assert layout.chunk == 32
     word = int(layout.a[0, 1, 0]) & 0xFFFFFFFF
-    assert [(word >> (4 * j)) & 15 for j in range(8)] == [(1 + 4 * j) % 16 for j in range(8)]
+    assert [(word >> (4 * j)) & 15 for j in range(8)] == [2, 10, 18 % 16, 26 % 16, 3, 11, 19 % 16, 27 % 16]
 
 
 @pytest.mark.parametrize(("group", "in_features", "chunk"), [(32, 96, 32), (128, 576, 64), (64, 4096, 64)])
