@@ -65,9 +65,6 @@ def word_asm(b: int, r: int, words: int = 1, width: int = 0) -> str:
     return "\n".join(lines)
 
 
-_ASM2 = tl.constexpr(word_asm(2, 4))
-_ASM4 = tl.constexpr(word_asm(4, 16))
-_ASM8 = tl.constexpr(word_asm(8, 256))
 _ASM2X2 = tl.constexpr(word_asm(2, 4, 2))
 _ASM4X2 = tl.constexpr(word_asm(4, 16, 2))
 _ASM3X4 = tl.constexpr(word_asm(4, 16, 4, 3))  # 3-bit fields at a 4-bit stride (bit 3 ignored)
@@ -108,49 +105,29 @@ def pair_sum(p, ASM: tl.constexpr):
 
 
 @triton.jit
-def dot4(words, p0, p1, p2, p3, ASM: tl.constexpr):
-    """``sum_m q_m x_m / 16`` over the 4-bit-stride fields (codes < 16) of both halves of each word."""
-    if ASM:
-        return tl.inline_asm_elementwise(
-            _ASM4, "=f,r,r,r,r,r", [words, p0, p1, p2, p3], dtype=tl.float32, is_pure=True, pack=1
-        )
-    else:
-        d = _field_dot(words, p0, 0, 4) + _field_dot(words, p1, 1, 4)
-        return (d + _field_dot(words, p2, 2, 4) + _field_dot(words, p3, 3, 4)) * (1.0 / 16)
+def _dot4(words, p0, p1, p2, p3):
+    """``sum_m q_m x_m / 16`` over the 4-bit fields of both halves of each word (interpreter path)."""
+    d = _field_dot(words, p0, 0, 4) + _field_dot(words, p1, 1, 4)
+    return (d + _field_dot(words, p2, 2, 4) + _field_dot(words, p3, 3, 4)) * (1.0 / 16)
 
 
 @triton.jit
-def dot2(words, p0, p1, p2, p3, p4, p5, p6, p7, ASM: tl.constexpr):
-    """``sum_m q_m x_m / 4`` over the 2-bit fields of both halves of each word."""
-    if ASM:
-        return tl.inline_asm_elementwise(
-            _ASM2,
-            "=f,r,r,r,r,r,r,r,r,r",
-            [words, p0, p1, p2, p3, p4, p5, p6, p7],
-            dtype=tl.float32,
-            is_pure=True,
-            pack=1,
-        )
-    else:
-        d = _field_dot(words, p0, 0, 2) + _field_dot(words, p1, 1, 2) + _field_dot(words, p2, 2, 2)
-        d += _field_dot(words, p3, 3, 2) + _field_dot(words, p4, 4, 2) + _field_dot(words, p5, 5, 2)
-        return (d + _field_dot(words, p6, 6, 2) + _field_dot(words, p7, 7, 2)) * (1.0 / 4)
+def _dot2(words, p0, p1, p2, p3, p4, p5, p6, p7):
+    """``sum_m q_m x_m / 4`` over the 2-bit fields of both halves of each word (interpreter path)."""
+    d = _field_dot(words, p0, 0, 2) + _field_dot(words, p1, 1, 2) + _field_dot(words, p2, 2, 2)
+    d += _field_dot(words, p3, 3, 2) + _field_dot(words, p4, 4, 2) + _field_dot(words, p5, 5, 2)
+    return (d + _field_dot(words, p6, 6, 2) + _field_dot(words, p7, 7, 2)) * (1.0 / 4)
 
 
 @triton.jit
-def dot8(words, p0, p1, ASM: tl.constexpr):
-    """``sum_m q_m x_m / 256`` over the 8-bit fields of both halves of each word."""
-    if ASM:
-        return tl.inline_asm_elementwise(
-            _ASM8, "=f,r,r,r", [words, p0, p1], dtype=tl.float32, is_pure=True, pack=1
-        )
-    else:
-        return (_field_dot(words, p0, 0, 8) + _field_dot(words, p1, 1, 8)) * (1.0 / 256)
+def _dot8(words, p0, p1):
+    """``sum_m q_m x_m / 256`` over the 8-bit fields of both halves of each word (interpreter path)."""
+    return (_field_dot(words, p0, 0, 8) + _field_dot(words, p1, 1, 8)) * (1.0 / 256)
 
 
 @triton.jit
 def dot4x2(w0, w1, a0, a1, a2, a3, b0, b1, b2, b3, ASM: tl.constexpr):
-    """``dot4(w0, a..) + dot4(w1, b..)`` with one float16x2 accumulator."""
+    """``sum q x / 16`` over two words of 4-bit fields, pairs ``a..`` for w0 and ``b..`` for w1."""
     if ASM:
         return tl.inline_asm_elementwise(
             _ASM4X2,
@@ -161,12 +138,12 @@ def dot4x2(w0, w1, a0, a1, a2, a3, b0, b1, b2, b3, ASM: tl.constexpr):
             pack=1,
         )
     else:
-        return dot4(w0, a0, a1, a2, a3, False) + dot4(w1, b0, b1, b2, b3, False)
+        return _dot4(w0, a0, a1, a2, a3) + _dot4(w1, b0, b1, b2, b3)
 
 
 @triton.jit
 def dot2x2(w0, w1, a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7, ASM: tl.constexpr):
-    """``dot2(w0, a..) + dot2(w1, b..)`` with one float16x2 accumulator."""
+    """``sum q x / 4`` over two words of 2-bit fields, pairs ``a..`` for w0 and ``b..`` for w1."""
     if ASM:
         return tl.inline_asm_elementwise(
             _ASM2X2,
@@ -177,19 +154,19 @@ def dot2x2(w0, w1, a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b
             pack=1,
         )
     else:
-        d = dot2(w0, a0, a1, a2, a3, a4, a5, a6, a7, False)
-        return d + dot2(w1, b0, b1, b2, b3, b4, b5, b6, b7, False)
+        d = _dot2(w0, a0, a1, a2, a3, a4, a5, a6, a7)
+        return d + _dot2(w1, b0, b1, b2, b3, b4, b5, b6, b7)
 
 
 @triton.jit
 def dot8x2(w0, w1, a0, a1, b0, b1, ASM: tl.constexpr):
-    """``dot8(w0, a..) + dot8(w1, b..)`` with one float16x2 accumulator."""
+    """``sum q x / 256`` over two words of 8-bit fields, pairs ``a..`` for w0 and ``b..`` for w1."""
     if ASM:
         return tl.inline_asm_elementwise(
             _ASM8X2, "=f" + ",r" * 6, [w0, w1, a0, a1, b0, b1], dtype=tl.float32, is_pure=True, pack=1
         )
     else:
-        return dot8(w0, a0, a1, False) + dot8(w1, b0, b1, False)
+        return _dot8(w0, a0, a1) + _dot8(w1, b0, b1)
 
 
 @triton.jit
