@@ -92,7 +92,13 @@ def _sum_h(stats) -> float:
 
 
 def child(
-    mode: str, folder: Path, windows_file: Path, palette_name: str, batch_size: int, device: str = "cpu"
+    mode: str,
+    folder: Path,
+    windows_file: Path,
+    palette_name: str,
+    batch_size: int,
+    device: str = "cpu",
+    fisher: bool = False,
 ) -> dict:
     """Run one mode in this process on ``device`` and return its measurements."""
     from bitalloc.models.units import discover_units, unquantized_bytes
@@ -163,9 +169,17 @@ def child(
             torch.cuda.synchronize()
         out["score_s"], out["score_wall_s"] = _since(t0)
         out["peak_rss_scored_mb"] = _rss_mb()
+    if mode == "whole" and fisher:  # the default metric's extra pass: forward + backward per batch
+        from bitalloc.sensitivity.fisher import accumulate_fisher
+
+        t0 = _now()
+        accumulate_fisher(model, units, windows, batch_size=batch_size)
+        if cuda:
+            torch.cuda.synchronize()
+        out["fisher_s"], out["fisher_wall_s"] = _since(t0)
     out["clock"] = "wall" if cuda else "cpu"
     if cuda:  # CPU seconds say little about GPU work
-        for key in ("load", "forward", "calibrate", "score"):
+        for key in ("load", "forward", "calibrate", "score", "fisher"):
             if f"{key}_s" in out:
                 out[f"{key}_s"] = out[f"{key}_wall_s"]
     return out
@@ -216,6 +230,7 @@ def run_model(label: str, folder: Path, windows: torch.Tensor, args, modes) -> l
             str(wfile),
         ]
         cmd += ["--palette", args.palette, "--batch-size", str(args.batch_size), "--device", args.device]
+        cmd += ["--fisher"] if args.fisher else []
         done = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise SystemExit(f"{label} {mode} failed:\n{done.stderr[-3000:]}")
@@ -229,22 +244,24 @@ def run_model(label: str, folder: Path, windows: torch.Tensor, args, modes) -> l
 def table(rows: list[dict]) -> str:
     """The Markdown table of all rows."""
     lines = [
-        "| model | mode | tokens | clock | load s | calibrate s | × forward | score s"
+        "| model | mode | tokens | clock | load s | forward s | calibrate s | × forward | score s | Fisher s"
         " | peak calibrating MB | peak GPU MB | RSS imports MB | RSS loaded MB | peak while loading MB"
         " | ΣH (rel. to whole) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ref = {r["model"]: r for r in rows if r["mode"] == "whole"}
     for r in rows:
         w = ref.get(r["model"], {})
         fwd = w.get("forward_s")
         mult = f"{r['calibrate_s'] / fwd:.2f}" if fwd else "-"
-        score = f"{r['score_s']:.1f} ({r['score_s'] / fwd:.1f}× fwd)" if "score_s" in r and fwd else "-"
+        score = f"{r['score_s']:.2f} ({r['score_s'] / fwd:.1f}× fwd)" if "score_s" in r and fwd else "-"
+        fish = f"{r['fisher_s']:.2f} ({r['fisher_s'] / fwd:.1f}× fwd)" if "fisher_s" in r and fwd else "-"
+        fwd_cell = f"{fwd:.3f}" if fwd and r["mode"] == "whole" else "-"
         rel = f"{r['sum_h'] / w['sum_h'] - 1:+.1e}" if "sum_h" in r and "sum_h" in w else "-"
         gpu = f"{r['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in r else "-"
         lines.append(
-            f"| {r['model']} | {r['mode']} | {r['tokens']} | {r['clock']} | {r['load_s']:.1f}"
-            f" | {r['calibrate_s']:.1f} | {mult} | {score} | {r['peak_rss_mb']:.0f} | {gpu}"
+            f"| {r['model']} | {r['mode']} | {r['tokens']} | {r['clock']} | {r['load_s']:.1f} | {fwd_cell}"
+            f" | {r['calibrate_s']:.2f} | {mult} | {score} | {fish} | {r['peak_rss_mb']:.0f} | {gpu}"
             f" | {r['rss_imports_mb']:.0f}"
             f" | {r['rss_loaded_mb']:.0f} | {r['peak_load_mb']:.0f} | {rel} |"
         )
@@ -260,13 +277,20 @@ def main() -> None:
     p.add_argument("--palette", choices=("rtn", "rtn4", "default", "none"), default="rtn")
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--device", default="cpu", help="cpu or cuda (times are then wall seconds)")
+    p.add_argument("--fisher", action="store_true", help="also time the Fisher pass (whole mode)")
     p.add_argument("--child", choices=MODES)
     p.add_argument("--folder", type=Path)
     p.add_argument("--windows-file", type=Path)
     args = p.parse_args()
     if args.child:
         measured = child(
-            args.child, args.folder, args.windows_file, args.palette, args.batch_size, args.device
+            args.child,
+            args.folder,
+            args.windows_file,
+            args.palette,
+            args.batch_size,
+            args.device,
+            args.fisher,
         )
         print(json.dumps(measured))
         return

@@ -80,20 +80,21 @@ def main() -> None:
     parser.add_argument("--bpw", default="2.75,3,3.5,4", help="budgets on the expert weights")
     parser.add_argument("--calib-windows", type=int, default=64)
     parser.add_argument("--eval-tokens", type=int, default=16384)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     t0 = time.time()
     if not (args.model / "config.json").exists():
         if not args.train:
             raise SystemExit(f"{args.model} holds no model: train one (python -m bitalloc.models.train_moe)")
         train_moe(MoeTrainConfig(), args.model)
-    loaded = load_trained_moe(args.model)
+    loaded = load_trained_moe(args.model, device=args.device)
     model = loaded.model
     seq_len = int(loaded_seq_len(args.model))
     units = tuple(u for u in discover_moe_units(model) if parse_expert_unit(u.name) is not None)
     calib = load_corpus("wiki", Split.CALIBRATION)
     windows = calibration_windows(
         loaded.tokenizer, calib, n_windows=args.calib_windows, seq_len=seq_len, seed=3
-    )
+    ).to(args.device)  # (n, seq_len)
     with RoutingRecorder(model, hessians=True) as rec, torch.no_grad():
         for start in range(0, windows.shape[0], 8):
             model(input_ids=windows[start : start + 8], use_cache=False)
@@ -110,7 +111,7 @@ def main() -> None:
     profiles = profile_metrics(model, units, palette(), metrics=metrics, inputs=inputs, meta=meta)
     tokens = token_stream(
         loaded.tokenizer, load_corpus("wiki", Split.EVALUATION), max_tokens=args.eval_tokens
-    )
+    ).to(args.device)
     numel = sum(u.numel for u in units)
     rows = []
     for bpw in (float(b) for b in args.bpw.split(",")):
@@ -137,7 +138,7 @@ def main() -> None:
             )
         reference = measured["reference"].perplexity
     print(
-        f"Machine: {platform.machine()} CPU (2 cores shared), torch {torch.__version__}; "
+        f"Machine: {_machine(args.device)}, torch {torch.__version__}; "
         f"date {date.today()}; "
         f"model {args.model} ({len(units)} expert units, {numel} expert weights); calibration "
         f"{args.calib_windows}x{seq_len} wiki tokens; eval {tokens.numel()} held-out wiki tokens "
@@ -149,6 +150,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for bpw, rule, got, ppl, kl, lo, hi in rows:
         print(f"| {bpw:g} | {rule} | {got:.3f} | {ppl:.3f} | {kl:.4f} | {lo} | {hi} |")
+
+
+def _machine(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.machine()} CPU ({torch.get_num_threads()} threads)"
 
 
 def loaded_seq_len(path: Path) -> int:

@@ -1,10 +1,11 @@
 """The quantizer palette on SmolLM2-135M: per-scheme errors, uniform perplexity, mixed plans, W8A8/W4A4.
 
-Run with `.venv/bin/python benchmarks/palette_smollm2.py` (reuses the foundation profile,
-runs/bench-quality/profile-hessian.parquet, and the cached float calibration). Phases, each resumable
-from runs/bench-palette-s2:
-(1) ``--phase score``: every new candidate on every unit (proxy tr(ΔW H ΔWᵀ), relative weight error
-||ΔW||/||W||, exact bytes), checkpointed to palette_rows.parquet; (2) ``--phase eval``: plans at
+Run with `.venv/bin/python benchmarks/palette_smollm2.py` (reuses the foundation profile of
+``--metric`` (default fisher, the pipeline's default), runs/bench-quality/profile-METRIC.parquet, and the
+cached float calibration). Phases, each resumable from runs/bench-palette-s3:
+(1) ``--phase score``: every new candidate on every unit (proxy tr(ΔW H ΔWᵀ), Fisher Σ F ΔW² with the
+foundation's Fisher diagonals, relative weight error ||ΔW||/||W||, exact bytes),
+checkpointed to palette_rows.parquet; (2) ``--phase eval``: plans at
 2.5/3.0/3.5/4.0 bpw with the foundation palette (RTN+GPTQ) and the full palette, extra foundation points
 for the frontier, simulated W8A8/W4A4 recipes, then uniform recipes, in priority order; wiki-test
 perplexity of each (``--max-models`` per run; results.json after every batch); (3) the report
@@ -39,11 +40,19 @@ from bitalloc.allocator.plan import uniform_plan
 from bitalloc.allocator.problem import Budget
 from bitalloc.models.loading import load_model
 from bitalloc.models.units import discover_units, get_submodule_parent
-from bitalloc.pipeline import CalibrationSettings, EvalSettings, get_calibration, make_plan, run_eval
+from bitalloc.pipeline import (
+    CalibrationSettings,
+    EvalSettings,
+    _metric_statistics,
+    get_calibration,
+    make_plan,
+    run_eval,
+)
 from bitalloc.quantizers.activations import act_bits, latency_table, quantize_activations
 from bitalloc.quantizers.candidate import Candidate
 from bitalloc.quantizers.quantize import quantize
 from bitalloc.quantizers.registry import quantize_batch
+from bitalloc.sensitivity.metrics import weighted_sq_errors
 from bitalloc.sensitivity.profile import SensitivityProfile
 from bitalloc.sensitivity.proxy import proxy_errors
 
@@ -97,9 +106,10 @@ ACT_FIRST = ("a8-w8g64-sym", "a4-w4g64-sym", "a4-w4g64-sym-o32", "gptq-w4g64-sym
 PREFILL_TOKENS = 2048
 
 
-def score_rows(loaded, units, stats, names, progress, path: Path) -> pd.DataFrame:
-    """Proxy and relative weight error of every (unit, candidate); resumes from / checkpoints to ``path``."""
-    cols = ["unit", "tie", "rows", "cols", "candidate", "error", "nbytes", "rel_weight_error"]
+def score_rows(loaded, units, stats, names, progress, path: Path, fisher=None) -> pd.DataFrame:
+    """Proxy, Fisher (Σ F ΔW², when ``fisher`` diagonals are given) and relative weight error of every
+    (unit, candidate); resumes from / checkpoints to ``path``."""
+    cols = ["unit", "tie", "rows", "cols", "candidate", "error", "fisher_error", "nbytes", "rel_weight_error"]
     done = pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=cols)
     have = set(zip(done["unit"], done["candidate"], strict=True))
     cands = [Candidate.parse(n) for n in names]
@@ -111,10 +121,11 @@ def score_rows(loaded, units, stats, names, progress, path: Path) -> pd.DataFram
         qs = quantize_batch(w, fitting, h, unit.name)
         deq = [q.dequantize() for q in qs]
         proxies = proxy_errors(w, deq, h) if deq else []
+        fishers = weighted_sq_errors(w, deq, fisher[unit.name]) if fisher else [float("nan")] * len(deq)
         norm = float(w.norm())
-        for c, q, d, e in zip(fitting, qs, deq, proxies, strict=True):
+        for c, q, d, e, fe in zip(fitting, qs, deq, proxies, fishers, strict=True):
             rel = float((d - w).norm()) / norm
-            rows.append((unit.name, unit.tie, *unit.shape, c.name, e, q.nbytes, rel))
+            rows.append((unit.name, unit.tie, *unit.shape, c.name, e, fe, q.nbytes, rel))
         progress("score", i + 1, len(units))
         if rows and ((i + 1) % 30 == 0 or i + 1 == len(units)):
             done = pd.concat([done, pd.DataFrame(rows, columns=cols)], ignore_index=True)
@@ -123,10 +134,24 @@ def score_rows(loaded, units, stats, names, progress, path: Path) -> pd.DataFram
     return done
 
 
-def _foundation_rows(foundation: SensitivityProfile, rows: pd.DataFrame) -> pd.DataFrame:
-    """Foundation g64-asym rows not scored here (proxy and bytes only; weight error unknown)."""
+def check_against_foundation(rows: pd.DataFrame, foundation: SensitivityProfile, log) -> None:
+    """The errors scored here for the foundation's own candidates must match the foundation profile."""
+    both = rows.merge(foundation.table, on=["unit", "candidate"], suffixes=("", "_foundation"))
+    if both.empty:
+        return
+    diff = (both["error"] - both["error_foundation"]).abs()
+    rel = (diff / both["error_foundation"].abs().clip(1e-30)).max()
+    log(f"errors of {len(both)} shared rows vs the foundation profile: max relative difference {rel:.2e}")
+    if rel > 1e-3 or (both["nbytes"] != both["nbytes_foundation"]).any():
+        raise SystemExit("the scored rows disagree with the foundation profile: re-run --phase score")
+
+
+def _foundation_rows(foundation: SensitivityProfile, rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Foundation g64-asym rows not scored here (its metric's error and bytes only)."""
     names = [n for n in REFERENCE if n not in set(rows["candidate"])]
     extra = foundation.table[foundation.table["candidate"].isin(names)].copy()
+    if metric == "fisher":
+        extra["fisher_error"], extra["error"] = extra["error"], float("nan")
     extra["rel_weight_error"] = float("nan")
     return extra
 
@@ -233,8 +258,13 @@ def evaluate(loaded, stats, todo: dict[str, dict], args, results: dict, out: Pat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--output", type=Path, default=Path("runs/bench-palette-s2"))
-    parser.add_argument("--foundation", type=Path, default=Path("runs/bench-quality/profile-hessian.parquet"))
+    parser.add_argument("--output", type=Path, default=Path("runs/bench-palette-s3"))
+    parser.add_argument(
+        "--metric", choices=("fisher", "hessian"), default="fisher", help="the error the plans are made with"
+    )
+    parser.add_argument(
+        "--foundation", type=Path, default=None, help="default: runs/bench-quality/profile-METRIC.parquet"
+    )
     parser.add_argument(
         "--phase", choices=("score", "eval", "report", "predict", "act-units", "all"), default="all"
     )
@@ -265,17 +295,21 @@ def main() -> None:
         return
     if args.layers:  # a sub-problem: the allocator sees only these units (bpw over their weights)
         units = tuple(u for u in units if int(u.name.split(".")[2]) < args.layers)
-    foundation = SensitivityProfile.load(args.foundation)
-    if foundation.model_hash != loaded.model_hash:
+    foundation_path = args.foundation or Path(f"runs/bench-quality/profile-{args.metric}.parquet")
+    foundation = SensitivityProfile.load(foundation_path)
+    if foundation.model_hash != loaded.model_hash or foundation.meta.get("metric", "hessian") != args.metric:
         raise SystemExit(
-            f"{args.foundation} was profiled on another model; re-run benchmarks/quality_smollm2.py"
+            f"{foundation_path} is not a {args.metric} profile of this model: "
+            "run benchmarks/quality_smollm2.py"
         )
     keep = foundation.table["unit"].isin([u.name for u in units])
     foundation = SensitivityProfile(table=foundation.table[keep].reset_index(drop=True), meta=foundation.meta)
     rows_path = out / "palette_rows.parquet"
     if args.phase in ("score", "all"):
         names = FAST_NEW + RTN_REFERENCE if args.fast else NEW + REFERENCE
-        rows = score_rows(loaded, units, stats, names, progress, rows_path)
+        # the same Fisher diagonals as the foundation profile (same windows, same batches)
+        fisher = _metric_statistics(loaded, units, CalibrationSettings(), "fisher", progress)["fisher"]
+        rows = score_rows(loaded, units, stats, names, progress, rows_path, fisher)
         log(f"scored {len(names)} candidates on {len(units)} units")
         if args.phase == "score":
             return
@@ -285,11 +319,13 @@ def main() -> None:
         raise SystemExit(
             f"{rows_path} covers {len(set(rows['unit']))} of {len(units)} units: run --phase score"
         )
+    scored = rows.assign(error=rows["fisher_error"]) if args.metric == "fisher" else rows
+    check_against_foundation(scored, foundation, log)
     per_candidate = rows.groupby("candidate")["unit"].nunique()
     new = [n for n in NEW if per_candidate.get(n, 0) == len(units)]  # scored on every unit
     full = SensitivityProfile(
         table=pd.concat(
-            [foundation.table, rows[rows["candidate"].isin(new)].drop(columns="rel_weight_error")],
+            [foundation.table, scored[scored["candidate"].isin(new)][foundation.table.columns]],
             ignore_index=True,
         ),
         meta=dict(foundation.meta, palette=[*foundation.meta["palette"], *new]),
@@ -309,7 +345,7 @@ def main() -> None:
         if args.max_models:
             pending = dict(list(pending.items())[: args.max_models])
         evaluate(loaded, stats, pending, args, results, out, log)
-    write_report(out, args, todo, results, scheme_table(rows, foundation), units, started)
+    write_report(out, args, todo, results, scheme_table(rows, foundation, args.metric), units, started)
 
 
 def predict(foundation: SensitivityProfile, full: SensitivityProfile, out: Path, log) -> None:
@@ -378,12 +414,17 @@ def act_units(loaded, units, stats, out: Path, log) -> None:
     print(text, flush=True)
 
 
-def scheme_table(rows: pd.DataFrame, foundation: SensitivityProfile) -> pd.DataFrame:
-    """Per candidate: mean relative weight error, summed proxy and bpw over all units."""
+def scheme_table(rows: pd.DataFrame, foundation: SensitivityProfile, metric: str) -> pd.DataFrame:
+    """Per candidate: mean relative weight error, summed proxy and Fisher errors and bpw over all units."""
     scheme = (
-        pd.concat([rows, _foundation_rows(foundation, rows)], ignore_index=True)
+        pd.concat([rows, _foundation_rows(foundation, rows, metric)], ignore_index=True)
         .groupby("candidate")
-        .agg(rel_weight_error=("rel_weight_error", "mean"), proxy=("error", "sum"), nbytes=("nbytes", "sum"))
+        .agg(
+            rel_weight_error=("rel_weight_error", "mean"),
+            proxy=("error", lambda e: e.sum(min_count=1)),
+            fisher=("fisher_error", lambda e: e.sum(min_count=1)),
+            nbytes=("nbytes", "sum"),
+        )
     )
     first = rows.drop_duplicates("unit")
     scheme["bpw"] = scheme["nbytes"] * 8 / float((first["rows"] * first["cols"]).sum())
@@ -400,19 +441,23 @@ def write_report(out: Path, args, todo, results, scheme, units, started) -> None
     ref = results.get("float reference", {}).get("ppl", float("nan"))
     lines = [
         f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; calibration 32x512 wiki tokens; wiki-test ppl on "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; calibration 32x512 wiki tokens; plans by the "
+        f"{args.metric} metric; wiki-test ppl on "
         f"{args.eval_tokens} tokens (context 512, stride {args.stride}); units: "
         f"{'first ' + str(args.layers) + ' layers' if args.layers else 'all 210'}; "
         f"this run {time.time() - started:.0f} s.",
         "",
         f"Float reference perplexity: {ref:.3f}",
         "",
-        "| candidate | bpw | mean rel. weight error | proxy Σ tr(ΔW H ΔWᵀ) | uniform wiki ppl |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| candidate | bpw | mean rel. weight error | proxy Σ tr(ΔW H ΔWᵀ) | Fisher Σ F ΔW² "
+        "| uniform wiki ppl |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, r in scheme.sort_values("bpw").iterrows():
         ppl = _ppl(results, f"uniform {name}")
-        lines.append(f"| {name} | {r.bpw:.3f} | {r.rel_weight_error:.4f} | {r.proxy:.4g} | {ppl} |")
+        lines.append(
+            f"| {name} | {r.bpw:.3f} | {r.rel_weight_error:.4f} | {r.proxy:.4g} | {r.fisher:.4g} | {ppl} |"
+        )
     shapes = [u.shape for u in units]
     lines += [
         "",

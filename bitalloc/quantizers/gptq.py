@@ -8,8 +8,10 @@ each block. Group grids (``grid.py``) are recomputed at each group start from th
 
 ``quantize_gptq_many`` runs many candidates in one pass: W is copied once per candidate and the copies
 are stacked along the row dimension (rows never interact in GPTQ), each row block with its own bits,
-group size and symmetry, all sharing one Cholesky factor. Internally the matrix is held transposed,
-``(in, rows)``, so that a column of W is a contiguous row.
+group size and symmetry, all sharing one Cholesky factor. ``quantize_gptq_stack`` also batches across
+weights of one shape with their own Hessians (one column loop for, say, the q projections of all layers:
+far fewer kernel launches on a GPU). Internally the matrices are held transposed, ``(batch, in, rows)``,
+so that a column of W is a contiguous row.
 
 Hessian preparation: ``H`` is symmetrized; dead inputs (``diag(H) == 0``) get ``H[i, i] = 1`` and their
 weight columns are zeroed; then ``damp * mean(diag(H))`` is added to the diagonal. The factorization runs
@@ -59,28 +61,58 @@ def quantize_gptq_many(
 
     ``block_size`` is rounded up to a multiple of every group size (groups never straddle blocks).
     """
-    if not candidates:
-        return []
-    w = _check_inputs(weight, hessian, candidates, damp, block_size, unit)  # (out, in) float32 copy
-    out_features, in_features = w.shape
-    u, dead = _prepare(hessian.to(w.device), damp, unit)  # (in, in) upper factor of H^-1, (in,) dead inputs
-    w[:, dead] = 0
+    return quantize_gptq_stack(
+        [weight], [hessian], candidates, damp=damp, block_size=block_size, units=[unit]
+    )[0]
+
+
+def quantize_gptq_stack(
+    weights: Sequence[torch.Tensor],
+    hessians: Sequence[torch.Tensor],
+    candidates: Sequence[Candidate],
+    *,
+    damp: float = 0.01,
+    block_size: int = 128,
+    units: Sequence[str] | None = None,
+) -> list[list[QuantizedWeight]]:
+    """``quantize_gptq_many`` for several weights of one shape, each with its own Hessian, in one
+    batched column loop; ``result[b][i]`` is weight ``b`` under ``candidates[i]``."""
+    names = list(units) if units is not None else [""] * len(weights)
+    if not (len(weights) == len(hessians) == len(names)):
+        raise InvalidInput("give one Hessian and one unit name per weight")
+    if not candidates or not weights:
+        return [[] for _ in weights]
+    shapes = {tuple(w.shape) for w in weights}
+    if len(shapes) != 1:
+        raise InvalidInput(f"quantize_gptq_stack needs weights of one shape, got {sorted(shapes)}")
+    ws, us = [], []
+    for weight, hessian, unit in zip(weights, hessians, names, strict=True):
+        w = _check_inputs(weight, hessian, candidates, damp, block_size, unit)  # (out, in) float32 copy
+        u, dead = _prepare(hessian.to(w.device), damp, unit)  # (in, in) upper factor of H^-1, (in,) dead
+        w[:, dead] = 0
+        ws.append(w)
+        us.append(u)
+    out_features, in_features = ws[0].shape
     order = sorted(range(len(candidates)), key=lambda i: candidates[i].group_size)
     ordered = [candidates[i] for i in order]
-    rows = _RowLayout.build(ordered, out_features, w.device)
-    wt = w.t().repeat(1, len(ordered))  # (in, rows) column j of every copy is row j
-    codes_t, grids = _gptq_columns(wt, u, rows, _block(block_size, rows.group_sizes))
-    results: list[QuantizedWeight | None] = [None] * len(candidates)
-    for pos, (idx, cand) in enumerate(zip(order, ordered, strict=True)):
-        r0, r1 = pos * out_features, (pos + 1) * out_features
-        codes = codes_t[:, r0:r1].t()  # (out, in) uint8
-        seg_start, scales, offsets = grids[cand.group_size]
-        scale16 = scales[r0 - seg_start : r1 - seg_start].to(torch.float16)  # (out, in/group)
-        mins = None if cand.symmetric else offsets[r0 - seg_start : r1 - seg_start].to(torch.float16)
-        results[idx] = QuantizedWeight(
-            cand, (out_features, in_features), pack_codes(codes, cand.bits), scale16, mins
-        )
-    return [r for r in results if r is not None]
+    rows = _RowLayout.build(ordered, out_features, ws[0].device)
+    # (batch, in, rows): column j of every copy of weight b is wt[b, j]
+    wt = torch.stack([w.t().repeat(1, len(ordered)) for w in ws])
+    codes_t, grids = _gptq_columns(wt, torch.stack(us), rows, _block(block_size, rows.group_sizes))
+    results: list[list[QuantizedWeight]] = []
+    for b in range(len(ws)):
+        mine: list[QuantizedWeight | None] = [None] * len(candidates)
+        for pos, (idx, cand) in enumerate(zip(order, ordered, strict=True)):
+            r0, r1 = pos * out_features, (pos + 1) * out_features
+            codes = codes_t[b, :, r0:r1].t()  # (out, in) uint8
+            seg_start, scales, offsets = grids[cand.group_size]
+            scale16 = scales[b, r0 - seg_start : r1 - seg_start].to(torch.float16)  # (out, in/group)
+            mins = None if cand.symmetric else offsets[b, r0 - seg_start : r1 - seg_start].to(torch.float16)
+            mine[idx] = QuantizedWeight(
+                cand, (out_features, in_features), pack_codes(codes, cand.bits), scale16, mins
+            )
+        results.append([r for r in mine if r is not None])
+    return results
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,37 +144,41 @@ class _RowLayout:
 def _gptq_columns(
     wt: torch.Tensor, u: torch.Tensor, rows: _RowLayout, block: int
 ) -> tuple[torch.Tensor, dict[int, tuple[int, torch.Tensor, torch.Tensor]]]:
-    """Quantize the transposed stack ``wt`` (in, rows) in place; codes (in, rows) and grids per group size."""
-    n_cols, n_rows = wt.shape
+    """Quantize the transposed stacks ``wt`` (batch, in, rows) in place with the upper factors ``u``
+    (batch, in, in); codes (batch, in, rows) and, per group size, (first row, scales, offsets) with
+    scales and offsets (batch, segment rows, in/group)."""
+    n_batch, n_cols, n_rows = wt.shape
     sub = math.gcd(_SUB_BLOCK, *rows.group_sizes)  # divides every group size: groups start at sub-blocks
-    codes_t = torch.empty(n_cols, n_rows, dtype=torch.uint8, device=wt.device)  # (in, rows)
-    zeros = torch.zeros(n_rows, device=wt.device)
-    cur = GroupGrid(zeros.clone(), zeros.clone(), zeros.clone(), zeros.clone())  # (rows,) each
+    codes_t = torch.empty(n_batch, n_cols, n_rows, dtype=torch.uint8, device=wt.device)
+    zeros = torch.zeros(n_batch * n_rows, device=wt.device)
+    cur = GroupGrid(zeros.clone(), zeros.clone(), zeros.clone(), zeros.clone())  # (batch*rows,) each
     grids: dict[int, tuple[int, torch.Tensor, torch.Tensor]] = {}
     for g, r0, r1 in rows.segments:
-        shape = (r1 - r0, n_cols // g)  # (segment rows, in/group)
+        shape = (n_batch, r1 - r0, n_cols // g)  # (batch, segment rows, in/group)
         grids[g] = (r0, torch.empty(shape, device=wt.device), torch.empty(shape, device=wt.device))
-    diag = u.diagonal()  # (in,)
+    diag = u.diagonal(dim1=1, dim2=2)  # (batch, in)
     for b1 in range(0, n_cols, block):
         b2 = min(b1 + block, n_cols)
-        err = torch.empty(b2 - b1, n_rows, device=wt.device)  # (block, rows) scaled errors
+        err = torch.empty(n_batch, b2 - b1, n_rows, device=wt.device)  # (batch, block, rows) scaled errors
         for s1 in range(b1, b2, sub):
             s2 = min(s1 + sub, b2)
             for j in range(s1, s2):
                 for g, r0, r1 in rows.segments:
                     if j % g == 0:  # group start: columns j..j+g-1 are fully updated here
-                        _new_group(wt[j : j + g, r0:r1].t(), rows, r0, r1, cur, grids[g], j // g)
-                col = wt[j]  # (rows,)
-                q = cur.quantize(col)  # (rows,)
-                codes_t[j] = q.to(torch.uint8)
-                e = err[j - b1]
-                torch.sub(col, cur.dequantize(q), out=e).div_(diag[j])
+                        group = wt[:, j : j + g, r0:r1].transpose(1, 2)  # (batch, segment rows, g)
+                        _new_group(group, rows, r0, r1, cur, grids[g], j // g)
+                col = wt[:, j].reshape(-1)  # (batch*rows,)
+                q = cur.quantize(col)  # (batch*rows,)
+                codes_t[:, j] = q.view(n_batch, n_rows).to(torch.uint8)
+                e = (col - cur.dequantize(q)).view(n_batch, n_rows).div_(diag[:, j : j + 1])  # (batch, rows)
+                err[:, j - b1] = e
                 if j + 1 < s2:
-                    wt[j + 1 : s2].addr_(u[j, j + 1 : s2], e, alpha=-1)
+                    wt[:, j + 1 : s2].baddbmm_(u[:, j, j + 1 : s2].unsqueeze(2), e.unsqueeze(1), alpha=-1)
             if s2 < b2:
-                wt[s2:b2].addmm_(u[s1:s2, s2:b2].t(), err[s1 - b1 : s2 - b1], alpha=-1)
+                upd = u[:, s1:s2, s2:b2].transpose(1, 2)  # (batch, b2 - s2, s2 - s1)
+                wt[:, s2:b2].baddbmm_(upd, err[:, s1 - b1 : s2 - b1], alpha=-1)
         if b2 < n_cols:
-            wt[b2:].addmm_(u[b1:b2, b2:].t(), err, alpha=-1)
+            wt[:, b2:].baddbmm_(u[:, b1:b2, b2:].transpose(1, 2), err, alpha=-1)
     return codes_t, grids
 
 
@@ -155,13 +191,18 @@ def _new_group(
     record: tuple[int, torch.Tensor, torch.Tensor],
     index: int,
 ) -> None:
-    """Fit the grids of rows ``r0:r1`` on ``group`` (rows, g), make them current and record them."""
-    grid = group_grid(group, rows.bits[r0:r1], rows.symmetric[r0:r1])
+    """Fit the grids of rows ``r0:r1`` on ``group`` (batch, rows, g), make them current and record them."""
+    n_batch, n_seg, g = group.shape
+    grid = group_grid(
+        group.reshape(n_batch * n_seg, g),
+        rows.bits[r0:r1].repeat(n_batch),
+        rows.symmetric[r0:r1].repeat(n_batch),
+    )
     for name in ("scale", "offset", "zero", "maxq"):
-        getattr(cur, name)[r0:r1] = getattr(grid, name)
+        getattr(cur, name).view(n_batch, -1)[:, r0:r1] = getattr(grid, name).view(n_batch, n_seg)
     seg_start, scales, offsets = record
-    scales[r0 - seg_start : r1 - seg_start, index] = grid.scale
-    offsets[r0 - seg_start : r1 - seg_start, index] = grid.offset
+    scales[:, r0 - seg_start : r1 - seg_start, index] = grid.scale.view(n_batch, n_seg)
+    offsets[:, r0 - seg_start : r1 - seg_start, index] = grid.offset.view(n_batch, n_seg)
 
 
 def _prepare(hessian: torch.Tensor, damp: float, unit: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -110,9 +110,10 @@ class RoutingRecorder:
         def hook(module: nn.Module, args: tuple) -> None:
             hidden, index, weights = args[0], args[1], args[2]  # (t, h), (t, k), (t, k)
             n = self.counts[name].numel()
-            flat_i, flat_w = index.reshape(-1), weights.detach().reshape(-1).double().cpu()
+            # routing counts live on the CPU, whatever device the model runs on
+            flat_i, flat_w = index.reshape(-1).cpu(), weights.detach().reshape(-1).double().cpu()
             valid = flat_i < n
-            idx = flat_i[valid].cpu()
+            idx = flat_i[valid]
             self.counts[name].index_add_(0, idx, torch.ones_like(flat_w[valid]))
             self.w_sums[name].index_add_(0, idx, flat_w[valid])
             self.w_sq[name].index_add_(0, idx, flat_w[valid].square())

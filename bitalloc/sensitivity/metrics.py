@@ -96,9 +96,8 @@ def weighted_sq_errors(
 ) -> list[float]:
     """Σ scale ⊙ ΔW² for each dequantized copy; ``scale`` broadcasts against (out, in)."""
     s = scale.float()
-    return [
-        float(((dq.float() - weight.float()).square() * s).sum(dtype=torch.float64)) for dq in dequantized
-    ]
+    errors = [((dq.float() - weight.float()).square() * s).sum(dtype=torch.float64) for dq in dequantized]
+    return torch.stack(errors).tolist() if errors else []  # one device sync for all candidates
 
 
 def registry() -> Mapping[str, Metric]:

@@ -20,5 +20,5 @@ def proxy_errors(
     errors = []
     for dq in dequantized:
         delta = dq.float() - weight.float()  # (out, in)
-        errors.append(float(((delta @ h) * delta).sum(dtype=torch.float64).clamp_min(0.0)))
-    return errors
+        errors.append(((delta @ h) * delta).sum(dtype=torch.float64).clamp_min(0.0))
+    return torch.stack(errors).tolist() if errors else []  # one device sync for all candidates

@@ -19,11 +19,13 @@ from bitalloc.models.units import Unit
 from bitalloc.quantizers.candidate import Candidate, QuantKind
 from bitalloc.quantizers.gptq import quantize_gptq_many
 from bitalloc.quantizers.quantize import quantize
+from bitalloc.quantizers.quantized_weight import QuantizedWeight
 from bitalloc.quantizers.rtn import quantize_rtn
 from bitalloc.sensitivity.calibrate import CalibrationStats
 from bitalloc.sensitivity.experts import RoutingStats
 from bitalloc.sensitivity.metrics import Metric, UnitStats, get_metric
 from bitalloc.sensitivity.profile import SensitivityProfile
+from bitalloc.sensitivity.stacking import gptq_for_stack, plain_gptq, shape_stacks, stack_bytes
 
 METRIC_META_VERSION = 1
 
@@ -58,9 +60,11 @@ def quantize_palette(
     *,
     unit: str = "",
     n_tokens: int | None = None,
+    gptq_done: Mapping[Candidate, QuantizedWeight] | None = None,
 ) -> list[tuple[Candidate, torch.Tensor, int]]:
     """(candidate, dequantized (out, in), exact bytes) for every candidate that fits ``weight``;
-    ``n_tokens`` (behind ``hessian``) lets AWQ and k-means refuse too few calibration tokens."""
+    ``n_tokens`` (behind ``hessian``) lets AWQ and k-means refuse too few calibration tokens;
+    ``gptq_done`` holds plain GPTQ results already computed (by a stack)."""
     fitting = [c for c in palette if c.supports(tuple(weight.shape))]
     out = []
     gptq = [c for c in fitting if c.kind is QuantKind.GPTQ and c.name == _plain_name(c)]
@@ -68,7 +72,10 @@ def quantize_palette(
         raise InvalidInput(
             f"{gptq[0].name} for unit {unit!r} needs calibration Hessians; calibrate or use RTN"
         )
-    done = dict(zip(gptq, quantize_gptq_many(weight, hessian, gptq), strict=True)) if gptq else {}
+    if gptq_done is not None and all(c in gptq_done for c in gptq):
+        done = dict(gptq_done)
+    else:
+        done = dict(zip(gptq, quantize_gptq_many(weight, hessian, gptq), strict=True)) if gptq else {}
     for c in fitting:
         if c in done:
             q = done[c]
@@ -94,7 +101,8 @@ def profile_metrics(
     meta: dict,
     on_unit: Callable[[int, int], None] | None = None,
 ) -> dict[str, SensitivityProfile]:
-    """One SensitivityProfile per metric name; quantization runs once per (unit, candidate)."""
+    """One SensitivityProfile per metric name; quantization runs once per (unit, candidate), the GPTQ
+    candidates of same-shape units in one stacked loop; tables keep the order of ``units``."""
     if not units:
         raise InvalidInput("the model has no quantizable units: nothing to profile")
     if not palette:
@@ -102,30 +110,46 @@ def profile_metrics(
     if not metrics:
         raise InvalidInput("give at least one metric name")
     chosen: list[Metric] = [get_metric(m) for m in dict.fromkeys(metrics)]
-    rows: dict[str, list] = {m.name: [] for m in chosen}
-    for i, unit in enumerate(units):
-        stats = inputs.unit_stats(unit.name)
+    per_unit: dict[str, list[list]] = {m.name: [[] for _ in units] for m in chosen}
+    all_stats = [inputs.unit_stats(unit.name) for unit in units]
+    for unit, stats in zip(units, all_stats, strict=True):
         for metric in chosen:
             metric.check(stats, unit.name)
-        weight = unit_weight(model, unit).detach().float()  # (out, in)
-        hessian = None if stats.hessian is None else stats.hessian.to(weight.device)
-        n_tokens = None if inputs.calibration is None else inputs.calibration.n_tokens
-        scored = quantize_palette(weight, hessian, palette, unit=unit.name, n_tokens=n_tokens)
-        if not scored:
-            raise InvalidInput(f"no candidate of the palette fits unit {unit.name!r} of shape {unit.shape}")
-        dequantized = [dq for _, dq, _ in scored]
-        for metric in chosen:
-            errors = metric.score(weight, dequantized, stats)
-            for (candidate, _, nbytes), error in zip(scored, errors, strict=True):
-                if not (error == error and error >= 0):  # NaN or negative
-                    raise InvalidInput(
-                        f"metric {metric.name!r} gave error {error} for {unit.name}; check its statistics"
-                    )
-                rows[metric.name].append(
-                    (unit.name, unit.tie, *unit.shape, candidate.name, float(error), nbytes)
+    n_tokens = None if inputs.calibration is None else inputs.calibration.n_tokens
+    first = unit_weight(model, units[0])
+    copies = [len(plain_gptq(palette, u.shape)) for u in units]
+    done = 0
+    for stack in shape_stacks([u.shape for u in units], copies, stack_bytes(first.device)):
+        weights = [unit_weight(model, units[i]).detach().float() for i in stack]  # (out, in) each
+        hessians = [
+            None if all_stats[i].hessian is None else all_stats[i].hessian.to(w.device)  # type: ignore[union-attr]
+            for i, w in zip(stack, weights, strict=True)
+        ]
+        gptq = gptq_for_stack(weights, hessians, palette, [units[i].name for i in stack])
+        for i, weight, hessian, gptq_done in zip(stack, weights, hessians, gptq, strict=True):
+            unit, stats = units[i], all_stats[i]
+            scored = quantize_palette(
+                weight, hessian, palette, unit=unit.name, n_tokens=n_tokens, gptq_done=gptq_done
+            )
+            if not scored:
+                raise InvalidInput(
+                    f"no candidate of the palette fits unit {unit.name!r} of shape {unit.shape}"
                 )
-        if on_unit is not None:
-            on_unit(i + 1, len(units))
+            dequantized = [dq for _, dq, _ in scored]
+            for metric in chosen:
+                errors = metric.score(weight, dequantized, stats)
+                for (candidate, _, nbytes), error in zip(scored, errors, strict=True):
+                    if not (error == error and error >= 0):  # NaN or negative
+                        raise InvalidInput(
+                            f"metric {metric.name!r} gave error {error} for {unit.name}; check its statistics"
+                        )
+                    per_unit[metric.name][i].append(
+                        (unit.name, unit.tie, *unit.shape, candidate.name, float(error), nbytes)
+                    )
+            done += 1
+            if on_unit is not None:
+                on_unit(done, len(units))
+    rows = {name: [row for unit_rows in lists for row in unit_rows] for name, lists in per_unit.items()}
     cal = inputs.calibration
     base = dict(meta, palette=[c.name for c in palette], metric_version=METRIC_META_VERSION)
     if cal is not None:
