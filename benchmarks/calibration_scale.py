@@ -278,6 +278,7 @@ def main() -> None:
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--device", default="cpu", help="cpu or cuda (times are then wall seconds)")
     p.add_argument("--fisher", action="store_true", help="also time the Fisher pass (whole mode)")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer of the random model (default: SmolLM2)")
     p.add_argument("--child", choices=MODES)
     p.add_argument("--folder", type=Path)
     p.add_argument("--windows-file", type=Path)
@@ -305,7 +306,8 @@ def main() -> None:
     modes = [m for m in args.modes.split(",") if m]
     llama = args.model == LLAMA
     folder = random_llama_1b(cache_dir() / "bench") if llama else model_folder(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(model_folder("smollm2-135m") if llama else folder)
+    tok_folder = args.tokenizer or (model_folder("smollm2-135m") if llama else folder)
+    tokenizer = AutoTokenizer.from_pretrained(tok_folder)
     corpus = load_corpus("wiki", Split.CALIBRATION)
     windows = calibration_windows(tokenizer, corpus, n_windows=args.windows, seq_len=args.seq_len, seed=0)
     if llama:

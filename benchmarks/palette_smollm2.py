@@ -7,7 +7,7 @@ cached float calibration). Phases, each resumable from runs/bench-palette-s3:
 foundation's Fisher diagonals, relative weight error ||ΔW||/||W||, exact bytes),
 checkpointed to palette_rows.parquet; (2) ``--phase eval``: plans at
 2.5/3.0/3.5/4.0 bpw with the foundation palette (RTN+GPTQ) and the full palette, extra foundation points
-for the frontier, simulated W8A8/W4A4 recipes, then uniform recipes, in priority order; wiki-test
+for the frontier, uniform recipes, then the simulated W8A8/W4A4 recipes, in priority order; wiki-test
 perplexity of each (``--max-models`` per run; results.json after every batch); (3) the report
 (palette.md): per-scheme table, W8A8/W4A4 table with the analytic latency, mixed plans and the bpw gain
 at equal perplexity (interpolated in log ppl along each measured frontier).
@@ -116,12 +116,13 @@ def score_rows(loaded, units, stats, names, progress, path: Path, fisher=None) -
     rows = []
     for i, unit in enumerate(units):
         w = loaded.model.get_submodule(unit.name).weight.detach().float()  # (out, in)
-        h = stats.hessians[unit.name]
+        h = stats.hessians[unit.name].to(w.device)  # (in, in)
         fitting = [c for c in cands if c.supports(tuple(w.shape)) and (unit.name, c.name) not in have]
         qs = quantize_batch(w, fitting, h, unit.name)
         deq = [q.dequantize() for q in qs]
         proxies = proxy_errors(w, deq, h) if deq else []
-        fishers = weighted_sq_errors(w, deq, fisher[unit.name]) if fisher else [float("nan")] * len(deq)
+        nan = [float("nan")] * len(deq)
+        fishers = weighted_sq_errors(w, deq, fisher[unit.name].to(w.device)) if fisher else nan
         norm = float(w.norm())
         for c, q, d, e, fe in zip(fitting, qs, deq, proxies, fishers, strict=True):
             rel = float((d - w).norm()) / norm
@@ -191,13 +192,6 @@ def entries(foundation: SensitivityProfile, full: SensitivityProfile, units) -> 
             if label == "full" and bpw in FRONTIER:
                 continue
             out[f"{label} @ {bpw:g}"] = {"plan": make_plan(prof, Budget(target_bpw=bpw), solver="milp")}
-        if bpw == BUDGETS[1]:  # priority: the W8A8 / W4A4 recipes right after the first two budgets
-            for cand in ACT_FIRST:
-                nbytes = sum(Candidate.parse(cand).nbytes(u.shape) for u in units)
-                out[f"act {cand}"] = {"assignment": [(u.name, cand) for u in units], "nbytes": nbytes}
-    for cand in [c for c in ACT if c not in ACT_FIRST]:
-        nbytes = sum(Candidate.parse(cand).nbytes(u.shape) for u in units)
-        out[f"act {cand}"] = {"assignment": [(u.name, cand) for u in units], "nbytes": nbytes}
     notern = SensitivityProfile(
         table=full.table[~full.table["candidate"].str.startswith("tern")].reset_index(drop=True),
         meta=dict(full.meta, palette=[c for c in full.meta["palette"] if not c.startswith("tern")]),
@@ -210,6 +204,9 @@ def entries(foundation: SensitivityProfile, full: SensitivityProfile, units) -> 
     for cand in UNIFORM:
         if cand in full.meta["palette"]:
             out[f"uniform {cand}"] = {"plan": uniform_plan(full, cand)}
+    for cand in (*ACT_FIRST, *(c for c in ACT if c not in ACT_FIRST)):  # last: slow on the CPU
+        nbytes = sum(Candidate.parse(cand).nbytes(u.shape) for u in units)
+        out[f"act {cand}"] = {"assignment": [(u.name, cand) for u in units], "nbytes": nbytes}
     for e in out.values():
         if "plan" in e:
             plan = e["plan"]
@@ -235,7 +232,8 @@ def evaluate(loaded, stats, todo: dict[str, dict], args, results: dict, out: Pat
                 if (unit, cand) not in cache:
                     w = loaded.model.get_submodule(unit).weight.detach().float()  # (out, in)
                     c = Candidate.parse(cand)
-                    q = quantize(w, c, hessian=stats.hessians[unit], unit=unit, n_tokens=stats.n_tokens)
+                    h = stats.hessians[unit].to(w.device)
+                    q = quantize(w, c, hessian=h, unit=unit, n_tokens=stats.n_tokens)
                     idx = getattr(q, "stored", {}).get("outlier_idx")
                     cache[(unit, cand)] = (q.dequantize(), idx, act_bits(c), q.nbytes)
                 weight, idx, bits, nbytes = cache[(unit, cand)]
@@ -275,6 +273,7 @@ def main() -> None:
     parser.add_argument("--max-models", type=int, default=0, help="evaluate at most this many now (0: all)")
     parser.add_argument("--fast", action="store_true", help="score only FAST_NEW (see above)")
     parser.add_argument("--layers", type=int, default=0, help="only the units of the first N layers (0: all)")
+    parser.add_argument("--device", default="cpu", help="torch device for scoring, quantizing and evaluation")
     args = parser.parse_args()
     out = args.output
     (out / "plans").mkdir(parents=True, exist_ok=True)
@@ -287,7 +286,7 @@ def main() -> None:
         if done == total or done % 30 == 0:
             log(f"{step} {done}/{total}")
 
-    loaded = load_model("smollm2-135m")
+    loaded = load_model("smollm2-135m", device=args.device)
     units = discover_units(loaded.model)
     stats = get_calibration(loaded, units, CalibrationSettings(), progress)
     if args.phase == "act-units":
@@ -402,7 +401,7 @@ def act_units(loaded, units, stats, out: Path, log) -> None:
             inputs[u.name],
         )  # (out, in), (t, in)
         signal = float((x @ w.T).pow(2).sum() / x.shape[0])
-        qs = quantize_batch(w, [Candidate.parse(c) for c in ACT], stats.hessians[u.name], u.name)
+        qs = quantize_batch(w, [Candidate.parse(c) for c in ACT], stats.hessians[u.name].to(w.device), u.name)
         table[u.name] = [output_error(w, q, x) / signal for q in qs]
         log(f"act-units {u.name}")
     lines = [f"| unit | {' | '.join(ACT)} |", "| --- |" + " ---: |" * len(ACT)]
@@ -436,11 +435,17 @@ def _ppl(results: dict, name: str) -> str:
     return f"{r['ppl']:.2f}" if r else "not run"
 
 
+def _machine(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({platform.machine()} host)"
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
 def write_report(out: Path, args, todo, results, scheme, units, started) -> None:
     """Markdown tables (palette.md) from whatever has been evaluated so far."""
     ref = results.get("float reference", {}).get("ppl", float("nan"))
     lines = [
-        f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"Machine: {_machine(args.device)}, torch {torch.__version__}; "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; calibration 32x512 wiki tokens; plans by the "
         f"{args.metric} metric; wiki-test ppl on "
         f"{args.eval_tokens} tokens (context 512, stride {args.stride}); units: "

@@ -57,7 +57,7 @@ def weighted_kmeans(x: torch.Tensor, weight: torch.Tensor, k: int, iterations: i
     """Centers ``(rows, k)`` of weighted 1-D k-means on every row of ``x`` (rows, g), ``weight`` (rows, g)."""
     lo = x.amin(dim=1, keepdim=True)  # (rows, 1)
     hi = x.amax(dim=1, keepdim=True)
-    centers = lo + (hi - lo) * torch.linspace(0, 1, k).unsqueeze(0)  # (rows, k) RTN levels
+    centers = lo + (hi - lo) * torch.linspace(0, 1, k, device=x.device).unsqueeze(0)  # (rows, k) RTN levels
     wx = x * weight  # (rows, g)
     for _ in range(iterations):
         assign = _nearest(x, centers)  # (rows, g)

@@ -88,18 +88,19 @@ def _one(
     g, n_groups = c.group_size, in_features // c.group_size
     hi = n_high(c, in_features)
     high = torch.sort(-salience.reshape(n_groups, g).sum(1), stable=True).indices[:hi].sort().values
-    is_high = torch.zeros(n_groups, dtype=torch.bool)
+    dev = w0.device
+    is_high = torch.zeros(n_groups, dtype=torch.bool, device=dev)
     is_high[high] = True
     w = w0.clone()
     w[:, dead] = 0
-    codes = torch.empty(out_features, in_features, dtype=torch.uint8)
-    scales = torch.empty(out_features, n_groups)
-    mins = torch.empty(out_features, n_groups)
+    codes = torch.empty(out_features, in_features, dtype=torch.uint8, device=dev)
+    scales = torch.empty(out_features, n_groups, device=dev)
+    mins = torch.empty(out_features, n_groups, device=dev)
     block = max(g, CONFIG.block_size // g * g)
     grid = None
     for b1 in range(0, in_features, block):
         b2 = min(b1 + block, in_features)
-        err = torch.empty(out_features, b2 - b1)  # (out, block) scaled errors
+        err = torch.empty(out_features, b2 - b1, device=dev)  # (out, block) scaled errors
         for j in range(b1, b2):
             if j % g == 0:
                 bits = c.bits + 1 if bool(is_high[j // g]) else c.bits
@@ -130,16 +131,17 @@ def dequantize(q: PackedWeight) -> torch.Tensor:
     c = q.candidate
     out_features, in_features = q.shape
     g, n_groups = c.group_size, in_features // c.group_size
-    is_high = torch.zeros(n_groups, dtype=torch.bool)
+    dev = q.stored["scales"].device
+    is_high = torch.zeros(n_groups, dtype=torch.bool, device=dev)
     is_high[q.stored["high_groups"].long()] = True
     hi = int(is_high.sum())
-    codes = torch.empty(out_features, n_groups, g)
+    codes = torch.empty(out_features, n_groups, g, device=dev)
     lo_codes = unpack_codes(q.stored["codes_lo"], c.bits, out_features * (n_groups - hi) * g).float()
     hi_codes = unpack_codes(q.stored["codes_hi"], c.bits + 1, out_features * hi * g).float()
     codes[:, ~is_high] = lo_codes.view(out_features, n_groups - hi, g)
     codes[:, is_high] = hi_codes.view(out_features, hi, g)
     bits = torch.where(is_high, c.bits + 1, c.bits).float()  # (groups,)
-    zero = 2 ** (bits - 1) if c.symmetric else torch.zeros(n_groups)
+    zero = 2 ** (bits - 1) if c.symmetric else torch.zeros(n_groups, device=dev)
     w = (codes - zero.view(1, -1, 1)) * q.stored["scales"].float().unsqueeze(-1)
     if not c.symmetric:
         w = w + q.stored["mins"].float().unsqueeze(-1)

@@ -80,7 +80,7 @@ def dequantize(q: PackedWeight) -> torch.Tensor:
     """Mid-bin reconstruction from the top ``bits`` planes: float32 ``(out, in)``."""
     out_features, in_features = q.shape
     k, n = q.candidate.bits, out_features * in_features
-    top = torch.zeros(n, dtype=torch.float32)
+    top = torch.zeros(n, dtype=torch.float32, device=q.stored["scales"].device)
     for i in range(k):
         top = top * 2 + unpack_codes(q.stored["planes"][i], 1, n).float()
     shift = 2 ** (FULL_BITS - k)

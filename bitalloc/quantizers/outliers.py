@@ -95,7 +95,7 @@ def quantize_with_columns(
 ) -> list[dict[str, torch.Tensor]]:
     """Tensors ``base.*``, ``outlier_idx``, ``outlier_val`` of each base with float16 ``columns`` (sorted)."""
     w, h, o = weight.float(), hessian.float(), columns  # (out, in), (in, in), (n,)
-    keep = torch.ones(w.shape[1], dtype=torch.bool)
+    keep = torch.ones(w.shape[1], dtype=torch.bool, device=w.device)
     keep[o] = False
     b = keep.nonzero().squeeze(1)  # (in - n,)
     w_base = w.clone()

@@ -82,7 +82,10 @@ def quantize_many(
     blocks = w.reshape(-1, BLOCK)  # (words, 16)
     pos = sal.reshape(-1, BLOCK).topk(NONZEROS, dim=1, sorted=False).indices.sort(dim=1).values  # (words, 3)
     kept = blocks.gather(1, pos)  # (words, 3)
-    rank = sum(torch.tensor([math.comb(c, i + 1) for c in range(BLOCK)])[pos[:, i]] for i in range(NONZEROS))
+    binom = [  # C(c, i+1) for every position c
+        torch.tensor([math.comb(c, i + 1) for c in range(BLOCK)], device=w.device) for i in range(NONZEROS)
+    ]
+    rank = sum(binom[i][pos[:, i]] for i in range(NONZEROS))
     signs = (kept < 0).long()  # (words, 3)
     word = rank * 2**NONZEROS + signs[:, 0] * 4 + signs[:, 1] * 2 + signs[:, 2]  # (words,)
     stored_codes = {
@@ -108,10 +111,10 @@ def dequantize(q: PackedWeight) -> torch.Tensor:
     rank, sign_bits = word >> NONZEROS, word & (2**NONZEROS - 1)
     if bool((rank >= math.comb(BLOCK, NONZEROS)).any()):
         raise ValueError("corrupt ternary stream: word outside the dictionary")
-    pos = _combos()[rank]  # (words, 3)
-    shifts = torch.arange(NONZEROS - 1, -1, -1)
+    pos = _combos().to(word.device)[rank]  # (words, 3)
+    shifts = torch.arange(NONZEROS - 1, -1, -1, device=word.device)
     vals = 1.0 - 2.0 * ((sign_bits.unsqueeze(1) >> shifts) & 1).float()  # (words, 3) ±1
-    blocks = torch.zeros(n_words, BLOCK).scatter_(1, pos, vals)
+    blocks = torch.zeros(n_words, BLOCK, device=word.device).scatter_(1, pos, vals)
     g = q.candidate.group_size
     w = blocks.reshape(out_features, in_features // g, g) * q.stored["scales"].float().unsqueeze(-1)
     return w.reshape(out_features, in_features)
