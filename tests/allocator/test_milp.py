@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bitalloc.allocator import dp
+from bitalloc.allocator import milp as milp_module
 from bitalloc.allocator.milp import solve_milp
 from tests.allocator.test_problem import brute_force, check_assignment, dynamic_programming, make, problems
 
@@ -66,3 +69,46 @@ def test_time_limit_is_accepted_and_reported():
     problem = make(rng.random((30, 8)), nbytes=rng.integers(1, 50, (30, 8)))
     solution = solve_milp(problem, 600, time_limit=30.0)
     assert solution.status in ("optimal", "time_limit") and solution.nbytes <= 600
+
+
+def layer_level_instance(seed: int, layers: int) -> tuple:
+    """Shaped like a 70B profile at layer level: four tensor groups per layer whose byte counts are
+    power-of-two multiples of (4 bits + 1 or 2 scale words), errors falling about 4x per bit."""
+    rng = np.random.default_rng(seed)
+    units = np.array([5 * 2**19, 2**21, 7 * 2**21, 7 * 2**20] * layers, dtype=np.int64)
+    bits = np.repeat([2, 3, 4, 5, 6, 8], 2)
+    words = np.tile([1, 2], 6)  # g64 and g32 scales
+    nbytes = units[:, None] * (4 * bits + words)[None, :]
+    loss = (
+        units[:, None]
+        * 4.0 ** -bits[None, :]
+        * np.where(words == 2, 0.8, 1.0)[None, :]
+        * rng.lognormal(0, 0.5, (len(units), 1))
+        * rng.uniform(0.9, 1.1, nbytes.shape)
+    )
+    return make(loss, nbytes=nbytes), units
+
+
+@pytest.mark.parametrize("bpw", [2.6, 3.3, 4.1, 5.7, 7.2])
+def test_dp_path_agrees_with_highs_on_a_layer_level_instance(monkeypatch, bpw):
+    problem, units = layer_level_instance(int(bpw * 10), layers=20)
+    max_bytes = int(bpw * 4 * units.sum())  # a group's bytes are unit x (4 bits + words): 4 units per bpw
+    lo, hi = problem.byte_range()
+    assert lo < max_bytes < hi
+    with monkeypatch.context() as mp:  # the DP answers alone: HiGHS is never called
+        mp.setattr(milp_module, "milp", lambda *a, **k: pytest.fail("HiGHS ran"))
+        by_dp = solve_milp(problem, max_bytes)
+    monkeypatch.setattr(dp, "MAX_CELLS", 0)  # the DP declines: HiGHS answers
+    by_highs = solve_milp(problem, max_bytes)
+    assert by_dp.status == by_highs.status == "optimal"
+    assert by_dp.nbytes <= max_bytes and by_highs.nbytes <= max_bytes
+    assert by_dp.objective == pytest.approx(by_highs.objective, rel=1e-9)
+    assert by_dp.objective == pytest.approx(dynamic_programming_scaled(problem, max_bytes), rel=1e-12)
+
+
+def dynamic_programming_scaled(problem, max_bytes: int) -> float:
+    """``dynamic_programming`` over bytes divided by their common factor (the plain one would need
+    billions of states)."""
+    unit = int(np.gcd.reduce(problem.nbytes.ravel()))
+    scaled = make(problem.loss, nbytes=problem.nbytes // unit)
+    return dynamic_programming(scaled, max_bytes // unit)
