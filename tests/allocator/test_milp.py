@@ -112,3 +112,19 @@ def dynamic_programming_scaled(problem, max_bytes: int) -> float:
     unit = int(np.gcd.reduce(problem.nbytes.ravel()))
     scaled = make(problem.loss, nbytes=problem.nbytes // unit)
     return dynamic_programming(scaled, max_bytes // unit)
+
+
+@pytest.mark.parametrize(("seed", "bpw"), [(5, 6.927516080599591), (35, 6.958059961435777)])
+def test_dp_optimum_tied_with_the_lagrangian_plan_needs_no_highs(monkeypatch, seed, bpw):
+    # Five copies of a 4-layer block: the optimum can upgrade either of two identical groups, and the
+    # DP's pick then sums a few ulps above the Lagrangian plan's. Both are optimal (HiGHS used to run).
+    block, units = layer_level_instance(seed, layers=4)
+    problem = make(np.tile(block.loss, (5, 1)), nbytes=np.tile(block.nbytes, (5, 1)))
+    max_bytes = int(bpw * 4 * units.sum() * 5)
+    with monkeypatch.context() as mp:
+        mp.setattr(milp_module, "milp", lambda *a, **k: pytest.fail("HiGHS ran"))
+        by_dp = solve_milp(problem, max_bytes)
+    monkeypatch.setattr(dp, "MAX_CELLS", 0)
+    by_highs = solve_milp(problem, max_bytes)
+    assert by_dp.status == "optimal" and by_dp.gap == 0.0 and by_dp.nbytes <= max_bytes
+    assert by_dp.objective == pytest.approx(by_highs.objective, rel=1e-12)

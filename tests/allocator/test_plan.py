@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -40,6 +41,12 @@ def test_plan_json_round_trip_is_exact(tmp_path):
     assert doc["totals"]["model_bytes"] == plan.nbytes + 1234
     assert {"name", "status", "gap"} <= set(doc["solver"])
     assert doc["model"]["hash"] == "m" * 64 and doc["profile_hash"]
+
+
+def test_assignment_entries_carry_every_field_in_order():
+    plan = a_plan()
+    entries = plan.to_json()["assignment"]
+    assert [list(e.items()) for e in entries] == [list(asdict(c).items()) for c in plan.assignment]
 
 
 def test_plan_for_another_model_is_refused():
