@@ -52,6 +52,7 @@ from bitalloc.quantizers.activations import act_bits, latency_table, quantize_ac
 from bitalloc.quantizers.candidate import Candidate
 from bitalloc.quantizers.quantize import quantize
 from bitalloc.quantizers.registry import quantize_batch
+from bitalloc.sensitivity.fisher_scaled import fisher_scaled, unit_scales
 from bitalloc.sensitivity.metrics import weighted_sq_errors
 from bitalloc.sensitivity.profile import SensitivityProfile
 from bitalloc.sensitivity.proxy import proxy_errors
@@ -258,10 +259,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, default=Path("runs/bench-palette-s3"))
     parser.add_argument(
-        "--metric", choices=("fisher", "hessian"), default="fisher", help="the error the plans are made with"
+        "--metric",
+        choices=("fisher", "hessian", "fisher_scaled"),
+        default="fisher",
+        help="the error the plans are made with (fisher_scaled: the proxy scaled per unit by the Fisher)",
     )
     parser.add_argument(
-        "--foundation", type=Path, default=None, help="default: runs/bench-quality/profile-METRIC.parquet"
+        "--foundation",
+        type=Path,
+        default=None,
+        help="default: runs/bench-quality/profile-METRIC.parquet (fisher_scaled: the hessian one)",
     )
     parser.add_argument(
         "--phase", choices=("score", "eval", "report", "predict", "act-units", "all"), default="all"
@@ -294,13 +301,19 @@ def main() -> None:
         return
     if args.layers:  # a sub-problem: the allocator sees only these units (bpw over their weights)
         units = tuple(u for u in units if int(u.name.split(".")[2]) < args.layers)
-    foundation_path = args.foundation or Path(f"runs/bench-quality/profile-{args.metric}.parquet")
+    base_metric = "hessian" if args.metric == "fisher_scaled" else args.metric
+    foundation_path = args.foundation or Path(f"runs/bench-quality/profile-{base_metric}.parquet")
     foundation = SensitivityProfile.load(foundation_path)
-    if foundation.model_hash != loaded.model_hash or foundation.meta.get("metric", "hessian") != args.metric:
+    if foundation.model_hash != loaded.model_hash or foundation.meta.get("metric", "hessian") != base_metric:
         raise SystemExit(
-            f"{foundation_path} is not a {args.metric} profile of this model: "
+            f"{foundation_path} is not a {base_metric} profile of this model: "
             "run benchmarks/quality_smollm2.py"
         )
+    unit_scale = None
+    if args.metric == "fisher_scaled":  # the proxy's ranking inside a unit, the Fisher's weight per unit
+        fisher = SensitivityProfile.load("runs/bench-quality/profile-fisher.parquet")
+        unit_scale = unit_scales(foundation, fisher)
+        foundation = fisher_scaled(foundation, fisher)
     keep = foundation.table["unit"].isin([u.name for u in units])
     foundation = SensitivityProfile(table=foundation.table[keep].reset_index(drop=True), meta=foundation.meta)
     rows_path = out / "palette_rows.parquet"
@@ -319,6 +332,8 @@ def main() -> None:
             f"{rows_path} covers {len(set(rows['unit']))} of {len(units)} units: run --phase score"
         )
     scored = rows.assign(error=rows["fisher_error"]) if args.metric == "fisher" else rows
+    if unit_scale is not None:
+        scored = rows.assign(error=rows["error"] * rows["unit"].map(unit_scale).to_numpy())
     check_against_foundation(scored, foundation, log)
     per_candidate = rows.groupby("candidate")["unit"].nunique()
     new = [n for n in NEW if per_candidate.get(n, 0) == len(units)]  # scored on every unit

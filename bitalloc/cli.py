@@ -63,8 +63,8 @@ Model = Annotated[str, typer.Option("--model", "-m", help="bundled name, HF fold
 
 
 METRIC_HELP = (
-    "sensitivity metric: fisher (default, the best predictor of measured loss), hessian, awq, slim, "
-    "weight_mse or higgs"
+    "sensitivity metric: fisher (default, the best predictor of measured loss), hessian, fisher_scaled "
+    "(the proxy weighted per unit by the Fisher), awq, slim, weight_mse or higgs"
 )
 
 

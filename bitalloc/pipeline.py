@@ -23,7 +23,7 @@ from bitalloc.evaluate.perplexity import EvalResult, evaluate_models
 from bitalloc.models.loading import LoadedModel, cache_dir
 from bitalloc.models.units import Unit, discover_units, unquantized_bytes
 from bitalloc.quantizers.apply import apply_plan, needs_hessians
-from bitalloc.quantizers.candidate import Candidate, default_palette
+from bitalloc.quantizers.candidate import Candidate, QuantKind, default_palette
 from bitalloc.sensitivity.calibrate import CalibrationStats, calibrate
 from bitalloc.sensitivity.metrics import DEFAULT_METRIC
 from bitalloc.sensitivity.profile import SensitivityProfile
@@ -105,7 +105,7 @@ def get_calibration(
     return stats
 
 
-PIPELINE_METRICS = ("hessian", "fisher", "awq", "slim", "weight_mse", "higgs")
+PIPELINE_METRICS = ("hessian", "fisher", "fisher_scaled", "awq", "slim", "weight_mse", "higgs")
 
 
 def run_profile(
@@ -123,9 +123,18 @@ def run_profile(
         raise InvalidInput(
             f"unknown or unsupported profile metric {metric!r}; choose one of {', '.join(PIPELINE_METRICS)}"
         )
+    palette = tuple(palette or default_palette())
+    if metric == "fisher_scaled":  # the proxy of every candidate, scaled per unit by the Fisher of RTN's
+        from bitalloc.sensitivity.fisher_scaled import fisher_scaled
+
+        kw = dict(progress=progress, streaming=streaming)
+        hessian = run_profile(loaded, settings, palette=palette, metric="hessian", **kw)
+        rtn = tuple(c for c in palette if c.name.startswith("rtn-")) or tuple(
+            default_palette(kinds=(QuantKind.RTN,))
+        )
+        return fisher_scaled(hessian, run_profile(loaded, settings, palette=rtn, metric="fisher", **kw))
     units = discover_units(loaded.model)
     stats = get_calibration(loaded, units, settings, progress, streaming=streaming)
-    palette = tuple(palette or default_palette())
     meta = {"model_name": loaded.name, "unquantized_bytes": unquantized_bytes(loaded.model, units)}
     on_unit = lambda d, t: progress("profile", d, t)  # noqa: E731
     if metric == "hessian":

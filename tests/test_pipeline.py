@@ -47,3 +47,19 @@ def test_profile_refuses_awq_on_too_few_calibration_tokens(smollm2_small, metric
         match=r"awq-w4g64-asym for unit .model\.layers\.0\.self_attn\.q_proj.*got 256",
     ):
         run_profile(smollm2_small, few, palette=(Candidate.parse("awq-w4g64-asym"),), metric=metric)
+
+
+def test_fisher_scaled_profile_is_the_proxy_weighted_per_unit_by_the_fisher(smollm2_small) -> None:
+    palette = (*PALETTE, *default_palette(kinds=(QuantKind.GPTQ,), bits=(2,), group_sizes=(64,)))
+    hessian = run_profile(smollm2_small, SETTINGS, palette=palette, metric="hessian")
+    fisher = run_profile(smollm2_small, SETTINGS, palette=PALETTE, metric="fisher")
+    scaled = run_profile(smollm2_small, SETTINGS, palette=palette, metric="fisher_scaled")
+    assert scaled.meta["metric"] == "fisher_scaled" and len(scaled.table) == len(hessian.table)
+    wide = {
+        n: p.table.pivot(index="unit", columns="candidate", values="error")
+        for n, p in (("h", hessian), ("f", fisher), ("s", scaled))
+    }
+    ratio = wide["s"] / wide["h"]  # one factor per unit, GPTQ included
+    assert (ratio.max(axis=1) / ratio.min(axis=1) - 1).abs().max() < 1e-9
+    rtn = [c.name for c in PALETTE]
+    assert (wide["s"][rtn].sum(axis=1) / wide["f"][rtn].sum(axis=1) - 1).abs().max() < 1e-6
