@@ -52,7 +52,7 @@ from bitalloc.quantizers.activations import act_bits, latency_table, quantize_ac
 from bitalloc.quantizers.candidate import Candidate
 from bitalloc.quantizers.quantize import quantize
 from bitalloc.quantizers.registry import quantize_batch
-from bitalloc.sensitivity.fisher_scaled import fisher_scaled, unit_scales
+from bitalloc.sensitivity.fisher_scaled import fisher_scaled, scaled_errors, unit_scales
 from bitalloc.sensitivity.metrics import weighted_sq_errors
 from bitalloc.sensitivity.profile import SensitivityProfile
 from bitalloc.sensitivity.proxy import proxy_errors
@@ -333,7 +333,7 @@ def main() -> None:
         )
     scored = rows.assign(error=rows["fisher_error"]) if args.metric == "fisher" else rows
     if unit_scale is not None:
-        scored = rows.assign(error=rows["error"] * rows["unit"].map(unit_scale).to_numpy())
+        scored = scaled_errors(rows, unit_scale)
     check_against_foundation(scored, foundation, log)
     per_candidate = rows.groupby("candidate")["unit"].nunique()
     new = [n for n in NEW if per_candidate.get(n, 0) == len(units)]  # scored on every unit

@@ -124,15 +124,6 @@ def run_profile(
             f"unknown or unsupported profile metric {metric!r}; choose one of {', '.join(PIPELINE_METRICS)}"
         )
     palette = tuple(palette or default_palette())
-    if metric == "fisher_scaled":  # the proxy of every candidate, scaled per unit by the Fisher of RTN's
-        from bitalloc.sensitivity.fisher_scaled import fisher_scaled
-
-        kw = dict(progress=progress, streaming=streaming)
-        hessian = run_profile(loaded, settings, palette=palette, metric="hessian", **kw)
-        rtn = tuple(c for c in palette if c.name.startswith("rtn-")) or tuple(
-            default_palette(kinds=(QuantKind.RTN,))
-        )
-        return fisher_scaled(hessian, run_profile(loaded, settings, palette=rtn, metric="fisher", **kw))
     units = discover_units(loaded.model)
     stats = get_calibration(loaded, units, settings, progress, streaming=streaming)
     meta = {"model_name": loaded.name, "unquantized_bytes": unquantized_bytes(loaded.model, units)}
@@ -143,6 +134,20 @@ def run_profile(
         )
     from bitalloc.sensitivity.scoring import MetricInputs, profile_metrics
 
+    if metric == "fisher_scaled":  # one pass: the proxy of every candidate, the Fisher of the RTN ones
+        from bitalloc.sensitivity.fisher_scaled import fisher_scaled
+
+        inputs = MetricInputs(
+            calibration=stats, **_metric_statistics(loaded, units, settings, "fisher", progress)
+        )
+        rtn = tuple(c for c in palette if c.kind is QuantKind.RTN) or default_palette(kinds=(QuantKind.RTN,))
+        hessian = profile_metrics(
+            loaded.model, units, palette, metrics=["hessian"], inputs=inputs, meta=meta, on_unit=on_unit
+        )["hessian"]
+        fisher = profile_metrics(loaded.model, units, rtn, metrics=["fisher"], inputs=inputs, meta=meta)[
+            "fisher"
+        ]
+        return fisher_scaled(hessian, fisher)
     inputs = MetricInputs(calibration=stats, **_metric_statistics(loaded, units, settings, metric, progress))
     return profile_metrics(
         loaded.model, units, palette, metrics=[metric], inputs=inputs, meta=meta, on_unit=on_unit

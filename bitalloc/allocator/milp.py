@@ -79,10 +79,11 @@ def solve_milp_merged(
         options["time_limit"] = float(time_limit)
 
     exact = knapsack_dp(g, c, excess[g, c], extra[g, c], cap, len(rows))
-    if exact is not None and excess[rows, exact].sum() <= upper * (1 + 1e-12):
+    exact_excess = None if exact is None else excess[rows, exact].sum()
+    if exact_excess is not None and exact_excess <= upper * (1 + 1e-12):
         # The DP optimum can tie the Lagrangian plan yet sum a few ulps above it in another order:
         # both are then optimal; the smaller sum is kept (HiGHS used to be run on such ties).
-        best = exact if excess[rows, exact].sum() <= upper else heuristic
+        best = exact if exact_excess <= upper else heuristic
         return canonical_choice(m, best), float(m.loss[rows, best].sum()), "optimal"
     best, bound, status = heuristic, lp_bound, "feasible"
     for attempt in range(3):  # re-solve with a tighter cap if rounding x ever overshoots the budget

@@ -8,7 +8,7 @@ another model by accident.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +33,7 @@ class UnitChoice:
     def to_json(self) -> dict:
         """The assignment entry of the plan document (``dataclasses.asdict`` without its deep copies:
         a 560-unit plan's document is built 10x faster)."""
-        return {
-            "unit": self.unit,
-            "candidate": self.candidate,
-            "nbytes": self.nbytes,
-            "numel": self.numel,
-            "error": self.error,
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)

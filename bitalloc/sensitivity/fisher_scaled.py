@@ -41,9 +41,13 @@ def unit_scales(hessian: SensitivityProfile, fisher: SensitivityProfile) -> pd.S
     return (sums["error_f"] / sums["error_h"]).rename("scale")
 
 
+def scaled_errors(table: pd.DataFrame, scale: pd.Series) -> pd.DataFrame:
+    """``table`` (rows with ``unit`` and ``error``) with each error times its unit's ``scale``."""
+    return table.assign(error=table["error"] * table["unit"].map(scale).to_numpy())
+
+
 def fisher_scaled(hessian: SensitivityProfile, fisher: SensitivityProfile) -> SensitivityProfile:
     """The hessian profile's rows (every candidate) with errors rescaled per unit by ``unit_scales``."""
-    scale = unit_scales(hessian, fisher)
-    table = hessian.table.assign(error=hessian.table["error"] * hessian.table["unit"].map(scale).to_numpy())
+    table = scaled_errors(hessian.table, unit_scales(hessian, fisher))
     meta = dict(hessian.meta, metric=METRIC, fisher_profile_hash=fisher.content_hash)
     return SensitivityProfile(table=table.reset_index(drop=True), meta=meta)
