@@ -78,6 +78,7 @@ def profile(
     seed: int = 0,
     streaming: Annotated[bool, typer.Option(help="calibrate one decoder layer at a time")] = False,
     metric: Annotated[str, typer.Option(help=METRIC_HELP)] = "fisher",
+    scoring: Annotated[str, typer.Option(help=SCORING_HELP)] = "exact",
 ) -> None:
     """Calibrate MODEL on CORPUS and score every unit x candidate of the default palette."""
     from bitalloc.models.loading import load_model
@@ -86,11 +87,17 @@ def profile(
     with progress_bar() as update:
         loaded = load_model(model)
         settings = CalibrationSettings(corpus, windows, seq_len, seed)
-        prof = run_profile(loaded, settings, progress=update, streaming=streaming, metric=metric)
+        prof = run_profile(
+            loaded, settings, progress=update, streaming=streaming, metric=metric, scoring=scoring
+        )
     path = prof.save(output)
     console.print(f"profile: {len(prof.units())} units x {len(prof.meta['palette'])} candidates -> {path}")
 
 
+SCORING_HELP = (
+    "exact (quantize every candidate) or estimate (RTN/GPTQ errors in closed form, no GPTQ run; "
+    "metrics hessian and fisher_scaled)"
+)
 SOLVER_HELP = "auto, milp, lagrange, pulp, pulp:NAME (any solver PuLP drives), cvxpy or baq"
 
 

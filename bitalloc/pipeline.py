@@ -106,6 +106,8 @@ def get_calibration(
 
 
 PIPELINE_METRICS = ("hessian", "fisher", "fisher_scaled", "awq", "slim", "weight_mse", "higgs")
+SCORINGS = ("exact", "estimate")
+ESTIMATED_METRICS = ("hessian", "fisher_scaled")
 
 
 def run_profile(
@@ -116,19 +118,38 @@ def run_profile(
     progress: Progress = _quiet,
     streaming: bool = False,
     metric: str = DEFAULT_METRIC,
+    scoring: str = "exact",
 ) -> SensitivityProfile:
     """Calibrate ``loaded`` and score every unit against ``palette`` (default: the foundation palette)
-    with ``metric`` (one of PIPELINE_METRICS; the MoE routing metrics need bitalloc.sensitivity.experts)."""
+    with ``metric`` (one of PIPELINE_METRICS; the MoE routing metrics need bitalloc.sensitivity.experts).
+
+    ``scoring="estimate"`` (metrics hessian and fisher_scaled) prices the RTN and GPTQ candidates in
+    closed form (``sensitivity/estimate.py``) instead of quantizing each: no GPTQ run at all."""
     if metric not in PIPELINE_METRICS:
         raise InvalidInput(
             f"unknown or unsupported profile metric {metric!r}; choose one of {', '.join(PIPELINE_METRICS)}"
+        )
+    if scoring not in SCORINGS:
+        raise InvalidInput(f"unknown scoring {scoring!r}; choose one of {', '.join(SCORINGS)}")
+    if scoring == "estimate" and metric not in ESTIMATED_METRICS:
+        raise InvalidInput(
+            f"closed-form scoring covers the metrics {', '.join(ESTIMATED_METRICS)}, not {metric!r}; "
+            "use scoring 'exact' for it"
         )
     palette = tuple(palette or default_palette())
     units = discover_units(loaded.model)
     stats = get_calibration(loaded, units, settings, progress, streaming=streaming)
     meta = {"model_name": loaded.name, "unquantized_bytes": unquantized_bytes(loaded.model, units)}
     on_unit = lambda d, t: progress("profile", d, t)  # noqa: E731
-    if metric == "hessian":
+    if scoring == "estimate":
+        from bitalloc.sensitivity.estimate import profile_estimate
+
+        proxy = profile_estimate(
+            loaded.model, units, stats, palette, meta=dict(meta, metric="hessian"), on_unit=on_unit
+        )
+        if metric == "hessian":
+            return proxy
+    elif metric == "hessian":
         return profile_model(
             loaded.model, units, stats, palette, meta=dict(meta, metric="hessian"), on_unit=on_unit
         )
@@ -141,9 +162,12 @@ def run_profile(
             calibration=stats, **_metric_statistics(loaded, units, settings, "fisher", progress)
         )
         rtn = tuple(c for c in palette if c.kind is QuantKind.RTN) or default_palette(kinds=(QuantKind.RTN,))
-        hessian = profile_metrics(
-            loaded.model, units, palette, metrics=["hessian"], inputs=inputs, meta=meta, on_unit=on_unit
-        )["hessian"]
+        if scoring == "estimate":
+            hessian = proxy
+        else:
+            hessian = profile_metrics(
+                loaded.model, units, palette, metrics=["hessian"], inputs=inputs, meta=meta, on_unit=on_unit
+            )["hessian"]
         fisher = profile_metrics(loaded.model, units, rtn, metrics=["fisher"], inputs=inputs, meta=meta)[
             "fisher"
         ]

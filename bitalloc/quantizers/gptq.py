@@ -88,7 +88,8 @@ def quantize_gptq_stack(
     ws, us = [], []
     for weight, hessian, unit in zip(weights, hessians, names, strict=True):
         w = _check_inputs(weight, hessian, candidates, damp, block_size, unit)  # (out, in) float32 copy
-        u, dead = _prepare(hessian.to(w.device), damp, unit)  # (in, in) upper factor of H^-1, (in,) dead
+        # (in, in) upper factor of H^-1, (in,) dead inputs
+        u, dead = inverse_hessian_factor(hessian.to(w.device), damp, unit)
         w[:, dead] = 0
         ws.append(w)
         us.append(u)
@@ -205,7 +206,9 @@ def _new_group(
     offsets[:, r0 - seg_start : r1 - seg_start, index] = grid.offset.view(n_batch, n_seg)
 
 
-def _prepare(hessian: torch.Tensor, damp: float, unit: str) -> tuple[torch.Tensor, torch.Tensor]:
+def inverse_hessian_factor(
+    hessian: torch.Tensor, damp: float, unit: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Upper Cholesky factor of the damped ``H^-1`` (float32) and the dead-input mask."""
     h = hessian.detach().to(torch.float64)
     h = (h + h.t()) / 2  # (in, in)

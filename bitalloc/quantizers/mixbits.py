@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from bitalloc.quantizers.candidate import Candidate, QuantKind
-from bitalloc.quantizers.gptq import _prepare
+from bitalloc.quantizers.gptq import inverse_hessian_factor
 from bitalloc.quantizers.grid import group_grid
 from bitalloc.quantizers.packed import Layout, PackedWeight
 from bitalloc.quantizers.packing import pack_codes, packed_nbytes, unpack_codes
@@ -76,7 +76,7 @@ def quantize_many(
         return []
     w0 = weight.detach().float()  # (out, in)
     h = check_hessian(candidates[0], hessian, w0.shape[1], unit)
-    u, dead = _prepare(h, CONFIG.damp, unit)  # (in, in) upper factor of H^-1
+    u, dead = inverse_hessian_factor(h, CONFIG.damp, unit)  # (in, in) upper factor of H^-1
     salience = w0.pow(2).sum(0) * h.diagonal()  # (in,)
     return [_one(w0, u, dead, salience, c) for c in candidates]
 

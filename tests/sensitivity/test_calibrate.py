@@ -2,12 +2,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bitalloc.data.corpora import Split, load_corpus
 from bitalloc.data.windows import calibration_windows
 from bitalloc.errors import InvalidInput, ProfileMismatch
 from bitalloc.models.units import discover_units
-from bitalloc.sensitivity.calibrate import CalibrationStats, calibrate
+from bitalloc.sensitivity.calibrate import (
+    CalibrationStats,
+    add_upper_gram,
+    calibrate,
+    gram_panels,
+    mirror_upper,
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +76,16 @@ def test_save_load_round_trip_keeps_sharing(tmp_path, stats, smollm2_small):
 def test_no_units_is_refused(smollm2_small, windows):
     with pytest.raises(InvalidInput, match="no quantizable units"):
         calibrate(smollm2_small.model, (), windows, model_hash="m", corpus_hash="c")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 1100), st.integers(1, 3), st.integers(0, 2**31 - 1))
+def test_triangular_gram_sums_equal_the_full_product(n, batches, seed):
+    g = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(7, n, generator=g, dtype=torch.float64) for _ in range(batches)]
+    h = torch.zeros(n, n, dtype=torch.float64)
+    for x in xs:
+        add_upper_gram(h, x)
+    full = sum(x.T @ x for x in xs)
+    torch.testing.assert_close(mirror_upper(h), full)
+    assert sum(i1 - i0 for i0, i1 in gram_panels(n)) == n
