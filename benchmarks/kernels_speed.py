@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 
 from bitalloc.kernels.gemm import GemmConfig, gemm
+from bitalloc.kernels.gemm_swapab import SwapABConfig, swapab
 from bitalloc.kernels.gemv import GemvConfig, gemv
 from bitalloc.kernels.layout import KernelLayout, to_layout
-from bitalloc.kernels.registry import BATCH_BUCKETS, Registry, TunedEntry
+from bitalloc.kernels.registry import BATCH_BUCKETS, Registry, TunedEntry, kernel_for
 from bitalloc.quantizers.candidate import Candidate, QuantKind
 from bitalloc.quantizers.packing import pack_codes, unpack_codes
 from bitalloc.quantizers.quantized_weight import QuantizedWeight
@@ -103,6 +104,8 @@ def copy_bandwidth() -> float:
 def run_kernel(x: torch.Tensor, layout: KernelLayout, kernel: str, params: dict[str, int]) -> torch.Tensor:
     if kernel == "gemv":
         return gemv(x, layout, GemvConfig(**params))
+    if kernel == "swapab":
+        return swapab(x, layout, SwapABConfig(**params))
     return gemm(x, layout, GemmConfig(**params))
 
 
@@ -124,6 +127,14 @@ def gemv_space() -> list[dict[str, int]]:
             [0, 1],
         )
         for sk in splits
+    ]
+
+
+def swapab_space() -> list[dict[str, int]]:
+    """Launch configs of the swap-AB GEMM (batch 2-16); split_k 0 = about two programs per SM."""
+    return [
+        {"block_out": bo, "block_k": bk, "split_k": sk, "num_warps": w, "num_stages": 3}
+        for (bo, w), bk, sk in itertools.product([(64, 4), (128, 4), (256, 8)], [128, 256], [0, 4])
     ]
 
 
@@ -151,12 +162,16 @@ def tune(path: Path, shapes: list[tuple[int, int]], base: Registry, batches: tup
         layout = to_layout(random_qweight(Candidate(QuantKind.RTN, bits, group, False), shape))
         for batch in batches:
             x = torch.randn(batch, shape[1], device="cuda", dtype=torch.float16)
-            kernel = "gemv" if batch == 1 else "gemm"
-            space = gemv_space() if kernel == "gemv" else gemm_space(batch)
+            kernel = kernel_for(batch)
+            if kernel == "gemv":
+                space = gemv_space()
+            else:
+                space = swapab_space() if kernel == "swapab" else gemm_space(batch)
             tuned = [
                 e.params
                 for e in base.entries
-                if (e.bits, e.out_features, e.in_features, e.batch) == (bits, shape[0], shape[1], batch)
+                if (e.bits, e.out_features, e.in_features, e.batch, e.kernel)
+                == (bits, shape[0], shape[1], batch, kernel)
             ]
             space += tuned
             if kernel == "gemv":  # the float32-path GEMV with its tuned configs competes (and is reported)

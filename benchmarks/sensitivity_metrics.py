@@ -38,7 +38,8 @@ from bitalloc.sensitivity.higgs import fit_noise_coefficients
 from bitalloc.sensitivity.profile import SensitivityProfile
 from bitalloc.sensitivity.scoring import MetricInputs, profile_metrics
 
-METRICS = ("hessian", "fisher", "awq", "slim", "weight_mse", "higgs")
+METRICS = ("hessian", "fisher", "fisher_scaled", "awq", "slim", "weight_mse", "higgs")
+DERIVED = {"fisher_scaled": ("hessian", "fisher")}  # metrics computed from two others' profiles
 BITS = (2, 3, 4, 5, 6, 8)
 RANDOM_BITS = (3, 4, 5)
 EVAL_GROUP = 4  # plans evaluated together share the reference forward
@@ -91,6 +92,12 @@ def fake_quantize(model: torch.nn.Module, plan: dict[str, str]) -> torch.nn.Modu
 
 def measure_profiles(model, loaded, units, metrics: tuple[str, ...], args, log) -> dict:
     """Calibrate, collect what the metrics need and profile the RTN palette under every metric."""
+    from bitalloc.sensitivity.fisher_scaled import fisher_scaled
+
+    derived = [m for m in metrics if m in DERIVED]
+    metrics = tuple(
+        dict.fromkeys([*(m for m in metrics if m not in DERIVED), *sum(map(DERIVED.get, derived), ())])
+    )
     corpus = load_corpus("wiki", Split.CALIBRATION)
     windows = calibration_windows(
         loaded.tokenizer, corpus, n_windows=args.windows, seq_len=args.seq_len, seed=0
@@ -102,7 +109,7 @@ def measure_profiles(model, loaded, units, metrics: tuple[str, ...], args, log) 
     coeffs = fit_noise_coefficients(model, units, windows[:2, :128]) if "higgs" in metrics else {}
     log("higgs coefficients")
     inputs = MetricInputs(calibration=stats, fisher=fisher, coefficients=coeffs)
-    return profile_metrics(
+    profiles = profile_metrics(
         model,
         units,
         palette(),
@@ -110,6 +117,9 @@ def measure_profiles(model, loaded, units, metrics: tuple[str, ...], args, log) 
         inputs=inputs,
         meta={"model_name": "smollm2-135m", "unquantized_bytes": 0},
     )
+    if "fisher_scaled" in derived:
+        profiles["fisher_scaled"] = fisher_scaled(profiles["hessian"], profiles["fisher"])
+    return profiles
 
 
 def cross_terms_table(group_cols: tuple[int, ...] = (128, 256)) -> str:
@@ -154,6 +164,7 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=4096)
     parser.add_argument("--stride", type=int, default=512, help="eval window stride (context 512)")
     parser.add_argument("--metrics", default=",".join(METRICS), help="comma-separated metric names")
+    parser.add_argument("--device", default="cpu", help="torch device for everything")
     parser.add_argument(
         "--cross-terms", action="store_true", help="only measure what column groups drop (cached calibration)"
     )
@@ -168,7 +179,7 @@ def main() -> None:
     def log(msg: str) -> None:
         print(f"[{time.time() - t0:7.1f}s] {msg}", flush=True)
 
-    loaded = load_model("smollm2-135m")
+    loaded = load_model("smollm2-135m", device=args.device)
     model, units = loaded.model, discover_units(loaded.model)
     saved = {m: args.output / f"profile-{m}.parquet" for m in metrics}
     if all(path.exists() for path in saved.values()):  # a re-run reuses the profiles of an earlier one
@@ -212,8 +223,14 @@ def main() -> None:
 
 def markdown(results: dict, args: argparse.Namespace, seconds: float, metrics: tuple[str, ...]) -> str:
     """The ρ table, one row per metric, and the best predictor."""
+    cuda = torch.device(args.device).type == "cuda"
+    where = (
+        torch.cuda.get_device_name()
+        if cuda
+        else f"{platform.machine()} CPU ({torch.get_num_threads()} threads)"
+    )
     lines = [
-        f"Machine: {platform.machine()} CPU (2 cores shared), torch {torch.__version__}; "
+        f"Machine: {where}, torch {torch.__version__}; "
         f"date {date.today()}; "
         f"calibration {args.windows}x{args.seq_len} wiki tokens; eval {args.eval_tokens} "
         f"held-out wiki tokens (context 512, stride {args.stride}); "

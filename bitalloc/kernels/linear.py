@@ -57,6 +57,10 @@ class KernelQuantLinear(QuantLinear):
             from bitalloc.kernels.gemv import GemvConfig, gemv
 
             y = gemv(x2, self.layout(), GemvConfig(**choice.params))
+        elif choice.kernel == "swapab":
+            from bitalloc.kernels.gemm_swapab import SwapABConfig, swapab
+
+            y = swapab(x2, self.layout(), SwapABConfig(**choice.params))
         else:
             from bitalloc.kernels.gemm import GemmConfig, gemm
 

@@ -3,6 +3,9 @@
 Tuned configurations live in ``configs/<device>.json`` (written by ``benchmarks/kernels_speed.py --tune``):
 entries keyed by (bits, out, in, batch bucket). A shape that was not tuned takes the entry of the nearest
 tuned shape (by weight size) of the same bits and bucket; with no entry at all, the built-in defaults.
+
+Kernels per batch: 1 -> ``gemv``; 2-16 -> ``swapab`` (``gemm_swapab.py``; it runs ``gemm`` itself for the
+formats it does not handle); larger -> ``gemm``. Bucket-16 ``gemm`` entries of older tables are ignored.
 """
 
 from __future__ import annotations
@@ -19,14 +22,16 @@ from bitalloc.kernels.layout import layout_supports
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_TABLE = CONFIG_DIR / "h100.json"
+DEVICE_TABLES = {"H200": CONFIG_DIR / "h200.json"}  # device name fragment -> its table, when present
 BATCH_BUCKETS = (1, 16, 64, 256)
+SWAPAB_MAX_BATCH = 16
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 FORMAT = "bitalloc.kernels/v2"  # v2: interleaved transposed layout (v1 tables hold other parameters)
 
 
 @dataclass(frozen=True)
 class KernelChoice:
-    """Which path runs a call: ``gemv``/``gemm`` with launch parameters, or ``reference`` with the reason."""
+    """Which path runs a call: ``gemv``/``swapab``/``gemm`` and launch parameters, or ``reference``, why."""
 
     kernel: str
     params: dict[str, int]
@@ -43,6 +48,21 @@ class TunedEntry:
     batch: int
     kernel: str
     params: dict[str, int]
+
+
+def kernel_for(batch: int) -> str:
+    """The kernel that runs ``batch`` activation rows."""
+    return "gemv" if batch == 1 else "swapab" if batch <= SWAPAB_MAX_BATCH else "gemm"
+
+
+def default_table() -> Path:
+    """The tuned table of the current CUDA device when the repository has one, else ``DEFAULT_TABLE``."""
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        for fragment, path in DEVICE_TABLES.items():
+            if fragment in name and path.exists():
+                return path
+    return DEFAULT_TABLE
 
 
 def batch_bucket(batch: int) -> int:
@@ -77,9 +97,10 @@ class Registry:
     entries: tuple[TunedEntry, ...]
 
     @classmethod
-    def load(cls, path: Path = DEFAULT_TABLE) -> Registry:
-        """Read a table written by ``save``; a missing default table gives an empty registry (defaults)."""
-        path = Path(path)
+    def load(cls, path: Path | None = None) -> Registry:
+        """Read a table written by ``save`` (default: ``default_table()``); a missing default table gives an
+        empty registry (defaults)."""
+        path = default_table() if path is None else Path(path)
         if not path.exists():
             if path == DEFAULT_TABLE:
                 return cls("none", ())
@@ -107,7 +128,7 @@ class Registry:
     def choose(self, bits: int, shape: tuple[int, int], batch: int) -> KernelChoice:
         """The kernel and parameters for a supported format: tuned entry, nearest tuned shape, or default."""
         bucket = batch_bucket(batch)
-        kernel = "gemv" if batch == 1 else "gemm"
+        kernel = kernel_for(batch)
         same = [e for e in self.entries if e.bits == bits and e.batch == bucket and e.kernel == kernel]
         if not same:
             return KernelChoice(kernel, default_params(kernel, batch))
@@ -124,5 +145,7 @@ def default_params(kernel: str, batch: int) -> dict[str, int]:
     """Untuned launch parameters that run everywhere."""
     if kernel == "gemv":
         return {"block_n": 64, "block_k": 256, "split_k": 2, "num_warps": 4, "num_stages": 3}
+    if kernel == "swapab":  # split_k 0: chosen from the shape and the SM count
+        return {"block_out": 128, "block_k": 256, "split_k": 0, "num_warps": 4, "num_stages": 3}
     block_m = 16 if batch <= 16 else 64
     return {"block_m": block_m, "block_n": 64, "split_k": 1, "num_warps": 4, "num_stages": 3}

@@ -29,7 +29,6 @@ from torch import nn
 from bitalloc.errors import InvalidInput
 from bitalloc.models.units import Unit
 from bitalloc.quantizers.candidate import Candidate, QuantKind
-from bitalloc.quantizers.gptq import inverse_hessian_factor
 from bitalloc.quantizers.grid import group_grid
 from bitalloc.quantizers.registry import quantize_batch
 from bitalloc.sensitivity.calibrate import CalibrationStats
@@ -49,16 +48,48 @@ class ColumnPrices:
     gptq: torch.Tensor  # 1 / U_jj² of the damped H⁻¹ = U^T U; 0 for dead inputs
 
 
-def column_prices(hessian: torch.Tensor, *, damp: float = GPTQ_DAMP, unit: str = "") -> ColumnPrices:
-    """The RTN and GPTQ column prices of an (in, in) Hessian."""
-    upper, dead = inverse_hessian_factor(hessian, damp, unit)  # (in, in), (in,)
-    gptq = upper.diagonal().square().reciprocal()  # (in,)
+def column_prices(
+    hessians: Sequence[torch.Tensor], *, damp: float = GPTQ_DAMP, units: Sequence[str] = ()
+) -> list[ColumnPrices]:
+    """The RTN and GPTQ column prices of same-size (in, in) Hessians, one batched factorization.
+
+    With ``H = V Vᵀ``, V upper triangular, ``V = U⁻¹`` and ``1 / U_jj² = V_jj²`` (the variance of x_j given
+    the later inputs); V is the lower Cholesky factor of H with its index order reversed. H is prepared as
+    GPTQ prepares it (symmetrized, dead inputs set to 1, ``damp * mean(diag)`` added) and factored in float32.
+    """
+    h = torch.stack([x.float() for x in hessians])  # (batch, in, in)
+    h = (h + h.transpose(1, 2)) / 2
+    diagonal = h.diagonal(dim1=1, dim2=2)  # (batch, in) view
+    dead = diagonal == 0
+    rtn = diagonal.clamp_min(0).clone()
+    diagonal[dead] = 1
+    diagonal.add_(damp * diagonal.mean(dim=1, keepdim=True))
+    lower, info = torch.linalg.cholesky_ex(h.flip(1, 2))  # J H J = L Lᵀ
+    bad = torch.nonzero(info).flatten().tolist()
+    if bad:
+        where = f" of unit {units[bad[0]]!r}" if units else ""
+        raise InvalidInput(
+            f"the Hessian{where} is not positive definite after damping {damp}; "
+            "it must be X^T X / n of real activations, or raise damp (e.g. 0.1)"
+        )
+    gptq = lower.diagonal(dim1=1, dim2=2).square().flip(1)  # (batch, in)
     gptq[dead] = 0
-    return ColumnPrices(rtn=hessian.diagonal().float().clamp_min(0), gptq=gptq)
+    return [ColumnPrices(rtn=r, gptq=g) for r, g in zip(rtn, gptq, strict=True)]
 
 
-def column_errors(weights: torch.Tensor, bits: int, symmetric: bool, group_size: int) -> torch.Tensor:
-    """``s[b, j] = Σ_rows δ²`` of the RTN copy of weight b: (batch, out, in) -> (batch, in) float32."""
+def column_errors(
+    weights: torch.Tensor, bits: int, symmetric: bool, group_size: int, *, range_checked: bool = False
+) -> torch.Tensor:
+    """``s[b, j] = Σ_rows δ²`` of the RTN copy of weight b: (batch, out, in) -> (batch, in) float32.
+
+    On a GPU one fused kernel pass (``kernels/rtn_error.py``; CPU tests run it under the interpreter)."""
+    if weights.is_cuda:
+        from bitalloc.kernels import rtn_error  # imports triton
+
+        if rtn_error.supports(group_size):
+            return rtn_error.rtn_column_errors(
+                weights.float(), bits, symmetric, group_size, check_range=not range_checked
+            )
     groups = weights.reshape(-1, group_size)  # (batch * out * in/g, g)
     err = group_grid(groups, bits, symmetric).fake_quantize(groups).sub_(groups).square_()
     return err.view(weights.shape).sum(dim=1)
@@ -78,10 +109,14 @@ def estimate_errors(
     result = torch.zeros(len(weights), len(candidates), dtype=torch.float64, device=w.device)
     prices_by_kind = {QuantKind.RTN: rtn_price.double(), QuantKind.GPTQ: gptq_price.double()}
     column_sums: dict[tuple[int, bool, int], torch.Tensor] = {}  # one RTN pass per format
+    if w.is_cuda:  # the kernel's range check once here, not once per format
+        from bitalloc.kernels.rtn_error import check_float16
+
+        check_float16(w)
     for i, c in enumerate(candidates):
         key = (c.bits, c.symmetric, c.group_size)
         if key not in column_sums:
-            column_sums[key] = column_errors(w, *key).double()  # (batch, in)
+            column_sums[key] = column_errors(w, *key, range_checked=True).double()  # (batch, in)
         result[:, i] = (column_sums[key] * prices_by_kind[c.kind]).sum(-1)
     return result.tolist()  # one device sync per stack
 
@@ -112,10 +147,12 @@ def profile_estimate(
         shape = units[stack[0]].shape
         fitting = [c for c in closed if c.supports(shape)]
         hessians = [stats.hessians[units[i].name] for i in stack]
-        prices = [
-            cache.setdefault(id(h), column_prices(h.to(device), unit=units[i].name))
-            for i, h in zip(stack, hessians, strict=True)
-        ]
+        new = {id(h): (h, units[i].name) for i, h in zip(stack, hessians, strict=True) if id(h) not in cache}
+        if new:
+            pairs = list(new.values())
+            priced = column_prices([h.to(device) for h, _ in pairs], units=[name for _, name in pairs])
+            cache.update(zip(new, priced, strict=True))
+        prices = [cache[id(h)] for h in hessians]
         ws = [weights[i].detach().float() for i in stack]  # (out, in) each
         estimates = estimate_errors(ws, prices, fitting) if fitting else [[] for _ in stack]
         for i, w, h, errors in zip(stack, ws, hessians, estimates, strict=True):

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from bitalloc.kernels.gemm import GemmConfig, gemm
+from bitalloc.kernels.gemm_swapab import SwapABConfig, swapab
 from bitalloc.kernels.gemv import GemvConfig, gemv
 from bitalloc.kernels.layout import to_layout
 from bitalloc.kernels.linear import KernelQuantLinear, use_kernels
@@ -25,7 +26,9 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize(("bits", "batch"), list(itertools.product((2, 3, 4, 5, 6, 8), (1, 7, 16, 64, 256))))
+@pytest.mark.parametrize(
+    ("bits", "batch"), list(itertools.product((2, 3, 4, 5, 6, 8), (1, 2, 7, 16, 64, 256)))
+)
 def test_tuned_kernels_on_real_shapes(bits, batch):
     gen = torch.Generator().manual_seed(bits * 1000 + batch)
     registry = Registry.load()
@@ -37,10 +40,30 @@ def test_tuned_kernels_on_real_shapes(bits, batch):
         out = torch.full((batch, shape[0]), float("nan"), dtype=torch.float16, device="cuda")
         if choice.kernel == "gemv":
             y = gemv(x, layout, GemvConfig(**choice.params), out=out)
+        elif choice.kernel == "swapab":
+            y = swapab(x, layout, SwapABConfig(**choice.params), out=out)
         else:
             y = gemm(x, layout, GemmConfig(**choice.params), out=out)
         torch.cuda.synchronize()
         assert rel_err(y, reference_linear(x, qw, dtype=torch.float64)) < 2e-3, (shape, choice)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_swapab_tuning_space_on_real_shapes(bits):
+    gen = torch.Generator().manual_seed(bits)
+    for shape, group, batch in (((8192, 1024), 128, 16), ((1000, 576), 64, 5), ((4096, 4096), 32, 12)):
+        qw = random_qweight(bits, group, batch % 2 == 0, shape, gen)
+        layout = to_layout(qw)
+        x = torch.randn(batch, shape[1], generator=gen).half().cuda()
+        ref = reference_linear(x, qw, dtype=torch.float64)
+        for (block_out, warps), block_k, split_k in itertools.product(
+            [(64, 4), (128, 4), (256, 8)], [128, 256], [0, 3]
+        ):
+            config = SwapABConfig(block_out, block_k, split_k, warps)
+            out = torch.full((batch, shape[0]), float("nan"), dtype=torch.float16, device="cuda")
+            y = swapab(x, layout, config, out=out)
+            torch.cuda.synchronize()
+            assert rel_err(y, ref) < 2e-3, (shape, config)
 
 
 def test_bfloat16_gemv_gemm():

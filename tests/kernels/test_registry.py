@@ -22,12 +22,15 @@ def _registry() -> Registry:
     gemv = {"block_n": 16, "block_k": 256, "split_k": 4, "num_warps": 4, "num_stages": 2}
     big = {"block_n": 64, "block_k": 128, "split_k": 1, "num_warps": 8, "num_stages": 2}
     gemm = {"block_m": 16, "block_n": 64, "split_k": 2, "num_warps": 4, "num_stages": 3}
+    swap = {"block_out": 64, "block_k": 128, "split_k": 8, "num_warps": 4, "num_stages": 3}
     return Registry(
         "test",
         (
             TunedEntry(4, 4096, 4096, 1, "gemv", gemv),
             TunedEntry(4, 28672, 8192, 1, "gemv", big),
-            TunedEntry(4, 4096, 4096, 16, "gemm", gemm),
+            TunedEntry(4, 4096, 4096, 16, "gemm", gemm),  # an older table's bucket-16 entry: ignored
+            TunedEntry(4, 4096, 4096, 16, "swapab", swap),
+            TunedEntry(4, 4096, 4096, 64, "gemm", gemm),
         ),
     )
 
@@ -37,10 +40,18 @@ def test_choose_exact_nearest_and_default():
     assert reg.choose(4, (4096, 4096), 1).params["split_k"] == 4
     assert reg.choose(4, (4000, 4000), 1).params["split_k"] == 4  # nearest by size
     assert reg.choose(4, (30000, 8000), 1).params["block_n"] == 64
-    assert reg.choose(4, (4096, 4096), 9).kernel == "gemm"
-    assert reg.choose(4, (4096, 4096), 9).params["split_k"] == 2
+    assert reg.choose(4, (4096, 4096), 9).kernel == "swapab"
+    assert reg.choose(4, (4096, 4096), 9).params["split_k"] == 8
+    assert reg.choose(4, (4096, 4096), 2).params == swap_params()
+    assert reg.choose(4, (4096, 4096), 17).kernel == "gemm"
+    assert reg.choose(4, (4096, 4096), 40).params["split_k"] == 2
     assert reg.choose(3, (4096, 4096), 1).params == default_params("gemv", 1)  # bits never tuned
+    assert reg.choose(3, (4096, 4096), 16).params == default_params("swapab", 16)
     assert reg.choose(4, (4096, 4096), 100).params == default_params("gemm", 100)
+
+
+def swap_params() -> dict[str, int]:
+    return {"block_out": 64, "block_k": 128, "split_k": 8, "num_warps": 4, "num_stages": 3}
 
 
 def test_save_load_round_trip(tmp_path):
@@ -62,7 +73,7 @@ def test_bad_tables_name_the_fix(tmp_path):
 def test_repository_table_loads():
     reg = Registry.load()
     if DEFAULT_TABLE.exists():
-        assert reg.entries and all(e.kernel in ("gemv", "gemm") for e in reg.entries)
+        assert reg.entries and all(e.kernel in ("gemv", "swapab", "gemm") for e in reg.entries)
 
 
 def test_unsupported_reasons():
