@@ -28,6 +28,7 @@ import platform
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,8 @@ NEW = (  # the new kinds scored on every unit (bpw-comparable g64 / g192 setting
     *(f"awq-w{b}g64-asym" for b in (3, 4)),
     "kmeans-w3g192-asym",
     "kmeans-w4g192-asym",
+    "lutgptq-w2g192-asym",
+    "lutgptq-w3g192-asym",
     *(f"nest-w{b}g64-asym" for b in (2, 3, 4, 8)),
     "mix-w2g64-asym-h50",
     "mix-w3g64-asym-h50",
@@ -93,6 +96,7 @@ UNIFORM = (  # priority order
     "nest-w3g64-asym",
     "rtn-w3g64-asym",
     "kmeans-w3g192-asym",
+    "lutgptq-w3g192-asym",
     "gptqact-w3g64-asym-o8",
     "mix-w3g64-asym-h50",
     "gptqact-w4g64-asym",
@@ -279,6 +283,11 @@ def main() -> None:
     parser.add_argument("--eval-batch", type=int, default=3, help="models evaluated together")
     parser.add_argument("--max-models", type=int, default=0, help="evaluate at most this many now (0: all)")
     parser.add_argument("--fast", action="store_true", help="score only FAST_NEW (see above)")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="evaluate only these entries, in this order (comma-separated fnmatch patterns)",
+    )
     parser.add_argument("--layers", type=int, default=0, help="only the units of the first N layers (0: all)")
     parser.add_argument("--device", default="cpu", help="torch device for scoring, quantizing and evaluation")
     args = parser.parse_args()
@@ -356,6 +365,9 @@ def main() -> None:
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     if args.phase in ("eval", "all"):
         pending = {n: e for n, e in todo.items() if n not in results}
+        if args.only:
+            patterns = args.only.split(",")
+            pending = {n: pending[n] for p in patterns for n in pending if fnmatch(n, p)}
         if args.max_models:
             pending = dict(list(pending.items())[: args.max_models])
         evaluate(loaded, stats, pending, args, results, out, log)

@@ -14,12 +14,12 @@ a ``PackedWeight`` whose named tensors are listed by its quantizer's ``layout`` 
 ``nbytes`` is the sum of that layout, so bytes are exact by construction and checked by the contract tests.
 
 Names: ``<kind>-w<bits>g<group>-<sym|asym>[-o<outliers>][-h<percent>]``. Foundation names (``rtn-w4g32-asym``,
-``gptq-w3g64-sym``) are unchanged. New kinds use new prefixes (``gptqact``, ``awq``, ``kmeans``, ``nest``,
-``mix``, ``tern``); the optional ``-o<n>`` suffix keeps ``n`` input columns in float16 (QUIK/SpQR) on top of
-an ``rtn``, ``gptq`` or ``gptqact`` base. ``a8``/``a4`` names (``a4-w4g64-sym-o32``) are weight-activation
-candidates: the name's bits, group and symmetry are the weights', ``-o<n>`` their float16 channels
-(``activations.py``). For ``kmeans`` the group is the number of columns of a row that
-share one lookup table and the name always says ``asym``; for ``mix`` and ``tern`` see their modules.
+``gptq-w3g64-sym``) are unchanged. New kinds use new prefixes (``gptqact``, ``awq``, ``kmeans``,
+``lutgptq``, ``nest``, ``mix``, ``tern``); the optional ``-o<n>`` suffix keeps ``n`` input columns in float16
+(QUIK/SpQR) on top of an ``rtn``, ``gptq`` or ``gptqact`` base. ``a8``/``a4`` names (``a4-w4g64-sym-o32``)
+are weight-activation candidates: the name's bits, group and symmetry are the weights', ``-o<n>`` their
+float16 channels (``activations.py``). For ``kmeans`` and ``lutgptq`` the group is the number of columns of a
+row that share one lookup table and the name always says ``asym``; for ``mix`` and ``tern`` see their modules.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class QuantKind(StrEnum):
     GPTQACT = "gptqact"  # GPTQ with activation order (gptq_actorder.py)
     AWQ = "awq"  # activation-aware scaling + RTN (awq.py)
     KMEANS = "kmeans"  # sensitivity-weighted k-means lookup tables (kmeans.py)
+    LUTGPTQ = "lutgptq"  # GPTQ onto k-means lookup tables, activation order (lutgptq.py)
     NEST = "nest"  # bit-nested matryoshka codes (nested.py)
     MIX = "mix"  # two bit widths by column groups (mixbits.py)
     TERN = "tern"  # sparse ternary with an enumerative code (ternary.py)
@@ -57,7 +58,7 @@ class QuantKind(StrEnum):
 FOUNDATION_KINDS = (QuantKind.RTN, QuantKind.GPTQ)
 ACT_KINDS = (QuantKind.A8, QuantKind.A4)  # their -o<n> channels are float16 in activations and weights
 OUTLIER_KINDS = (QuantKind.RTN, QuantKind.GPTQ, QuantKind.GPTQACT, *ACT_KINDS)
-ASYM_ONLY_KINDS = (QuantKind.KMEANS,)
+ASYM_ONLY_KINDS = (QuantKind.KMEANS, QuantKind.LUTGPTQ)
 
 
 @dataclass(frozen=True, order=True)

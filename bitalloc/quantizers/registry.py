@@ -133,7 +133,7 @@ GPTQ_SPEC = QuantizerSpec(QuantKind.GPTQ, GptqConfig(), True, _grid, _gptq_many,
 
 
 def _build() -> Mapping[QuantKind, QuantizerSpec]:
-    from bitalloc.quantizers import activations, awq, gptq_actorder, kmeans, mixbits, nested, ternary
+    from bitalloc.quantizers import activations, awq, gptq_actorder, kmeans, lutgptq, mixbits, nested, ternary
 
     specs = (
         RTN_SPEC,
@@ -141,6 +141,7 @@ def _build() -> Mapping[QuantKind, QuantizerSpec]:
         gptq_actorder.SPEC,
         awq.SPEC,
         kmeans.SPEC,
+        lutgptq.SPEC,
         nested.SPEC,
         mixbits.SPEC,
         ternary.SPEC,

@@ -26,7 +26,9 @@ from tests.quantizers.palette_data import real_weight_and_hessian
 UNIT = "model.layers.0.self_attn.q_proj"
 
 
-@pytest.mark.parametrize(("name", "tokens"), [("awq-w4g64-asym", 575), ("kmeans-w3g64-asym", 255)])
+@pytest.mark.parametrize(
+    ("name", "tokens"), [("awq-w4g64-asym", 575), ("kmeans-w3g64-asym", 255), ("lutgptq-w3g64-asym", 255)]
+)
 def test_too_few_tokens_names_unit_and_scheme(name: str, tokens: int, smollm2_full) -> None:
     weight, hessian = real_weight_and_hessian(smollm2_full, rows=8, tokens=tokens)
     cand = Candidate.parse(name)

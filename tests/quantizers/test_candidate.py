@@ -33,7 +33,14 @@ def test_outlier_names_round_trip(kind, bits, group, sym, outliers) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["awq-w4g64-asym", "kmeans-w3g192-asym", "nest-w2g64-sym", "mix-w3g64-asym-h25", "tern-w1g192-sym"],
+    [
+        "awq-w4g64-asym",
+        "kmeans-w3g192-asym",
+        "lutgptq-w3g64-asym",
+        "nest-w2g64-sym",
+        "mix-w3g64-asym-h25",
+        "tern-w1g192-sym",
+    ],
 )
 def test_new_kinds_round_trip(name: str) -> None:
     assert Candidate.parse(name).name == name and not Candidate.parse(name).foundation_format
