@@ -97,6 +97,7 @@ UNIFORM = (  # priority order
     "rtn-w3g64-asym",
     "kmeans-w3g192-asym",
     "lutgptq-w3g192-asym",
+    "lutgptq-w2g192-asym",
     "gptqact-w3g64-asym-o8",
     "mix-w3g64-asym-h50",
     "gptqact-w4g64-asym",
