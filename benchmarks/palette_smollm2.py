@@ -66,6 +66,8 @@ NEW = (  # the new kinds scored on every unit (bpw-comparable g64 / g192 setting
     "kmeans-w4g192-asym",
     "lutgptq-w2g192-asym",
     "lutgptq-w3g192-asym",
+    # one table per whole row: 576 inputs (q/k/v/o/gate/up) or 1536 (down); each fits only its units
+    *(f"lutgptq-w{b}g{g}-asym" for b in (3, 4) for g in (576, 1536)),
     *(f"nest-w{b}g64-asym" for b in (2, 3, 4, 8)),
     "mix-w2g64-asym-h50",
     "mix-w3g64-asym-h50",
@@ -346,7 +348,8 @@ def main() -> None:
         scored = scaled_errors(rows, unit_scale)
     check_against_foundation(scored, foundation, log)
     per_candidate = rows.groupby("candidate")["unit"].nunique()
-    new = [n for n in NEW if per_candidate.get(n, 0) == len(units)]  # scored on every unit
+    fits = {n: sum(Candidate.parse(n).supports(u.shape) for u in units) for n in NEW}
+    new = [n for n in NEW if fits[n] and per_candidate.get(n, 0) == fits[n]]  # scored on every unit it fits
     full = SensitivityProfile(
         table=pd.concat(
             [foundation.table, scored[scored["candidate"].isin(new)][foundation.table.columns]],
