@@ -63,3 +63,19 @@ def test_fisher_scaled_profile_is_the_proxy_weighted_per_unit_by_the_fisher(smol
     assert (ratio.max(axis=1) / ratio.min(axis=1) - 1).abs().max() < 1e-9
     rtn = [c.name for c in PALETTE]
     assert (wide["s"][rtn].sum(axis=1) / wide["f"][rtn].sum(axis=1) - 1).abs().max() < 1e-6
+
+
+def test_closed_form_fisher_scaled_matches_the_exact_one(smollm2_small) -> None:
+    palette = tuple(
+        c
+        for c in default_palette(kinds=(QuantKind.RTN, QuantKind.GPTQ), bits=(3, 4), group_sizes=(64,))
+        if not c.symmetric
+    )
+    exact = run_profile(smollm2_small, SETTINGS, palette=palette, metric="fisher_scaled")
+    closed = run_profile(smollm2_small, SETTINGS, palette=palette, metric="fisher_scaled", scoring="estimate")
+    assert closed.meta["metric"] == exact.meta["metric"] == "fisher_scaled"
+    assert closed.meta["estimator"] == "hessian_estimate"
+    keys = ["unit", "candidate", "nbytes"]
+    assert closed.table[keys].equals(exact.table[keys])
+    both = exact.table.merge(closed.table, on=["unit", "candidate"], suffixes=("", "_closed"))
+    assert both["error"].corr(both["error_closed"], method="spearman") > 0.98
