@@ -45,7 +45,7 @@ def open_storage(url: str, *, heartbeat: bool = True, grace_s: int = GRACE_S):
 
 
 def _rdb(optuna, url: str, engine_kwargs: dict, heartbeat: bool, grace_s: int):
-    return optuna.storages.RDBStorage(
+    storage = optuna.storages.RDBStorage(
         url,
         engine_kwargs=engine_kwargs,
         heartbeat_interval=max(1, min(HEARTBEAT_S, grace_s // 3)) if heartbeat else None,
@@ -54,6 +54,29 @@ def _rdb(optuna, url: str, engine_kwargs: dict, heartbeat: bool, grace_s: int):
             optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1) if heartbeat else None
         ),
     )
+    if url.startswith("sqlite:///"):
+        serialize_sqlite_transactions(storage.engine)
+    return storage
+
+
+def serialize_sqlite_transactions(engine) -> None:
+    """Begin every transaction of ``engine`` with BEGIN IMMEDIATE (one writer at a time).
+
+    pysqlite starts no transaction before a SELECT, and SQLite ignores ``SELECT ... FOR UPDATE``: two workers
+    could both read a trial as waiting and both take it (one then fails with "Cannot tell a COMPLETE
+    trial"). With the driver's own transaction handling off and BEGIN IMMEDIATE issued by SQLAlchemy, Optuna's
+    read-then-update of a waiting trial is atomic across processes."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _driver_autocommit(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN below, not pysqlite
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # drop connections opened before the hooks
 
 
 def plan_id(plan: Plan) -> str:

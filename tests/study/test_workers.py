@@ -4,6 +4,7 @@ every trial number runs exactly once, none is lost or left running, each worker 
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -15,7 +16,7 @@ import pytest
 from bitalloc.errors import InvalidInput
 from bitalloc.study.definition import load_definition
 from bitalloc.study.runner import open_study
-from bitalloc.study.storage import storage_url
+from bitalloc.study.storage import open_storage, storage_url
 from tests.study.conftest import write_tiny
 
 POSTGRES = os.environ.get("BITALLOC_TEST_POSTGRES_URL", "")
@@ -62,3 +63,20 @@ def test_storage_url_is_checked() -> None:
     assert storage_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
     with pytest.raises(InvalidInput, match=r"neither sqlite:///PATH nor postgresql://"):
         storage_url("mysql://u@h/db")
+
+
+def test_an_sqlite_transaction_holds_the_write_lock_from_its_first_read(tmp_path: Path) -> None:
+    # the double-take race: without BEGIN IMMEDIATE, a transaction that has only read takes no lock, so
+    # another worker could take the same waiting trial between its read and its update
+    url = f"sqlite:///{tmp_path / 'locks.db'}"
+    first, second = open_storage(url, heartbeat=False), open_storage(url, heartbeat=False)
+    optuna.create_study(storage=first, study_name="locks")
+    with first.engine.connect() as conn, conn.begin():
+        conn.exec_driver_sql("SELECT count(*) FROM trials").fetchall()
+        raw = second.engine.raw_connection()
+        try:
+            raw.driver_connection.execute("PRAGMA busy_timeout = 50")
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                raw.driver_connection.execute("BEGIN IMMEDIATE")
+        finally:
+            raw.close()
