@@ -68,6 +68,16 @@ METRIC_HELP = (
 )
 
 
+PALETTE_HELP = (
+    "candidates, comma separated; 'default' = the 72 RTN/GPTQ formats, e.g. "
+    "'default,lutgptq-w2g192-asym,lutgptq-w3g192-asym,gptqact-w3g64-asym'"
+)
+SCORING_HELP = (
+    "exact (quantize every candidate) or estimate (RTN/GPTQ errors in closed form, no GPTQ run; "
+    "metrics hessian and fisher_scaled)"
+)
+
+
 @app.command()
 def profile(
     output: Annotated[Path, typer.Option("--output", "-o", help="profile .parquet (a .json goes beside it)")],
@@ -79,25 +89,30 @@ def profile(
     streaming: Annotated[bool, typer.Option(help="calibrate one decoder layer at a time")] = False,
     metric: Annotated[str, typer.Option(help=METRIC_HELP)] = "fisher",
     scoring: Annotated[str, typer.Option(help=SCORING_HELP)] = "exact",
+    palette: Annotated[str, typer.Option(help=PALETTE_HELP)] = "default",
 ) -> None:
-    """Calibrate MODEL on CORPUS and score every unit x candidate of the default palette."""
+    """Calibrate MODEL on CORPUS and score every unit x candidate of the palette."""
     from bitalloc.models.loading import load_model
     from bitalloc.pipeline import CalibrationSettings, run_profile
+    from bitalloc.quantizers.candidate import parse_palette
 
+    candidates = parse_palette(palette)  # before loading: a bad name fails at once
     with progress_bar() as update:
         loaded = load_model(model)
         settings = CalibrationSettings(corpus, windows, seq_len, seed)
         prof = run_profile(
-            loaded, settings, progress=update, streaming=streaming, metric=metric, scoring=scoring
+            loaded,
+            settings,
+            palette=candidates,
+            progress=update,
+            streaming=streaming,
+            metric=metric,
+            scoring=scoring,
         )
     path = prof.save(output)
     console.print(f"profile: {len(prof.units())} units x {len(prof.meta['palette'])} candidates -> {path}")
 
 
-SCORING_HELP = (
-    "exact (quantize every candidate) or estimate (RTN/GPTQ errors in closed form, no GPTQ run; "
-    "metrics hessian and fisher_scaled)"
-)
 SOLVER_HELP = "auto, milp, lagrange, pulp, pulp:NAME (any solver PuLP drives), cvxpy or baq"
 
 

@@ -178,3 +178,18 @@ def default_palette(
         for g in group_sizes
         for sym in (True, False)
     )
+
+
+def parse_palette(spec: str) -> tuple[Candidate, ...]:
+    """Candidates from a comma-separated list of names, where ``default`` stands for ``default_palette()``;
+    duplicates are dropped, order kept. InvalidInput names an unknown entry."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise InvalidInput("the palette is empty: give 'default' and/or candidate names, comma separated")
+    out: list[Candidate] = []
+    for name in names:
+        try:
+            out.extend(default_palette() if name == "default" else (Candidate.parse(name),))
+        except InvalidInput as err:
+            raise InvalidInput(f"palette entry {name!r}: {err}") from None
+    return tuple(dict.fromkeys(out))

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bitalloc.errors import InvalidInput
-from bitalloc.quantizers.candidate import Candidate, QuantKind, default_palette
+from bitalloc.quantizers.candidate import Candidate, QuantKind, default_palette, parse_palette
 
 
 def test_foundation_names_are_unchanged() -> None:
@@ -61,3 +61,14 @@ def test_new_kinds_round_trip(name: str) -> None:
 def test_bad_names_are_refused(name: str, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         Candidate.parse(name)
+
+
+def test_palette_spec_expands_default_and_names_a_bad_entry() -> None:
+    palette = parse_palette("default, lutgptq-w3g192-asym,rtn-w4g32-asym")
+    assert palette[: len(default_palette())] == default_palette()
+    assert palette[-1] == Candidate.parse("lutgptq-w3g192-asym")  # the duplicate rtn entry dropped
+    assert len(palette) == len(default_palette()) + 1
+    with pytest.raises(InvalidInput, match=r"palette entry 'lutgptq-w9g64-asym': bits must be in 1..8"):
+        parse_palette("default,lutgptq-w9g64-asym")
+    with pytest.raises(InvalidInput, match="the palette is empty"):
+        parse_palette(" , ")
