@@ -16,8 +16,8 @@ import triton
 import triton.language as tl
 
 from bitalloc.errors import InvalidInput
+from bitalloc.quantizers.grid import check_float16_range
 
-_FP16_MAX = 65504.0
 TARGET_PROGRAMS = 1024  # split the rows until about this many programs run (132 SMs on an H100/H200)
 
 
@@ -94,7 +94,7 @@ def rtn_column_errors(
     if not supports(group_size) or cols % group_size:
         raise InvalidInput(f"group size {group_size} must be a power of two >= 16 dividing {cols}")
     if check_range:
-        check_float16(weights)
+        check_float16_range(weights)
     w = weights.contiguous()
     block_r = max(8, 4096 // group_size)
     programs = n_batch * (cols // group_size)
@@ -117,12 +117,3 @@ def rtn_column_errors(
         num_warps=4,
     )
     return partial.sum(dim=0)
-
-
-def check_float16(weights: torch.Tensor) -> None:
-    """Raise InvalidInput unless every weight is finite and inside the float16 range (one device sync)."""
-    if not bool(weights.abs().amax() <= _FP16_MAX):
-        raise InvalidInput(
-            "quantization grid parameters are not finite or exceed the float16 range: "
-            "the weights hold NaN/inf or values beyond ±65504"
-        )

@@ -210,24 +210,36 @@ def inverse_hessian_factor(
     hessian: torch.Tensor, damp: float, unit: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Upper Cholesky factor of the damped ``H^-1`` (float32) and the dead-input mask."""
-    h = hessian.detach().to(torch.float64)
-    h = (h + h.t()) / 2  # (in, in)
-    dead = h.diagonal() == 0  # (in,)
-    h.diagonal()[dead] = 1
-    h.diagonal().add_(damp * h.diagonal().mean())
+    h, dead = damped_hessian(hessian.detach().to(torch.float64), damp)  # (in, in), (in,)
     lower = _cholesky(h, upper=False, damp=damp, unit=unit)
     upper = _cholesky(torch.cholesky_inverse(lower), upper=True, damp=damp, unit=unit)  # H^-1 = U^T U
     return upper.to(torch.float32), dead
 
 
+def damped_hessian(hessian: torch.Tensor, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """H as GPTQ factors it: symmetrized, dead inputs (``diag H == 0``) set to 1 and ``damp * mean(diag)``
+    added, in ``hessian``'s dtype: (..., in, in), with the dead-input mask (..., in)."""
+    h = (hessian + hessian.transpose(-1, -2)) / 2
+    diagonal = h.diagonal(dim1=-2, dim2=-1)  # view
+    dead = diagonal == 0
+    diagonal[dead] = 1
+    diagonal.add_(damp * diagonal.mean(dim=-1, keepdim=True))
+    return h, dead
+
+
+def not_positive_definite(damp: float, unit: str) -> InvalidInput:
+    """The error for a Hessian that damping did not make positive definite, naming the fix."""
+    where = f" of unit {unit!r}" if unit else ""
+    return InvalidInput(
+        f"the Hessian{where} is not positive definite after damping {damp}; "
+        "it must be X^T X / n of real activations, or raise damp (e.g. 0.1)"
+    )
+
+
 def _cholesky(h: torch.Tensor, *, upper: bool, damp: float, unit: str) -> torch.Tensor:
     factor, info = torch.linalg.cholesky_ex(h, upper=upper)
     if int(info) != 0:
-        where = f" of unit {unit!r}" if unit else ""
-        raise InvalidInput(
-            f"the Hessian{where} is not positive definite after damping {damp}; "
-            "it must be X^T X / n of real activations, or raise damp (e.g. 0.1)"
-        )
+        raise not_positive_definite(damp, unit)
     return factor
 
 

@@ -55,16 +55,20 @@ def activation_order(hessian: torch.Tensor) -> torch.Tensor:
     return torch.sort(-hessian.diagonal().float(), stable=True).indices
 
 
+def permuted(weight: torch.Tensor, hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The activation order (in,), the weight with its columns in that order (out, in) float32 and the
+    Hessian permuted alike (in, in)."""
+    perm = activation_order(hessian)
+    return perm, weight.detach().float()[:, perm], hessian[perm][:, perm]
+
+
 def quantize_many(
     weight: torch.Tensor, candidates: Sequence[Candidate], hessian: torch.Tensor | None, unit: str = ""
 ) -> list[PackedWeight]:
     """Act-order GPTQ of one ``(out, in)`` weight for every candidate in one batched pass."""
     if not candidates:
         return []
-    h = check_hessian(candidates[0], hessian, weight.shape[1], unit)  # (in, in)
-    perm = activation_order(h)  # (in,)
-    w_p = weight.detach().float()[:, perm]  # (out, in) permuted columns
-    h_p = h[perm][:, perm]  # (in, in)
+    perm, w_p, h_p = permuted(weight, check_hessian(candidates[0], hessian, weight.shape[1], unit))
     grids = [grid_candidate(c, QuantKind.GPTQ) for c in candidates]
     packed = quantize_gptq_many(w_p, h_p, grids, damp=CONFIG.damp, block_size=CONFIG.block_size, unit=unit)
     perm16 = perm.to(torch.int16)

@@ -114,12 +114,18 @@ def _maxq(bits: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def _to_fp16_grid(x: torch.Tensor) -> torch.Tensor:
     """Round to the nearest float16 and back to float32; raise when the weights overflow float16."""
+    check_float16_range(x)
+    return x.to(torch.float16).float()
+
+
+def check_float16_range(x: torch.Tensor) -> None:
+    """InvalidInput unless every value of ``x`` (grid parameters, or the weights they come from) is finite
+    and inside the float16 range."""
     if not bool(torch.isfinite(x).all()) or bool((x.abs() > _FP16_MAX).any()):
         raise InvalidInput(
             "quantization grid parameters are not finite or exceed the float16 range: "
             "the weights hold NaN/inf or values beyond ±65504"
         )
-    return x.to(torch.float16).float()
 
 
 def _nonzero(scale: torch.Tensor) -> torch.Tensor:

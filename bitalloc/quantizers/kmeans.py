@@ -80,26 +80,34 @@ def quantize_many(
         return []
     w = weight.detach().float()  # (out, in)
     h = check_hessian(candidates[0], hessian, w.shape[1], unit)
-    col_weight = h.diagonal().clamp_min(0)  # (in,)
-    col_weight = col_weight + 1e-6 * float(col_weight.mean())  # dead inputs still place their weights
-    out_features, in_features = w.shape
+    col_weight = column_weights(h.diagonal())  # (in,)
     results = []
     for c in candidates:
-        g, k = c.group_size, 2**c.bits
-        n_groups = in_features // g
-        x = w.reshape(out_features * n_groups, g)  # (rows, g)
-        cw = col_weight.reshape(n_groups, g).repeat(out_features, 1)  # (rows, g)
-        centers = weighted_kmeans(x, cw, k, CONFIG.iterations)
-        lut = centers.to(torch.float16)  # (rows, k)
-        codes = _nearest(x, lut.float()).to(torch.uint8)  # (rows, g)
-        results.append(
-            PackedWeight(
-                c,
-                (out_features, in_features),
-                {"codes": pack_codes(codes, c.bits), "lut": lut.reshape(out_features, n_groups, k)},
-            )
-        )
+        luts = fit_tables(w, col_weight, c, CONFIG.iterations)  # (out, in/g, k)
+        x = w.reshape(-1, c.group_size)  # (rows, g)
+        codes = _nearest(x, luts.reshape(x.shape[0], -1).float()).to(torch.uint8)  # (rows, g)
+        results.append(PackedWeight(c, tuple(w.shape), {"codes": pack_codes(codes, c.bits), "lut": luts}))
     return results
+
+
+def column_weights(hessian_diagonal: torch.Tensor) -> torch.Tensor:
+    """k-means weight of each input column, ``diag(H)_j`` plus a tiny floor so that dead inputs still place
+    their weights: (in,) float32."""
+    col_weight = hessian_diagonal.float().clamp_min(0)
+    return col_weight + 1e-6 * float(col_weight.mean())
+
+
+def fit_tables(
+    w: torch.Tensor, col_weight: torch.Tensor, candidate: Candidate, iterations: int
+) -> torch.Tensor:
+    """The float16 table of every (row, group of ``candidate.group_size`` columns) of ``w`` (out, in), fitted
+    by ``col_weight``-weighted k-means: (out, in / group, 2**bits)."""
+    out_features, in_features = w.shape
+    g, k = candidate.group_size, 2**candidate.bits
+    n_groups = in_features // g
+    x = w.reshape(out_features * n_groups, g)  # (rows, g)
+    cw = col_weight.reshape(n_groups, g).repeat(out_features, 1)  # (rows, g)
+    return weighted_kmeans(x, cw, k, iterations).to(torch.float16).reshape(out_features, n_groups, k)
 
 
 def dequantize(q: PackedWeight) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 from bitalloc.quantizers import kmeans
 from bitalloc.quantizers.candidate import Candidate, QuantKind
 from bitalloc.quantizers.gptq import inverse_hessian_factor
-from bitalloc.quantizers.gptq_actorder import activation_order
+from bitalloc.quantizers.gptq_actorder import permuted
 from bitalloc.quantizers.packed import Layout, PackedWeight
 from bitalloc.quantizers.packing import pack_codes
 from bitalloc.quantizers.registry import QuantizerSpec, check_hessian
@@ -82,29 +82,21 @@ def quantize_many(
     """Tables then GPTQ, in activation order, for every candidate."""
     if not candidates:
         return []
-    h = check_hessian(candidates[0], hessian, weight.shape[1], unit)  # (in, in)
-    perm = activation_order(h)  # (in,)
-    w = weight.detach().float()[:, perm]  # (out, in) permuted columns
-    upper, dead = inverse_hessian_factor(h[perm][:, perm], CONFIG.damp, unit)  # (in, in), (in,)
+    h = check_hessian(candidates[0], hessian, weight.shape[1], unit)
+    perm, w, h_p = permuted(weight, h)  # (in,), (out, in), (in, in) in activation order
+    upper, dead = inverse_hessian_factor(h_p, CONFIG.damp, unit)  # (in, in), (in,)
     w[:, dead] = 0
-    col_weight = h.diagonal()[perm].clamp_min(0)  # (in,)
-    col_weight = col_weight + 1e-6 * float(col_weight.mean())  # dead inputs still place their weights
-    out_features, in_features = w.shape
+    col_weight = kmeans.column_weights(h_p.diagonal())  # (in,)
     results = []
     for c in candidates:
-        g, k = c.group_size, 2**c.bits
-        n_groups = in_features // g
-        x = w.reshape(out_features * n_groups, g)  # (rows, g)
-        cw = col_weight.reshape(n_groups, g).repeat(out_features, 1)  # (rows, g)
-        lut = kmeans.weighted_kmeans(x, cw, k, CONFIG.iterations).to(torch.float16)  # (rows, k)
-        luts = lut.reshape(out_features, n_groups, k)
-        codes = gptq_to_tables(w, upper, luts.float(), g, CONFIG.block_size)  # (out, in)
+        luts = kmeans.fit_tables(w, col_weight, c, CONFIG.iterations)  # (out, in/g, k) float16
+        codes = gptq_to_tables(w, upper, luts.float(), c.group_size, CONFIG.block_size)  # (out, in)
         stored = {
             "codes": pack_codes(codes.to(torch.uint8), c.bits),
             "lut": luts,
             "perm": perm.to(torch.int16),
         }
-        results.append(PackedWeight(c, (out_features, in_features), stored))
+        results.append(PackedWeight(c, tuple(w.shape), stored))
     return results
 
 

@@ -26,7 +26,6 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-import pandas as pd
 import torch
 from torch import nn
 
@@ -41,6 +40,7 @@ from bitalloc.quantizers.quantized_weight import QuantizedWeight
 from bitalloc.sensitivity.calibrate import CalibrationStats
 from bitalloc.sensitivity.metrics import UnitStats, get_metric
 from bitalloc.sensitivity.profile import SensitivityProfile
+from bitalloc.sensitivity.profiler import calibrated_profile
 
 GROUP_METRICS = ("hessian", "awq", "fisher")  # scores that are sums over input columns
 _GROUP_UNIT = re.compile(r"^(?P<base>.+)@cols(?P<start>\d+)-(?P<end>\d+)$")
@@ -145,19 +145,10 @@ def profile_column_groups(
                 rows.append((group.name, group.tie, *group.shape, cand.name, float(error), nbytes))
         if on_unit is not None:
             on_unit(i + 1, len(units))
-    table = pd.DataFrame(rows, columns=["unit", "tie", "rows", "cols", "candidate", "error", "nbytes"])
-    full_meta = dict(
-        meta,
-        model_hash=stats.model_hash,
-        corpus_hash=stats.corpus_hash,
-        n_tokens=stats.n_tokens,
-        calibration=stats.settings,
-        estimator=metric,
-        metric=metric,
-        palette=[c.name for c in palette],
-        column_groups={"group_cols": group_cols, "order": "contiguous", "cross_terms": "dropped"},
+    groups = {"group_cols": group_cols, "order": "contiguous", "cross_terms": "dropped"}
+    return calibrated_profile(
+        rows, stats, palette, meta, estimator=metric, metric=metric, column_groups=groups
     )
-    return SensitivityProfile(table=table, meta=full_meta)
 
 
 def cross_group_fraction(

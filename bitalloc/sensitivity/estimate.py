@@ -22,18 +22,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import pandas as pd
 import torch
 from torch import nn
 
 from bitalloc.errors import InvalidInput
 from bitalloc.models.units import Unit
 from bitalloc.quantizers.candidate import Candidate, QuantKind
-from bitalloc.quantizers.grid import group_grid
-from bitalloc.quantizers.registry import quantize_batch
+from bitalloc.quantizers.gptq import damped_hessian, not_positive_definite
+from bitalloc.quantizers.grid import check_float16_range, group_grid
 from bitalloc.sensitivity.calibrate import CalibrationStats
 from bitalloc.sensitivity.profile import SensitivityProfile
-from bitalloc.sensitivity.proxy import proxy_errors
+from bitalloc.sensitivity.profiler import calibrated_profile, score_unit
 from bitalloc.sensitivity.stacking import shape_stacks, stack_bytes
 
 ESTIMATOR = "hessian_estimate"
@@ -57,21 +56,12 @@ def column_prices(
     the later inputs); V is the lower Cholesky factor of H with its index order reversed. H is prepared as
     GPTQ prepares it (symmetrized, dead inputs set to 1, ``damp * mean(diag)`` added) and factored in float32.
     """
-    h = torch.stack([x.float() for x in hessians])  # (batch, in, in)
-    h = (h + h.transpose(1, 2)) / 2
-    diagonal = h.diagonal(dim1=1, dim2=2)  # (batch, in) view
-    dead = diagonal == 0
-    rtn = diagonal.clamp_min(0).clone()
-    diagonal[dead] = 1
-    diagonal.add_(damp * diagonal.mean(dim=1, keepdim=True))
+    h, dead = damped_hessian(torch.stack([x.float() for x in hessians]), damp)  # (batch, in, in), (batch, in)
+    rtn = torch.stack([x.diagonal().float().clamp_min(0) for x in hessians])  # (batch, in)
     lower, info = torch.linalg.cholesky_ex(h.flip(1, 2))  # J H J = L Lᵀ
     bad = torch.nonzero(info).flatten().tolist()
     if bad:
-        where = f" of unit {units[bad[0]]!r}" if units else ""
-        raise InvalidInput(
-            f"the Hessian{where} is not positive definite after damping {damp}; "
-            "it must be X^T X / n of real activations, or raise damp (e.g. 0.1)"
-        )
+        raise not_positive_definite(damp, units[bad[0]] if units else "")
     gptq = lower.diagonal(dim1=1, dim2=2).square().flip(1)  # (batch, in)
     gptq[dead] = 0
     return [ColumnPrices(rtn=r, gptq=g) for r, g in zip(rtn, gptq, strict=True)]
@@ -110,9 +100,7 @@ def estimate_errors(
     prices_by_kind = {QuantKind.RTN: rtn_price.double(), QuantKind.GPTQ: gptq_price.double()}
     column_sums: dict[tuple[int, bool, int], torch.Tensor] = {}  # one RTN pass per format
     if w.is_cuda:  # the kernel's range check once here, not once per format
-        from bitalloc.kernels.rtn_error import check_float16
-
-        check_float16(w)
+        check_float16_range(w)
     for i, c in enumerate(candidates):
         key = (c.bits, c.symmetric, c.group_size)
         if key not in column_sums:
@@ -143,9 +131,11 @@ def profile_estimate(
     done = 0
     closed = [c for c in palette if c.foundation_format]
     n_formats = len({(c.bits, c.symmetric, c.group_size) for c in closed})
+    order = {c: k for k, c in enumerate(palette)}
     for stack in shape_stacks([u.shape for u in units], [2 * n_formats] * len(units), stack_bytes(device)):
         shape = units[stack[0]].shape
         fitting = [c for c in closed if c.supports(shape)]
+        others = [c for c in palette if not c.foundation_format and c.supports(shape)]
         hessians = [stats.hessians[units[i].name] for i in stack]
         new = {id(h): (h, units[i].name) for i, h in zip(stack, hessians, strict=True) if id(h) not in cache}
         if new:
@@ -158,33 +148,17 @@ def profile_estimate(
         for i, w, h, errors in zip(stack, ws, hessians, estimates, strict=True):
             unit = units[i]
             rows = [(c, e, c.nbytes(shape)) for c, e in zip(fitting, errors, strict=True)]
-            others = [c for c in palette if not c.foundation_format and c.supports(shape)]
-            if others:
-                h_dev = h.to(device)
-                quantized = quantize_batch(w, others, h_dev, unit.name, n_tokens=stats.n_tokens)
-                exact = proxy_errors(w, [q.dequantize() for q in quantized], h_dev)
-                rows += [(q.candidate, e, q.nbytes) for q, e in zip(quantized, exact, strict=True)]
+            if others:  # scored exactly, as profile_model scores them
+                rows += score_unit(w, h.to(device), others, unit=unit.name, n_tokens=stats.n_tokens)
             if not rows:
                 raise InvalidInput(
                     f"no candidate of the palette fits unit {unit.name!r} of shape {unit.shape}"
                 )
-            order = {c: k for k, c in enumerate(palette)}
             rows.sort(key=lambda r: order[r[0]])
             per_unit[i] = [(unit.name, unit.tie, *unit.shape, c.name, float(e), int(n)) for c, e, n in rows]
             done += 1
             if on_unit is not None:
                 on_unit(done, len(units))
-    table = pd.DataFrame(
-        [row for rows in per_unit for row in rows],
-        columns=["unit", "tie", "rows", "cols", "candidate", "error", "nbytes"],
+    return calibrated_profile(
+        [row for rows in per_unit for row in rows], stats, palette, meta, estimator=ESTIMATOR
     )
-    full_meta = dict(
-        meta,
-        model_hash=stats.model_hash,
-        corpus_hash=stats.corpus_hash,
-        n_tokens=stats.n_tokens,
-        calibration=stats.settings,
-        estimator=ESTIMATOR,
-        palette=[c.name for c in palette],
-    )
-    return SensitivityProfile(table=table, meta=full_meta)

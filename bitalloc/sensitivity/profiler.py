@@ -89,14 +89,26 @@ def profile_model(
             if on_unit is not None:
                 on_unit(done, len(units))
     rows = [row for unit_rows in per_unit for row in unit_rows]
-    table = pd.DataFrame(rows, columns=["unit", "tie", "rows", "cols", "candidate", "error", "nbytes"])
+    return calibrated_profile(rows, stats, palette, meta, estimator=ESTIMATOR)
+
+
+def calibrated_profile(
+    rows: Sequence[tuple],
+    stats: CalibrationStats,
+    palette: Sequence[Candidate],
+    meta: dict,
+    **extra: object,
+) -> SensitivityProfile:
+    """A SensitivityProfile of ``rows`` (unit, tie, rows, cols, candidate, error, nbytes) whose metadata is
+    ``meta`` plus the calibration's provenance, the palette's names and ``extra`` (the estimator, ...)."""
+    table = pd.DataFrame(list(rows), columns=["unit", "tie", "rows", "cols", "candidate", "error", "nbytes"])
     full_meta = dict(
         meta,
         model_hash=stats.model_hash,
         corpus_hash=stats.corpus_hash,
         n_tokens=stats.n_tokens,
         calibration=stats.settings,
-        estimator=ESTIMATOR,
         palette=[c.name for c in palette],
+        **extra,
     )
     return SensitivityProfile(table=table, meta=full_meta)
