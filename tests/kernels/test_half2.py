@@ -24,9 +24,10 @@ def _pack(h: np.ndarray) -> int:
     return int(lo) | (int(hi) << 16)
 
 
-def run_ptx(asm: str, inputs: list[int]) -> float:
-    """Run the PTX subset that ``word_asm`` emits: ``$1..`` are 32-bit inputs, ``$0`` the float32 result."""
-    regs: dict[str, object] = {f"${i + 1}": v for i, v in enumerate(inputs)}
+def run_ptx_regs(asm: str, inputs: list[int], outputs: int = 1) -> list:
+    """Run the PTX subset our kernels emit: ``$0..$outputs-1`` are results, the next ``$i`` 32-bit inputs.
+    Returns each output as float16 halves (a 32-bit result) or as a float32 (a ``.f32`` result)."""
+    regs: dict[str, object] = {f"${outputs + i}": v for i, v in enumerate(inputs)}
 
     def val(tok: str) -> int:
         return int(tok, 16) if tok.startswith("0x") else regs[tok]  # type: ignore[return-value]
@@ -57,7 +58,13 @@ def run_ptx(asm: str, inputs: list[int]) -> float:
             regs[args[0]] = np.float32(regs[args[1]]) + np.float32(regs[args[2]])
         else:
             raise AssertionError(f"unexpected PTX {line!r}")
-    return float(regs["$0"])  # type: ignore[arg-type]
+    out = [regs[f"${i}"] for i in range(outputs)]
+    return [o if isinstance(o, np.floating) else [float(h) for h in _halves(int(o))] for o in out]
+
+
+def run_ptx(asm: str, inputs: list[int]) -> float:
+    """Run ``word_asm``'s PTX: ``$1..`` are 32-bit inputs, ``$0`` the float32 result."""
+    return float(run_ptx_regs(asm, inputs)[0])
 
 
 @pytest.mark.parametrize(

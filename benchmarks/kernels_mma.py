@@ -1,0 +1,84 @@
+"""The tensor-core kernel (``mma.py``) against fp16 cuBLAS and the current kernels, batch 1-16, side by side.
+
+    python benchmarks/kernels_mma.py --shapes large --batches 1,16 [--sweep]
+
+Same protocol as ``kernels_speed.py`` (CUDA graph, L2 flushed by reading 128 MiB, median of 30). ``current``
+is what the registry runs today (f16x2 GEMV at batch 1, swap-AB GEMM at 2-16). With ``--sweep`` every mma
+launch configuration of a small grid is timed and the best one reported with its parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from kernels_speed import LARGE, SMOLLM2, bench, copy_bandwidth, random_qweight, run_kernel
+
+from bitalloc.kernels.fragment_layout import to_fragment_layout
+from bitalloc.kernels.layout import to_layout
+from bitalloc.kernels.mma import MmaConfig, mma_matmul
+from bitalloc.kernels.registry import Registry
+from bitalloc.quantizers.candidate import Candidate, QuantKind
+
+SWEEP = [MmaConfig(t, w, s) for t, w, s in itertools.product((1, 2, 4), (4, 8), (0, 1, 2, 4, 8))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="large", choices=["large", "smollm2", "all", "xl"])
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--bits", default="2,4,8")
+    parser.add_argument("--sym", action="store_true", help="symmetric codes (default asymmetric)")
+    parser.add_argument("--sweep", action="store_true", help="time a grid of mma configs, keep the best")
+    args = parser.parse_args()
+    shapes = {"large": LARGE, "smollm2": SMOLLM2, "all": LARGE + SMOLLM2, "xl": LARGE[-1:]}[args.shapes]
+    registry = Registry.load()
+    bw = copy_bandwidth()
+    codes = "sym" if args.sym else "asym"
+    print(f"copy bandwidth {bw / 1e12:.2f} TB/s ({torch.cuda.get_device_name()}); {codes}")
+    print(
+        "| shape | batch | bits | fp16 us | current us | mma us | frac BW | x fp16 | mma / current | config |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for shape, batch in itertools.product(shapes, [int(b) for b in args.batches.split(",")]):
+        w16 = torch.randn(shape, device="cuda", dtype=torch.float16) * 0.02
+        x = torch.randn(batch, shape[1], device="cuda", dtype=torch.float16)
+        fp16_us = bench(lambda: torch.nn.functional.linear(x, w16))  # noqa: B023
+        for bits in [int(b) for b in args.bits.split(",")]:
+            group = 128 if shape[1] % 128 == 0 else 64
+            cand = Candidate(QuantKind.RTN, bits, group, args.sym)
+            qw = random_qweight(cand, shape)
+            layout = to_layout(qw)
+            choice = registry.choose(bits, shape, batch)
+            cur_us = bench(lambda: run_kernel(x, layout, choice.kernel, choice.params))  # noqa: B023
+            frag = to_fragment_layout(qw)
+            ref = run_kernel(x, layout, choice.kernel, choice.params).float()
+            best = None
+            for config in SWEEP if args.sweep else [MmaConfig()]:
+                y = mma_matmul(x, frag, config).float()
+                err = float((y - ref).norm() / ref.norm())
+                if err > 5e-3:
+                    print(f"WRONG {shape} {batch} {bits} {config} rel err {err:.2e}", flush=True)
+                    continue
+                us = bench(lambda: mma_matmul(x, frag, config))  # noqa: B023
+                if best is None or us < best[0]:
+                    best = (us, config)
+            if best is None:
+                continue
+            us, config = best
+            moved = cand.nbytes(shape) + x.numel() * 2 + batch * shape[0] * 2
+            print(
+                f"| {shape[0]}x{shape[1]} | {batch} | {bits} | {fp16_us:.1f} | {cur_us:.1f} | {us:.1f} | "
+                f"{moved / (us * 1e-6) / bw:.2f} | {fp16_us / us:.2f} | {us / cur_us:.2f} | "
+                f"{config.tiles_per_warp}/{config.num_warps}/{config.split_k} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

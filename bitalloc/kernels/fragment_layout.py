@@ -1,0 +1,167 @@
+"""The fragment layout: codes packed so that each thread's word holds its own tensor-core operand.
+
+The tensor-core kernel (``mma.py``) computes ``y^T = W x^T`` with ``mma.m16n8k16`` (float16 in, float32
+accumulators), the weight as the left operand. In a 16x16 tile of W (16 outputs x 16 inputs) lane
+``l = 4 g + t`` of a warp holds 8 elements ``r = b0 + 2 b1 + 4 b2``: output ``g + 8 b1``, mma position
+``2 t + b0 + 8 b2`` (PTX ISA, "Matrix Fragments for mma.m16n8k16", operand A). One int32 word holds
+``E = 32 / bits`` such elements of one lane: element ``j`` (``e = v * E + j`` over the lane's words ``v``
+of an atom, k-tile ``e // 8`` of the atom, ``r = e % 8``) sits in field ``j // 2`` of the word's low
+(``j`` even) or high (``j`` odd) 16-bit half, at bit ``16 * (j % 2) + bits * (j // 2)``. So one LOP3
+``(w & mask) | 0x6400`` turns a field pair into the float16x2 ``1024 + q 2**s`` of the register pair
+``(r, r + 1)``, and one f16x2 FMA gives the exact codes the mma reads: no layout conversion, no shared
+memory. Inside a scale group the mma positions are a permutation of the inputs (``_element_index``) chosen
+so that each lane's activations are one contiguous run.
+
+An atom is 16 outputs x ``ATOM_K`` inputs (``ATOM_K = min(256 / bits, group)``: at most one group, at
+most 4 words = 16 bytes per lane); memory order ``(out / 16, in / ATOM_K, 32 lanes, VEC words)``: a warp
+reads one contiguous ``32 * VEC``-word atom per 16 outputs, a lane one ``VEC``-word vector. Scales and
+mins stay the stored float16 tensors, transposed to ``(in / group, out)``. The words hold exactly the
+packed codes' bits: ``nbytes`` equals ``Candidate.nbytes(shape)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bitalloc.errors import UnsupportedShape
+from bitalloc.quantizers.packing import unpack_codes
+from bitalloc.quantizers.quantized_weight import QuantizedWeight
+
+FRAGMENT_BITS = (2, 4, 8)
+TILE = 16  # rows and inputs of one mma operand tile
+LANES = 32
+MAX_VEC = 4  # words per lane per atom (16-byte loads)
+
+
+def fragment_supports(bits: int, group_size: int, shape: tuple[int, int]) -> str | None:
+    """None when the fragment layout handles the format and shape, else the reason it does not."""
+    out_features, in_features = shape
+    if bits not in FRAGMENT_BITS:
+        return f"{bits}-bit codes (tensor-core kernel handles {list(FRAGMENT_BITS)} bits)"
+    if group_size < 32 or group_size & (group_size - 1):
+        return f"group size {group_size} (needs a power of two >= 32)"
+    if in_features % group_size:
+        return f"input dimension {in_features} not divisible by group size {group_size}"
+    if out_features % TILE:
+        return f"output dimension {out_features} not a multiple of {TILE}"
+    return None
+
+
+def atom_k(bits: int, group_size: int) -> int:
+    """Inputs per atom: at most 4 words per lane, never more than one group."""
+    return min(256 // bits, group_size)
+
+
+@dataclass(frozen=True, eq=False)
+class FragmentLayout:
+    """Words in fragment order plus transposed scales and mins (see the module docstring)."""
+
+    bits: int
+    group_size: int
+    shape: tuple[int, int]  # (out, in)
+    words: torch.Tensor  # (out / 16, in / ATOM_K, 32, VEC) int32
+    scales: torch.Tensor  # (in / group, out) float16
+    mins: torch.Tensor | None  # (in / group, out) float16 when asymmetric
+    qoff: float  # w = scale * (code + qoff) + min
+
+    @property
+    def atom(self) -> int:
+        """Inputs per atom."""
+        return atom_k(self.bits, self.group_size)
+
+    @property
+    def vec(self) -> int:
+        """Words per lane per atom."""
+        return self.words.shape[-1]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by words, scales and mins (the stored format's bytes)."""
+        tensors = [self.words, self.scales] + ([self.mins] if self.mins is not None else [])
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def codes(self) -> torch.Tensor:
+        """The ``(out, in)`` codes decoded from the words by the fragment mapping (for tests)."""
+        return _decode(self.words, self.bits, self.shape, self.group_size)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 ``(out, in)`` weight the kernel computes with (for tests)."""
+        g = self.group_size
+        w = self.scales.float().t().repeat_interleave(g, dim=1) * (self.codes().float() + self.qoff)
+        if self.mins is not None:
+            w = w + self.mins.float().t().repeat_interleave(g, dim=1)
+        return w
+
+
+def _element_index(bits: int, group: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and input (inside one group) of every ``(atom, lane, word, element)`` of a group's atoms:
+    two ``(G / ATOM_K, 32, VEC, E)`` int64. The mma position ``k = 16 kt + 8 b2 + 2 t + b0`` of k-tile
+    ``kt`` takes input ``4 KT t + 4 kt + 2 b2 + b0`` (``KT = G / 16``), so that lane ``t``'s activations
+    of the whole group are one contiguous run of ``4 KT`` inputs (``mma.py`` loads them as 16-byte
+    vectors)."""
+    per_word = 32 // bits
+    atom = atom_k(bits, group)
+    vec = atom * TILE // LANES // per_word
+    atoms = group // atom
+    a = torch.arange(atoms, device=device).view(atoms, 1, 1, 1)
+    lane = torch.arange(LANES, device=device).view(1, LANES, 1, 1)
+    e = torch.arange(vec, device=device).view(1, 1, vec, 1) * per_word + torch.arange(
+        per_word, device=device
+    ).view(1, 1, 1, per_word)
+    g, t = lane // 4, lane % 4
+    kt, r = a * (atom // TILE) + e // 8, e % 8
+    b0, b1, b2 = r % 2, (r // 2) % 2, r // 4
+    shape = (atoms, LANES, vec, per_word)
+    row = (g + 8 * b1).expand(shape)
+    col = (4 * (group // TILE) * t + 4 * kt + 2 * b2 + b0).expand(shape)
+    return row, col
+
+
+def _field_shifts(bits: int, device: torch.device) -> torch.Tensor:
+    """Bit position of element ``j`` in its word: ``(E,)`` int64."""
+    j = torch.arange(32 // bits, device=device)
+    return 16 * (j % 2) + bits * (j // 2)
+
+
+def to_fragment_layout(qweight: QuantizedWeight) -> FragmentLayout:
+    """Convert a packed weight (RTN/GPTQ storage) into the fragment layout (an exact copy of its bits)."""
+    cand = qweight.candidate
+    out_features, in_features = qweight.shape
+    reason = fragment_supports(cand.bits, cand.group_size, qweight.shape)
+    if reason is not None:
+        raise UnsupportedShape(f"{cand.name} {qweight.shape}: no fragment layout for {reason}")
+    q = unpack_codes(qweight.codes, cand.bits, out_features * in_features).view(out_features, in_features)
+    return FragmentLayout(
+        cand.bits,
+        cand.group_size,
+        (out_features, in_features),
+        pack_fragments(q.to(torch.int64), cand.bits, cand.group_size),
+        qweight.scales.t().contiguous(),
+        None if qweight.mins is None else qweight.mins.t().contiguous(),
+        -float(1 << (cand.bits - 1)) if cand.symmetric else 0.0,
+    )
+
+
+def pack_fragments(q: torch.Tensor, bits: int, group: int) -> torch.Tensor:
+    """Codes ``q (out, in)`` (< 2**bits) -> words ``(out / 16, in / ATOM_K, 32, VEC)`` int32."""
+    out_features, in_features = q.shape
+    row, col = _element_index(bits, group, q.device)  # (G / ATOM_K, 32, VEC, E)
+    tiles = q.view(out_features // TILE, TILE, in_features // group, group).permute(0, 2, 1, 3)
+    vals = tiles[:, :, row, col]  # (out / 16, in / G, G / ATOM_K, 32, VEC, E)
+    words = (vals << _field_shifts(bits, q.device)).sum(-1)  # fields disjoint, < 2**32
+    words = torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
+    return words.reshape(out_features // TILE, -1, LANES, row.shape[2]).contiguous()
+
+
+def _decode(words: torch.Tensor, bits: int, shape: tuple[int, int], group: int) -> torch.Tensor:
+    """Invert ``pack_fragments``: words -> codes ``(out, in)`` int32."""
+    out_features, in_features = shape
+    row, col = _element_index(bits, group, words.device)
+    vals = (words.to(torch.int64)[..., None] >> _field_shifts(bits, words.device)) & ((1 << bits) - 1)
+    vals = vals.view(out_features // TILE, in_features // group, *row.shape)
+    tiles = torch.zeros(out_features // TILE, in_features // group, TILE, group, dtype=torch.int64)
+    tiles = tiles.to(words.device)
+    tiles[:, :, row, col] = vals
+    return tiles.permute(0, 2, 1, 3).reshape(out_features, in_features).to(torch.int32)
