@@ -1,4 +1,4 @@
-"""One tensor-core kernel call on 8192x28672, for ncu: ``python benchmarks/mma_profile_once.py BITS BATCH``."""
+"""One tensor-core kernel call on 8192x28672, for ncu: ``benchmarks/mma_profile_once.py BITS BATCH``."""
 
 from __future__ import annotations
 
