@@ -8,6 +8,7 @@ import warnings
 import torch
 from torch import nn
 
+from bitalloc.kernels.fragment_layout import FragmentLayout, fragment_supports, to_fragment_layout
 from bitalloc.kernels.layout import KernelLayout, to_layout
 from bitalloc.kernels.registry import KernelChoice, Registry, unsupported_reason
 from bitalloc.quantizers.quant_linear import QuantLinear
@@ -25,6 +26,8 @@ class KernelQuantLinear(QuantLinear):
         self.registry = registry
         self._layout: KernelLayout | None = None
         self._layout_key: tuple[int, ...] | None = None
+        self._fragments: FragmentLayout | None = None
+        self._fragments_key: tuple[int, ...] | None = None
         self._warned: set[str] = set()
 
     def layout(self) -> KernelLayout:
@@ -35,6 +38,14 @@ class KernelQuantLinear(QuantLinear):
             self._layout_key = key
         return self._layout
 
+    def fragments(self) -> FragmentLayout:
+        """The tensor-core kernel's layout of the current buffers (built at the first batch of 2-16)."""
+        key = (self.codes.data_ptr(), self.scales.data_ptr(), self.codes.device.index or 0)
+        if self._fragments is None or self._fragments_key != key:
+            self._fragments = to_fragment_layout(self.qweight)
+            self._fragments_key = key
+        return self._fragments
+
     def choice(self, x: torch.Tensor) -> KernelChoice:
         """Which path a call with activations ``x (..., in)`` takes."""
         cand = self.candidate
@@ -44,7 +55,15 @@ class KernelQuantLinear(QuantLinear):
         if reason is not None:
             return KernelChoice("reference", {}, reason)
         rows = x.numel() // self.in_features
-        return self.registry.choose(cand.bits, shape, rows)
+        choice = self.registry.choose(cand.bits, shape, rows)
+        tensor_cores = x.dtype == torch.float16 and not interpret
+        if (
+            choice.kernel == "swapab"
+            and tensor_cores
+            and fragment_supports(cand.bits, cand.group_size, shape) is None
+        ):
+            return self.registry.choose_mma(cand.bits, shape, rows)
+        return choice
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (..., in) -> (..., out)`` on a kernel, or on the reference path for unsupported calls."""
@@ -57,6 +76,10 @@ class KernelQuantLinear(QuantLinear):
             from bitalloc.kernels.gemv import GemvConfig, gemv
 
             y = gemv(x2, self.layout(), GemvConfig(**choice.params))
+        elif choice.kernel == "mma":
+            from bitalloc.kernels.mma import MmaConfig, mma_matmul
+
+            y = mma_matmul(x2, self.fragments(), MmaConfig(**choice.params))
         elif choice.kernel == "swapab":
             from bitalloc.kernels.gemm_swapab import SwapABConfig, swapab
 

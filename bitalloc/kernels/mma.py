@@ -6,7 +6,8 @@ field pairs become the float16x2 registers of the mma's left operand by one LOP3
 ``mma_v2`` (``mma.sync.m16n8k16``, float32 accumulators) through reshapes and a permute that move no data
 (``convert_layout(..., assert_trivial=True)`` proves it at compile time). One K step is one scale group:
 ``acc += scale * (q W-tile @ x^T)`` per output row, plus ``min * sum(x of the group)`` for asymmetric codes
-(the sums come from one more mma with a tile of ones). Symmetric codes fold ``qoff`` into the FMA.
+(the sums: one small torch reduction before the launch; an mma with a tile of ones doubled the tensor-core
+work, which bounds batch 9-16). Symmetric codes fold ``qoff`` into the FMA.
 The next step's words are loaded before this step's arithmetic; SPLIT_K > 1 adds partial results atomically
 into a zeroed output.
 
@@ -33,7 +34,7 @@ MMA_MAX_BATCH = 16
 class MmaConfig:
     """Launch parameters: 16-row tiles per warp, warps, split-K (0: from the shape and the SM count)."""
 
-    tiles_per_warp: int = 2
+    tiles_per_warp: int = 4
     num_warps: int = 4
     split_k: int = 0
 
@@ -202,11 +203,13 @@ def _mma_kernel(
     w_ptr,
     s_ptr,
     m_ptr,
+    xs_ptr,
     y_ptr,
     M,
     N,
     K,
     x_stride,
+    xs_stride,
     y_stride,
     QOFF: gl.constexpr,
     ASM: gl.constexpr,
@@ -240,7 +243,7 @@ def _mma_kernel(
     rows = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, MMA))  # (BM,) outputs
     acc = gl.zeros([BM, BN], gl.float32, MMA)
     zero = gl.zeros([BM, BN], gl.float32, MMA)
-    ones = gl.full([BM, GROUP], 1.0, gl.float16, A_L)
+    cols = gl.arange(0, BN, layout=gl.SliceLayout(0, MMA))
 
     words = _load_words(w_ptr, tile0, s_begin, n_atoms_k, ATOMS, VEC, TM, LW)
     xb = _load_x(x_ptr, x_stride, M, s_begin * GROUP, GROUP, BN, LX, B_L)
@@ -254,10 +257,10 @@ def _mma_kernel(
         a = _unpack(words, ASM, BITS, TM, ATOMS, VEC, L6, A_L)
         part = gl.nvidia.ampere.mma_v2(a, xb, zero)
         acc += gl.expand_dims(scale.to(gl.float32), 1) * part
-        if HAS_MIN:
+        if HAS_MIN:  # + min * (the group's activation sum, from the host)
             next_mins = gl.load(m_ptr + nxt * N + rows)
-            xs = gl.nvidia.ampere.mma_v2(ones, xb, zero)
-            acc += gl.expand_dims(mins.to(gl.float32), 1) * xs
+            xs = gl.load(xs_ptr + cols * xs_stride + step, mask=cols < M, other=0.0)
+            acc += gl.expand_dims(mins.to(gl.float32), 1) * gl.expand_dims(xs, 0)
             mins = next_mins
         words = next_words
         xb = next_xb
@@ -269,9 +272,9 @@ def _mma_kernel(
     )
     out = gl.convert_layout(acc.to(gl.float16), OUT_L)
     rows_o = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, OUT_L))
-    cols = gl.arange(0, BN, layout=gl.SliceLayout(0, OUT_L))
-    y_off = gl.expand_dims(cols, 0) * y_stride + gl.expand_dims(rows_o, 1)
-    y_mask = gl.expand_dims(cols < M, 0)
+    cols_o = gl.arange(0, BN, layout=gl.SliceLayout(0, OUT_L))
+    y_off = gl.expand_dims(cols_o, 0) * y_stride + gl.expand_dims(rows_o, 1)
+    y_mask = gl.expand_dims(cols_o < M, 0)
     if SPLIT_K == 1:
         gl.store(y_ptr + y_off, out, mask=y_mask)
     else:
@@ -279,9 +282,9 @@ def _mma_kernel(
 
 
 def auto_split_k(row_programs: int, steps: int, device: torch.device) -> int:
-    """Enough K slices for about two programs per SM, at least two steps each."""
+    """Enough K slices for about three programs per SM, at least two steps each."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(steps // 2, (2 * sms + row_programs - 1) // row_programs))
+    return max(1, min(steps // 2, (3 * sms + row_programs - 1) // row_programs))
 
 
 def mma_matmul(
@@ -311,16 +314,20 @@ def mma_matmul(
     l6 = unpack_layout(warps, tpw, atoms, layout.vec, 32 // layout.bits)
     bn = 8 if rows <= 8 else 16
     mins = layout.mins if layout.mins is not None else layout.scales
+    # asymmetric codes: each group's activation sum, (M, in / group) float32
+    xs = x.view(rows, -1, layout.group_size).sum(-1, dtype=torch.float32) if layout.mins is not None else x
     _mma_kernel[(row_programs, split_k)](
         x,
         layout.words,
         layout.scales,
         mins,
+        xs,
         y,
         rows,
         out_features,
         in_features,
         x.stride(0),
+        xs.stride(0),
         y.stride(0),
         QOFF=layout.qoff if layout.mins is None else 0.0,
         ASM=codes_asm(layout.bits, layout.qoff if layout.mins is None else 0.0),

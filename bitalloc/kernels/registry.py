@@ -4,8 +4,10 @@ Tuned configurations live in ``configs/<device>.json`` (written by ``benchmarks/
 entries keyed by (bits, out, in, batch bucket). A shape that was not tuned takes the entry of the nearest
 tuned shape (by weight size) of the same bits and bucket; with no entry at all, the built-in defaults.
 
-Kernels per batch: 1 -> ``gemv``; 2-16 -> ``swapab`` (``gemm_swapab.py``; it runs ``gemm`` itself for the
-formats it does not handle); larger -> ``gemm``. Bucket-16 ``gemm`` entries of older tables are ignored.
+Kernels per batch: 1 -> ``gemv``; 2-16 -> ``mma`` (the tensor-core kernel, ``mma.py``) for float16
+activations on CUDA when the fragment layout holds the format (``choose_mma``), else ``swapab``
+(``gemm_swapab.py``; it runs ``gemm`` itself for the formats it does not handle); larger -> ``gemm``.
+Bucket-16 ``gemm`` entries of older tables are ignored.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ FORMAT = "bitalloc.kernels/v2"  # v2: interleaved transposed layout (v1 tables h
 
 @dataclass(frozen=True)
 class KernelChoice:
-    """Which path runs a call: ``gemv``/``swapab``/``gemm`` and launch parameters, or ``reference``, why."""
+    """Which path runs a call: ``gemv``/``mma``/``swapab``/``gemm`` and launch parameters, or ``reference``,
+    why."""
 
     kernel: str
     params: dict[str, int]
@@ -140,11 +143,25 @@ class Registry:
 
         return KernelChoice(kernel, dict(min(same, key=distance).params))
 
+    def choose_mma(self, bits: int, shape: tuple[int, int], batch: int) -> KernelChoice:
+        """The tensor-core kernel for ``2 <= batch <= 16``: the tuned ``mma`` entry nearest in size, or the
+        defaults."""
+        same = [
+            e for e in self.entries if e.bits == bits and e.kernel == "mma" and e.batch == batch_bucket(batch)
+        ]
+        if not same:
+            return KernelChoice("mma", default_params("mma", batch))
+        size = math.log(shape[0] * shape[1])
+        best = min(same, key=lambda e: abs(math.log(e.out_features * e.in_features) - size))
+        return KernelChoice("mma", dict(best.params))
+
 
 def default_params(kernel: str, batch: int) -> dict[str, int]:
     """Untuned launch parameters that run everywhere."""
     if kernel == "gemv":
         return {"block_n": 64, "block_k": 256, "split_k": 2, "num_warps": 4, "num_stages": 3}
+    if kernel == "mma":  # split_k 0: chosen from the shape and the SM count
+        return {"tiles_per_warp": 4, "num_warps": 4, "split_k": 0}
     if kernel == "swapab":  # split_k 0: chosen from the shape and the SM count
         return {"block_out": 128, "block_k": 256, "split_k": 0, "num_warps": 4, "num_stages": 3}
     block_m = 16 if batch <= 16 else 64

@@ -82,3 +82,11 @@ def test_unsupported_reasons():
     assert "float32" in unsupported_reason(4, 32, (8, 64), torch.float32, cpu, True)
     assert "CUDA" in unsupported_reason(4, 32, (8, 64), torch.float16, cpu, False)
     assert "7-bit" in unsupported_reason(7, 32, (8, 64), torch.float16, cpu, True)
+
+
+def test_choose_mma_takes_the_nearest_tuned_entry_or_defaults():
+    mma = {"tiles_per_warp": 2, "num_warps": 8, "split_k": 16}
+    reg = Registry("test", (TunedEntry(4, 8192, 28672, 16, "mma", mma),))
+    assert reg.choose_mma(4, (8192, 28672), 9) == reg.choose_mma(4, (4096, 14336), 16)
+    assert reg.choose_mma(4, (4096, 14336), 16).params == mma
+    assert reg.choose_mma(2, (4096, 4096), 16).params == default_params("mma", 16)  # bits never tuned
