@@ -26,7 +26,9 @@ from bitalloc.kernels.mma import MmaConfig, mma_matmul
 from bitalloc.kernels.registry import Registry, TunedEntry
 from bitalloc.quantizers.candidate import Candidate, QuantKind
 
-SWEEP = [MmaConfig(t, w, s) for t, w, s in itertools.product((1, 2, 4), (4, 8), (0, 4, 8, 16))]
+SWEEP = [
+    MmaConfig(t, w, s, g) for t, w, s, g in itertools.product((1, 2, 4), (4, 8), (0, 8, 16), (False, True))
+]
 TUNE = [MmaConfig(t, 4, s) for t, s in itertools.product((1, 2, 4), (0, 8, 16))]
 
 
@@ -82,7 +84,8 @@ def main() -> None:
             ref = run_kernel(x, layout, choice.kernel, choice.params).float()
             best = None
             tuned = MmaConfig(**registry.choose_mma(bits, shape, max(batch, 2)).params)
-            for config in SWEEP if args.sweep else [tuned]:
+            sweep = [c for c in SWEEP if batch > 8 or not c.wgmma]
+            for config in sweep if args.sweep else [tuned]:
                 y = mma_matmul(x, frag, config).float()
                 err = float((y - ref).norm() / ref.norm())
                 if err > 5e-3:
@@ -94,11 +97,12 @@ def main() -> None:
             if best is None:
                 continue
             us, config = best
+            name = f"{config.tiles_per_warp}/{config.num_warps}/{config.split_k}" + ("/wgmma" * config.wgmma)
             moved = cand.nbytes(shape) + x.numel() * 2 + batch * shape[0] * 2
             print(
                 f"| {shape[0]}x{shape[1]} | {batch} | {bits} | {fp16_us:.1f} | {cur_us:.1f} | {us:.1f} | "
                 f"{moved / (us * 1e-6) / bw:.2f} | {fp16_us / us:.2f} | {us / cur_us:.2f} | "
-                f"{config.tiles_per_warp}/{config.num_warps}/{config.split_k} |",
+                f"{name} |",
                 flush=True,
             )
 

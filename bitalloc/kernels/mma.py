@@ -37,6 +37,7 @@ class MmaConfig:
     tiles_per_warp: int = 4
     num_warps: int = 4
     split_k: int = 0
+    wgmma: bool = False  # Hopper warpgroup mma for 9-16 rows (needs 4 or 8 warps)
 
 
 def _f16x2(value: float) -> str:
@@ -125,9 +126,18 @@ def x_layout(num_warps: int, group: int, bn: int) -> gl.constexpr:
 
 @gluon.jit
 def _load_x(
-    x_ptr, x_stride, M, k0, GROUP: gl.constexpr, BN: gl.constexpr, LX: gl.constexpr, B_LAYOUT: gl.constexpr
+    x_ptr,
+    x_stride,
+    M,
+    k0,
+    GROUP: gl.constexpr,
+    BN: gl.constexpr,
+    LX: gl.constexpr,
+    B_LAYOUT: gl.constexpr,
+    WGMMA: gl.constexpr,
 ):
-    """The group's activations as the mma's right operand ``(G, BN)`` float16 (rows >= M are zeros)."""
+    """The group's activations as the mma's right operand ``(G, BN)`` float16 (rows >= M are zeros); for
+    wgmma in the layout it was loaded in (it goes to shared memory)."""
     KT: gl.constexpr = GROUP // 16
     n = gl.arange(0, BN, layout=gl.SliceLayout(1, gl.SliceLayout(2, LX)))
     t = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, LX)))
@@ -141,7 +151,9 @@ def _load_x(
     xt = gl.load(x_ptr + k0 + off, mask=n3 < M, other=0.0)  # (BN, 4, 4 KT): input 4 KT t + c of row n
     xt = xt.reshape([BN, 4, KT, 2, 2])  # (n, t, kt, b2, b0)
     xt = xt.permute([2, 3, 1, 4, 0]).reshape([GROUP, BN])  # k = 16 kt + 8 b2 + 2 t + b0
-    return gl.convert_layout(xt, B_LAYOUT, assert_trivial=True)
+    if not WGMMA:
+        xt = gl.convert_layout(xt, B_LAYOUT, assert_trivial=True)
+    return xt
 
 
 @gluon.jit
@@ -221,6 +233,7 @@ def _mma_kernel(
     TILES_PER_WARP: gl.constexpr,
     BN: gl.constexpr,
     SPLIT_K: gl.constexpr,
+    WGMMA: gl.constexpr,
     L6: gl.constexpr,
     LW: gl.constexpr,
     LX: gl.constexpr,
@@ -229,9 +242,19 @@ def _mma_kernel(
     TM: gl.constexpr = W * TILES_PER_WARP
     BM: gl.constexpr = TM * 16
     ATOMS: gl.constexpr = GROUP // ATOM
-    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[W, 1], instr_shape=[16, 8])
+    if WGMMA:  # Hopper: A from registers (the same fragments), x^T from shared memory
+        MMA: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[W, 1], instr_shape=[16, BN, 16]
+        )
+    else:
+        MMA: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[2, 0], warps_per_cta=[W, 1], instr_shape=[16, 8]
+        )
     A_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
-    B_L: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
+    if WGMMA:
+        B_L: gl.constexpr = A_L  # unused: x^T goes through shared memory
+    else:
+        B_L: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=MMA, k_width=2)
     pid_m = gl.program_id(0)
     pid_k = gl.program_id(1)
     n_steps = K // GROUP
@@ -245,17 +268,27 @@ def _mma_kernel(
     zero = gl.zeros([BM, BN], gl.float32, MMA)
     cols = gl.arange(0, BN, layout=gl.SliceLayout(0, MMA))
 
+    if WGMMA:
+        X_SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=2 * BN, element_bitwidth=16, rank=2)
+        x_smem = gl.allocate_shared_memory(gl.float16, [2, GROUP, BN], X_SMEM)
     words = _load_words(w_ptr, tile0, s_begin, n_atoms_k, ATOMS, VEC, TM, LW)
-    xb = _load_x(x_ptr, x_stride, M, s_begin * GROUP, GROUP, BN, LX, B_L)
+    xb = _load_x(x_ptr, x_stride, M, s_begin * GROUP, GROUP, BN, LX, B_L, WGMMA)
     scale = gl.load(s_ptr + s_begin * N + rows)
     mins = gl.load(m_ptr + s_begin * N + rows)
     for step in range(s_begin, s_end):  # loads of step + 1 are in flight during step's arithmetic
         nxt = gl.minimum(step + 1, s_end - 1)  # the last step re-reads itself (cache hit)
         next_words = _load_words(w_ptr, tile0, nxt, n_atoms_k, ATOMS, VEC, TM, LW)
-        next_xb = _load_x(x_ptr, x_stride, M, nxt * GROUP, GROUP, BN, LX, B_L)
+        next_xb = _load_x(x_ptr, x_stride, M, nxt * GROUP, GROUP, BN, LX, B_L, WGMMA)
         next_scale = gl.load(s_ptr + nxt * N + rows)
         a = _unpack(words, ASM, BITS, TM, ATOMS, VEC, L6, A_L)
-        part = gl.nvidia.ampere.mma_v2(a, xb, zero)
+        if WGMMA:  # two x buffers: a warp may store step + 1 while another still multiplies step
+            xbuf = x_smem.index(step % 2)
+            xbuf.store(xb)
+            gl.nvidia.hopper.fence_async_shared()
+            gl.thread_barrier()
+            part = gl.nvidia.hopper.warpgroup_mma(a, xbuf, zero, use_acc=False)
+        else:
+            part = gl.nvidia.ampere.mma_v2(a, xb, zero)
         acc += gl.expand_dims(scale.to(gl.float32), 1) * part
         if HAS_MIN:  # + min * (the group's activation sum, from the host)
             next_mins = gl.load(m_ptr + nxt * N + rows)
@@ -339,6 +372,7 @@ def mma_matmul(
         TILES_PER_WARP=tpw,
         BN=bn,
         SPLIT_K=split_k,
+        WGMMA=config.wgmma and bn == 16 and warps % 4 == 0,
         L6=l6,
         LW=words_layout(warps, tpw, atoms, layout.vec),
         LX=x_layout(warps, layout.group_size, bn),

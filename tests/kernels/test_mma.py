@@ -31,7 +31,12 @@ def test_mma_matches_reference(bits, group, sym, batch):
     layout = to_fragment_layout(qw)
     x = torch.randn(batch, shape[1], generator=gen).half().cuda()
     ref = reference_linear(x, qw, dtype=torch.float64)
-    for config in (MmaConfig(1, 2, 1), MmaConfig(1, 1, 3), MmaConfig(2, 4, 0)):
+    for config in (
+        MmaConfig(1, 2, 1),
+        MmaConfig(1, 1, 3),
+        MmaConfig(2, 4, 0),
+        MmaConfig(1, 4, 2, wgmma=True),
+    ):
         out = torch.full((batch, shape[0]), float("nan"), dtype=torch.float16, device="cuda")
         y = mma_matmul(x, layout, config, out=out)
         assert y.data_ptr() == out.data_ptr()
@@ -47,5 +52,5 @@ def test_mma_on_large_shapes(shape, bits):
     layout = to_fragment_layout(qw)
     for batch in (1, 16):
         x = torch.randn(batch, shape[1], generator=gen).half().cuda()
-        y = mma_matmul(x, layout, MmaConfig())
+        y = mma_matmul(x, layout, MmaConfig(wgmma=batch > 8))
         assert rel_err(y, reference_linear(x, qw, dtype=torch.float64)) < 2e-3
