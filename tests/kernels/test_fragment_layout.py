@@ -18,10 +18,18 @@ from bitalloc.errors import UnsupportedShape
 from bitalloc.kernels.fragment_layout import fragment_supports, to_fragment_layout
 from bitalloc.kernels.mma import codes_asm
 from bitalloc.kernels.reference import reference_linear
+from bitalloc.quantizers.quantized_weight import QuantizedWeight
 from tests.kernels.helpers import random_qweight
 from tests.kernels.test_half2 import run_ptx_regs
 
 CASES = list(itertools.product((2, 4, 8), (32, 64, 128), (True, False)))
+
+
+def _cpu_qweight(bits: int, group: int, sym: bool, shape: tuple[int, int], gen) -> QuantizedWeight:
+    """The helpers' random weight, on the CPU even where a GPU is present (these tests emulate the GPU)."""
+    qw = random_qweight(bits, group, sym, shape, gen)
+    mins = None if qw.mins is None else qw.mins.cpu()
+    return QuantizedWeight(qw.candidate, qw.shape, qw.codes.cpu(), qw.scales.cpu(), mins)
 
 
 def _a_position(i: int, lane: int) -> tuple[int, int]:
@@ -40,7 +48,7 @@ def _b_position(i: int, lane: int) -> tuple[int, int]:
 def test_lane_fragments_multiply_to_the_exact_codes_dot(bits, group, sym):
     gen = torch.Generator().manual_seed(bits * 1000 + group + sym)
     shape = (32, 2 * group)
-    qw = random_qweight(bits, group, sym, shape, gen)
+    qw = _cpu_qweight(bits, group, sym, shape, gen)
     fl = to_fragment_layout(qw)
     assert torch.equal(fl.dequantize(), reference_linear(torch.eye(shape[1]), qw).t().float())
     x = torch.randint(-3, 4, (8, shape[1]), generator=gen).double()  # (n, in), small integers: exact sums
@@ -75,7 +83,7 @@ def test_lane_fragments_multiply_to_the_exact_codes_dot(bits, group, sym):
 def test_fragment_layout_holds_the_stored_bytes():
     gen = torch.Generator().manual_seed(7)
     for bits, group, sym in CASES:
-        qw = random_qweight(bits, group, sym, (48, 256), gen)
+        qw = _cpu_qweight(bits, group, sym, (48, 256), gen)
         fl = to_fragment_layout(qw)
         assert fl.nbytes == qw.candidate.nbytes(qw.shape)
         assert torch.equal(fl.codes(), fl.codes())  # deterministic decode
@@ -97,4 +105,4 @@ def test_unsupported_formats_are_named(bits, group, shape, fragment):
     if group >= 32 and bits in (2, 4, 8) and shape[1] % group == 0:
         gen = torch.Generator().manual_seed(1)
         with pytest.raises(UnsupportedShape, match=fragment):
-            to_fragment_layout(random_qweight(bits, group, True, shape, gen))
+            to_fragment_layout(_cpu_qweight(bits, group, True, shape, gen))

@@ -73,7 +73,7 @@ def test_bad_tables_name_the_fix(tmp_path):
 def test_repository_table_loads():
     reg = Registry.load()
     if DEFAULT_TABLE.exists():
-        assert reg.entries and all(e.kernel in ("gemv", "swapab", "gemm") for e in reg.entries)
+        assert reg.entries and all(e.kernel in ("gemv", "mma", "swapab", "gemm") for e in reg.entries)
 
 
 def test_unsupported_reasons():
