@@ -21,10 +21,12 @@ from pathlib import Path
 
 import torch
 
+from bitalloc.kernels.fragment_layout import FragmentLayout, to_fragment_layout
 from bitalloc.kernels.gemm import GemmConfig, gemm
 from bitalloc.kernels.gemm_swapab import SwapABConfig, swapab
 from bitalloc.kernels.gemv import GemvConfig, gemv
 from bitalloc.kernels.layout import KernelLayout, to_layout
+from bitalloc.kernels.mma import MmaConfig, mma_matmul
 from bitalloc.kernels.registry import BATCH_BUCKETS, Registry, TunedEntry, kernel_for
 from bitalloc.quantizers.candidate import Candidate, QuantKind
 from bitalloc.quantizers.packing import pack_codes, unpack_codes
@@ -101,7 +103,15 @@ def copy_bandwidth() -> float:
     return 2 * a.numel() / (us * 1e-6)
 
 
-def run_kernel(x: torch.Tensor, layout: KernelLayout, kernel: str, params: dict[str, int]) -> torch.Tensor:
+def run_kernel(
+    x: torch.Tensor,
+    layout: KernelLayout,
+    kernel: str,
+    params: dict[str, int],
+    frag: FragmentLayout | None = None,
+) -> torch.Tensor:
+    if kernel == "mma":
+        return mma_matmul(x, frag, MmaConfig(**params))
     if kernel == "gemv":
         return gemv(x, layout, GemvConfig(**params))
     if kernel == "swapab":
@@ -224,8 +234,9 @@ def speed_table(
             cand = Candidate(QuantKind.RTN, bits, group, False)
             qw = random_qweight(cand, shape)
             layout = to_layout(qw)
-            choice = registry.choose(bits, shape, batch)
-            us = bench(lambda: run_kernel(x, layout, choice.kernel, choice.params), flush=flush)  # noqa: B023
+            choice = registry.choose_call(cand, shape, batch, x.dtype, x.device)
+            frag = to_fragment_layout(qw) if choice.kernel == "mma" else None
+            us = bench(lambda: run_kernel(x, layout, choice.kernel, choice.params, frag), flush=flush)  # noqa: B023
             moved = cand.nbytes(shape) + x.numel() * 2 + batch * shape[0] * 2
             frac = moved / (us * 1e-6) / bw
             run_gl = with_gemlite and shape in LARGE and batch <= 16 and time.time() < gemlite_deadline
@@ -323,9 +334,11 @@ def latency_csv(registry: Registry, path: Path, shapes, groups=(32, 64, 128)) ->
                     if shape[1] % group:
                         continue
                     cand = Candidate(QuantKind.RTN, bits, group, sym)
-                    layout = to_layout(random_qweight(cand, shape))
-                    choice = registry.choose(bits, shape, batch)
-                    us = bench(lambda: run_kernel(x, layout, choice.kernel, choice.params), rep=20)  # noqa: B023 (called at once)
+                    qw = random_qweight(cand, shape)
+                    layout = to_layout(qw)
+                    choice = registry.choose_call(cand, shape, batch, x.dtype, x.device)
+                    frag = to_fragment_layout(qw) if choice.kernel == "mma" else None
+                    us = bench(lambda: run_kernel(x, layout, choice.kernel, choice.params, frag), rep=20)  # noqa: B023 (called at once)
                     fmt = cand.name.split("-", 1)[1]
                     writer.writerow(
                         {

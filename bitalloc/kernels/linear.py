@@ -8,9 +8,9 @@ import warnings
 import torch
 from torch import nn
 
-from bitalloc.kernels.fragment_layout import FragmentLayout, fragment_supports, to_fragment_layout
+from bitalloc.kernels.fragment_layout import FragmentLayout, to_fragment_layout
 from bitalloc.kernels.layout import KernelLayout, to_layout
-from bitalloc.kernels.registry import KernelChoice, Registry, unsupported_reason
+from bitalloc.kernels.registry import KernelChoice, Registry
 from bitalloc.quantizers.quant_linear import QuantLinear
 
 
@@ -50,20 +50,9 @@ class KernelQuantLinear(QuantLinear):
         """Which path a call with activations ``x (..., in)`` takes."""
         cand = self.candidate
         shape = (self.out_features, self.in_features)
-        interpret = os.environ.get("TRITON_INTERPRET") == "1"
-        reason = unsupported_reason(cand.bits, cand.group_size, shape, x.dtype, x.device, interpret)
-        if reason is not None:
-            return KernelChoice("reference", {}, reason)
         rows = x.numel() // self.in_features
-        choice = self.registry.choose(cand.bits, shape, rows)
-        tensor_cores = x.dtype == torch.float16 and not interpret
-        if (
-            choice.kernel == "swapab"
-            and tensor_cores
-            and fragment_supports(cand.bits, cand.group_size, shape) is None
-        ):
-            return self.registry.choose_mma(cand.bits, shape, rows)
-        return choice
+        interpret = os.environ.get("TRITON_INTERPRET") == "1"
+        return self.registry.choose_call(cand, shape, rows, x.dtype, x.device, interpret)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (..., in) -> (..., out)`` on a kernel, or on the reference path for unsupported calls."""

@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 
 from bitalloc.errors import InvalidInput
+from bitalloc.kernels.fragment_layout import fragment_supports
 from bitalloc.kernels.layout import layout_supports
+from bitalloc.quantizers.candidate import Candidate
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_TABLE = CONFIG_DIR / "h100.json"
@@ -142,6 +144,27 @@ class Registry:
             return (abs(math.log(e.out_features * e.in_features) - size), aspect)
 
         return KernelChoice(kernel, dict(min(same, key=distance).params))
+
+    def choose_call(
+        self,
+        candidate: Candidate,
+        shape: tuple[int, int],
+        batch: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        interpret: bool = False,
+    ) -> KernelChoice:
+        """The path one call takes (what ``KernelQuantLinear`` runs and the latency table times): the
+        reference with its reason, or a kernel with its parameters."""
+        bits, group = candidate.bits, candidate.group_size
+        reason = unsupported_reason(bits, group, shape, dtype, device, interpret)
+        if reason is not None:
+            return KernelChoice("reference", {}, reason)
+        choice = self.choose(bits, shape, batch)
+        tensor_cores = dtype == torch.float16 and not interpret  # Gluon has no interpreter
+        if choice.kernel == "swapab" and tensor_cores and fragment_supports(bits, group, shape) is None:
+            return self.choose_mma(bits, shape, batch)
+        return choice
 
     def choose_mma(self, bits: int, shape: tuple[int, int], batch: int) -> KernelChoice:
         """The tensor-core kernel for ``2 <= batch <= 16``: the tuned ``mma`` entry nearest in size, or the

@@ -90,3 +90,25 @@ def test_choose_mma_takes_the_nearest_tuned_entry_or_defaults():
     assert reg.choose_mma(4, (8192, 28672), 9) == reg.choose_mma(4, (4096, 14336), 16)
     assert reg.choose_mma(4, (4096, 14336), 16).params == mma
     assert reg.choose_mma(2, (4096, 4096), 16).params == default_params("mma", 16)  # bits never tuned
+
+
+def test_choose_call_names_the_path_each_call_takes():
+    from bitalloc.quantizers.candidate import Candidate, QuantKind
+
+    reg = Registry("test", ())
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    c4 = Candidate(QuantKind.RTN, 4, 128, False)
+    c3 = Candidate(QuantKind.RTN, 3, 128, False)
+    f16, bf16 = torch.float16, torch.bfloat16
+    assert reg.choose_call(c4, (64, 256), 5, f16, cuda).kernel == "mma"
+    assert (
+        reg.choose_call(c4, (64, 256), 5, f16, cpu, interpret=True).kernel == "swapab"
+    )  # no Gluon interpreter
+    assert reg.choose_call(c4, (64, 256), 5, bf16, cuda).kernel == "swapab"
+    assert reg.choose_call(c4, (72, 256), 5, f16, cuda).kernel == "swapab"  # 72 outputs: not 16-row tiles
+    assert reg.choose_call(c3, (64, 256), 5, f16, cuda).kernel == "swapab"
+    assert reg.choose_call(c4, (64, 256), 1, f16, cuda).kernel == "gemv"
+    assert reg.choose_call(c4, (64, 256), 17, f16, cuda).kernel == "gemm"
+    fallback = reg.choose_call(Candidate(QuantKind.RTN, 7, 128, False), (64, 256), 5, f16, cuda)
+    assert fallback.kernel == "reference" and "7-bit" in (fallback.reason or "")
+    assert reg.choose_call(c4, (64, 256), 5, f16, cpu).kernel == "reference"  # CPU without the interpreter
