@@ -25,9 +25,10 @@ import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
-from bitalloc.kernels.fragment_layout import TILE, FragmentLayout
+from bitalloc.kernels.fragment_layout import TILE, FragmentLayout, atom_k
 
 MMA_MAX_BATCH = 16
+_cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # triton 3.6 / later
 
 
 @dataclass(frozen=True)
@@ -223,7 +224,6 @@ def _mma_kernel(
     x_stride,
     xs_stride,
     y_stride,
-    QOFF: gl.constexpr,
     ASM: gl.constexpr,
     BITS: gl.constexpr,
     GROUP: gl.constexpr,
@@ -285,7 +285,7 @@ def _mma_kernel(
             xbuf = x_smem.index(step % 2)
             xbuf.store(xb)
             gl.nvidia.hopper.fence_async_shared()
-            gl.thread_barrier()
+            _cta_barrier()
             part = gl.nvidia.hopper.warpgroup_mma(a, xbuf, zero, use_acc=False)
         else:
             part = gl.nvidia.ampere.mma_v2(a, xb, zero)
@@ -320,6 +320,68 @@ def auto_split_k(row_programs: int, steps: int, device: torch.device) -> int:
     return max(1, min(steps // 2, (3 * sms + row_programs - 1) // row_programs))
 
 
+def kernel_constants(
+    bits: int, group_size: int, qoff: float, has_min: bool, tiles_per_warp: int, num_warps: int, bn: int
+) -> dict[str, object]:
+    """The kernel's compile-time arguments for one format and launch shape (all but SPLIT_K and WGMMA)."""
+    atom = atom_k(bits, group_size)
+    vec = atom * TILE // 32 // (32 // bits)
+    atoms = group_size // atom
+    return {
+        "ASM": codes_asm(bits, qoff),
+        "BITS": bits,
+        "GROUP": group_size,
+        "ATOM": atom,
+        "VEC": vec,
+        "HAS_MIN": has_min,
+        "TILES_PER_WARP": tiles_per_warp,
+        "BN": bn,
+        "L6": unpack_layout(num_warps, tiles_per_warp, atoms, vec, 32 // bits),
+        "LW": words_layout(num_warps, tiles_per_warp, atoms, vec),
+        "LX": x_layout(num_warps, group_size, bn),
+    }
+
+
+def compile_offline(
+    bits: int, group_size: int, symmetric: bool, bn: int, config: MmaConfig, capability: int = 90
+) -> object:
+    """Compile the kernel for an NVIDIA GPU of ``capability`` without one (CPU tests, SASS reading): Triton's
+    compiled kernel (``.asm["ttgir" | "ptx" | "cubin"]``, ``.metadata.shared``). Fails when a reshape chain
+    from the words to the mma operand would move data (``assert_trivial``)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    qoff = -float(1 << (bits - 1)) if symmetric else 0.0
+    consts = kernel_constants(
+        bits, group_size, qoff, not symmetric, config.tiles_per_warp, config.num_warps, bn
+    )
+    consts.update(SPLIT_K=max(1, config.split_k), WGMMA=config.wgmma and bn == 16)
+    args = [
+        "x_ptr",
+        "w_ptr",
+        "s_ptr",
+        "m_ptr",
+        "xs_ptr",
+        "y_ptr",
+        "M",
+        "N",
+        "K",
+        "x_stride",
+        "xs_stride",
+        "y_stride",
+    ]
+    types = ["*fp16", "*i32", "*fp16", "*fp16", "*fp32", "*fp16", "i32", "i32", "i32", "i32", "i32", "i32"]
+    signature = dict(zip(args, types, strict=True))
+    signature.update({k: "constexpr" for k in consts})
+    aligned = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(args) if a not in ("M", "xs_stride")}
+    source = GluonASTSource(
+        _mma_kernel, signature, {k: getattr(v, "value", v) for k, v in consts.items()}, aligned
+    )
+    target = GPUTarget("cuda", capability, 32)
+    return triton.compile(source, target=target, options={"num_warps": config.num_warps})
+
+
 def mma_matmul(
     x: torch.Tensor, layout: FragmentLayout, config: MmaConfig, out: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -343,12 +405,12 @@ def mma_matmul(
     y = torch.empty(rows, out_features, dtype=x.dtype, device=x.device) if out is None else out
     if split_k > 1:
         y.zero_()
-    atoms = layout.group_size // layout.atom
-    l6 = unpack_layout(warps, tpw, atoms, layout.vec, 32 // layout.bits)
     bn = 8 if rows <= 8 else 16
     mins = layout.mins if layout.mins is not None else layout.scales
     # asymmetric codes: each group's activation sum, (M, in / group) float32
     xs = x.view(rows, -1, layout.group_size).sum(-1, dtype=torch.float32) if layout.mins is not None else x
+    qoff = layout.qoff if layout.mins is None else 0.0
+    consts = kernel_constants(layout.bits, layout.group_size, qoff, layout.mins is not None, tpw, warps, bn)
     _mma_kernel[(row_programs, split_k)](
         x,
         layout.words,
@@ -362,20 +424,9 @@ def mma_matmul(
         x.stride(0),
         xs.stride(0),
         y.stride(0),
-        QOFF=layout.qoff if layout.mins is None else 0.0,
-        ASM=codes_asm(layout.bits, layout.qoff if layout.mins is None else 0.0),
-        BITS=layout.bits,
-        GROUP=layout.group_size,
-        ATOM=layout.atom,
-        VEC=layout.vec,
-        HAS_MIN=layout.mins is not None,
-        TILES_PER_WARP=tpw,
-        BN=bn,
         SPLIT_K=split_k,
         WGMMA=config.wgmma and bn == 16 and warps % 4 == 0,
-        L6=l6,
-        LW=words_layout(warps, tpw, atoms, layout.vec),
-        LX=x_layout(warps, layout.group_size, bn),
+        **consts,
         num_warps=warps,
     )
     return y
