@@ -11,20 +11,21 @@ work, which bounds batch 9-16). Symmetric codes fold ``qoff`` into the FMA.
 The next step's words are loaded before this step's arithmetic; SPLIT_K > 1 adds partial results atomically
 into a zeroed output.
 
-Gluon kernels need a CUDA GPU (no interpreter); the CPU tests check the fragment mapping in torch
-(``fragment_layout.py``) and the GPU tests check this kernel against the torch reference.
+Gluon kernels need a CUDA GPU to run (no interpreter). On the CPU the tests run ``codes_asm``'s PTX on a float16
+emulator against the PTX ISA's fragment maps, and compile the kernel for sm_90 (``compile_offline``); the GPU
+tests check it against the torch reference.
 """
 
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass
 
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
+from bitalloc.kernels._half2 import _f16x2
 from bitalloc.kernels.fragment_layout import TILE, FragmentLayout, atom_k
 
 MMA_MAX_BATCH = 16
@@ -39,11 +40,6 @@ class MmaConfig:
     num_warps: int = 4
     split_k: int = 0
     wgmma: bool = False  # Hopper warpgroup mma for 9-16 rows (needs 4 or 8 warps)
-
-
-def _f16x2(value: float) -> str:
-    bits = struct.unpack("<H", struct.pack("<e", value))[0]
-    return f"0x{bits:04X}{bits:04X}"
 
 
 def codes_asm(bits: int, qoff: float) -> str:
