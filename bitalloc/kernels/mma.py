@@ -11,9 +11,9 @@ work, which bounds batch 9-16). Symmetric codes fold ``qoff`` into the FMA.
 The next step's words are loaded before this step's arithmetic; SPLIT_K > 1 adds partial results atomically
 into a zeroed output.
 
-Gluon kernels need a CUDA GPU to run (no interpreter). On the CPU the tests run ``codes_asm``'s PTX on a float16
-emulator against the PTX ISA's fragment maps, and compile the kernel for sm_90 (``compile_offline``); the GPU
-tests check it against the torch reference.
+Gluon kernels need a CUDA GPU to run (no interpreter). On the CPU the tests run ``codes_asm``'s PTX on a
+float16 emulator against the PTX ISA's fragment maps, and compile the kernel for sm_90 (``compile_offline``);
+the GPU tests check it against the torch reference.
 """
 
 from __future__ import annotations
