@@ -26,13 +26,13 @@ from dataclasses import dataclass
 import torch
 
 from bitalloc.errors import UnsupportedShape
+from bitalloc.kernels.layout import layout_supports
 from bitalloc.quantizers.packing import unpack_codes
 from bitalloc.quantizers.quantized_weight import QuantizedWeight
 
 FRAGMENT_BITS = (2, 4, 8)
 TILE = 16  # rows and inputs of one mma operand tile
 LANES = 32
-MAX_VEC = 4  # words per lane per atom (16-byte loads)
 
 
 def fragment_supports(bits: int, group_size: int, shape: tuple[int, int]) -> str | None:
@@ -40,10 +40,9 @@ def fragment_supports(bits: int, group_size: int, shape: tuple[int, int]) -> str
     out_features, in_features = shape
     if bits not in FRAGMENT_BITS:
         return f"{bits}-bit codes (tensor-core kernel handles {list(FRAGMENT_BITS)} bits)"
-    if group_size < 32 or group_size & (group_size - 1):
-        return f"group size {group_size} (needs a power of two >= 32)"
-    if in_features % group_size:
-        return f"input dimension {in_features} not divisible by group size {group_size}"
+    reason = layout_supports(bits, group_size, in_features)  # the group-size rules of every kernel
+    if reason is not None:
+        return reason
     if out_features % TILE:
         return f"output dimension {out_features} not a multiple of {TILE}"
     return None
@@ -52,6 +51,11 @@ def fragment_supports(bits: int, group_size: int, shape: tuple[int, int]) -> str
 def atom_k(bits: int, group_size: int) -> int:
     """Inputs per atom: at most 4 words per lane, never more than one group."""
     return min(256 // bits, group_size)
+
+
+def vec_words(bits: int, group_size: int) -> int:
+    """Words per lane per atom (4 = one 16-byte load)."""
+    return atom_k(bits, group_size) * TILE // LANES // (32 // bits)
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,7 +107,7 @@ def _element_index(bits: int, group: int, device: torch.device) -> tuple[torch.T
     vectors)."""
     per_word = 32 // bits
     atom = atom_k(bits, group)
-    vec = atom * TILE // LANES // per_word
+    vec = vec_words(bits, group)
     atoms = group // atom
     a = torch.arange(atoms, device=device).view(atoms, 1, 1, 1)
     lane = torch.arange(LANES, device=device).view(1, LANES, 1, 1)
@@ -161,7 +165,8 @@ def _decode(words: torch.Tensor, bits: int, shape: tuple[int, int], group: int) 
     row, col = _element_index(bits, group, words.device)
     vals = (words.to(torch.int64)[..., None] >> _field_shifts(bits, words.device)) & ((1 << bits) - 1)
     vals = vals.view(out_features // TILE, in_features // group, *row.shape)
-    tiles = torch.zeros(out_features // TILE, in_features // group, TILE, group, dtype=torch.int64)
-    tiles = tiles.to(words.device)
+    tiles = torch.zeros(
+        out_features // TILE, in_features // group, TILE, group, dtype=torch.int64, device=words.device
+    )
     tiles[:, :, row, col] = vals
     return tiles.permute(0, 2, 1, 3).reshape(out_features, in_features).to(torch.int32)

@@ -30,9 +30,13 @@ class KernelQuantLinear(QuantLinear):
         self._fragments_key: tuple[int, ...] | None = None
         self._warned: set[str] = set()
 
+    def _buffers_key(self) -> tuple[int, ...]:
+        """Identifies the current buffers: a layout built from other buffers is rebuilt."""
+        return (self.codes.data_ptr(), self.scales.data_ptr(), self.codes.device.index or 0)
+
     def layout(self) -> KernelLayout:
         """The bit-plane layout of the current buffers (rebuilt when they move or change)."""
-        key = (self.codes.data_ptr(), self.scales.data_ptr(), self.codes.device.index or 0)
+        key = self._buffers_key()
         if self._layout is None or self._layout_key != key:
             self._layout = to_layout(self.qweight)
             self._layout_key = key
@@ -40,7 +44,7 @@ class KernelQuantLinear(QuantLinear):
 
     def fragments(self) -> FragmentLayout:
         """The tensor-core kernel's layout of the current buffers (built at the first batch of 2-16)."""
-        key = (self.codes.data_ptr(), self.scales.data_ptr(), self.codes.device.index or 0)
+        key = self._buffers_key()
         if self._fragments is None or self._fragments_key != key:
             self._fragments = to_fragment_layout(self.qweight)
             self._fragments_key = key

@@ -18,15 +18,18 @@ the GPU tests check it against the torch reference.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
 from bitalloc.kernels._half2 import _f16x2
-from bitalloc.kernels.fragment_layout import TILE, FragmentLayout, atom_k
+from bitalloc.kernels.fragment_layout import TILE, FragmentLayout, atom_k, vec_words
 
 MMA_MAX_BATCH = 16
 _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # triton 3.6 / later
@@ -75,6 +78,11 @@ def _basis(rank: int, dim: int, value: int) -> list[int]:
     return b
 
 
+def _lane_bases(rank: int, t_dim: int, g_dim: int) -> list[list[int]]:
+    """Lane ``4 g + t`` of the mma fragments: lane bits 0-1 walk ``t``, bits 2-4 walk ``g``."""
+    return [_basis(rank, t_dim, 1), _basis(rank, t_dim, 2)] + [_basis(rank, g_dim, b) for b in (1, 2, 4)]
+
+
 def unpack_layout(num_warps: int, tiles_per_warp: int, atoms: int, vec: int, per_word: int) -> gl.constexpr:
     """Layout of the unpacked words ``(tm, g, ka, t, v, j)``: j, v, ka, then the warp's tile repeats in
     registers; t and g in lanes; tiles in warps (the mma operand's order, see ``fragment_layout.py``)."""
@@ -84,15 +92,9 @@ def unpack_layout(num_warps: int, tiles_per_warp: int, atoms: int, vec: int, per
     reg += [_basis(rank, 4, b) for b in _bits_of(vec)]
     reg += [_basis(rank, 2, b) for b in _bits_of(atoms)]
     reg += [_basis(rank, 0, num_warps * b) for b in _bits_of(tiles_per_warp)]
-    lane = [
-        _basis(rank, 3, 1),
-        _basis(rank, 3, 2),
-        _basis(rank, 1, 1),
-        _basis(rank, 1, 2),
-        _basis(rank, 1, 4),
-    ]
     warp = [_basis(rank, 0, b) for b in _bits_of(num_warps)]
-    return gl.constexpr(gl.DistributedLinearLayout(reg, lane, warp, [], [tm, 8, atoms, 4, vec, per_word]))
+    shape = [tm, 8, atoms, 4, vec, per_word]
+    return gl.constexpr(gl.DistributedLinearLayout(reg, _lane_bases(rank, 3, 1), warp, [], shape))
 
 
 def words_layout(num_warps: int, tiles_per_warp: int, atoms: int, vec: int) -> gl.constexpr:
@@ -110,15 +112,9 @@ def x_layout(num_warps: int, group: int, bn: int) -> gl.constexpr:
     rank = 3
     reg = [_basis(rank, 2, b) for b in _bits_of(4 * group // 16)]
     reg += [_basis(rank, 0, 8)] if bn == 16 else []
-    lane = [
-        _basis(rank, 1, 1),
-        _basis(rank, 1, 2),
-        _basis(rank, 0, 1),
-        _basis(rank, 0, 2),
-        _basis(rank, 0, 4),
-    ]
     warp = [[0] * rank for _ in _bits_of(num_warps)]
-    return gl.constexpr(gl.DistributedLinearLayout(reg, lane, warp, [], [bn, 4, 4 * group // 16]))
+    shape = [bn, 4, 4 * group // 16]
+    return gl.constexpr(gl.DistributedLinearLayout(reg, _lane_bases(rank, 1, 0), warp, [], shape))
 
 
 @gluon.jit
@@ -316,26 +312,30 @@ def auto_split_k(row_programs: int, steps: int, device: torch.device) -> int:
     return max(1, min(steps // 2, (3 * sms + row_programs - 1) // row_programs))
 
 
+@functools.cache
 def kernel_constants(
     bits: int, group_size: int, qoff: float, has_min: bool, tiles_per_warp: int, num_warps: int, bn: int
-) -> dict[str, object]:
-    """The kernel's compile-time arguments for one format and launch shape (all but SPLIT_K and WGMMA)."""
+) -> Mapping[str, object]:
+    """The kernel's compile-time arguments for one format and launch shape (all but SPLIT_K and WGMMA);
+    cached, so that a call does not rebuild the layouts and the PTX on the host."""
     atom = atom_k(bits, group_size)
-    vec = atom * TILE // 32 // (32 // bits)
+    vec = vec_words(bits, group_size)
     atoms = group_size // atom
-    return {
-        "ASM": codes_asm(bits, qoff),
-        "BITS": bits,
-        "GROUP": group_size,
-        "ATOM": atom,
-        "VEC": vec,
-        "HAS_MIN": has_min,
-        "TILES_PER_WARP": tiles_per_warp,
-        "BN": bn,
-        "L6": unpack_layout(num_warps, tiles_per_warp, atoms, vec, 32 // bits),
-        "LW": words_layout(num_warps, tiles_per_warp, atoms, vec),
-        "LX": x_layout(num_warps, group_size, bn),
-    }
+    return MappingProxyType(
+        {
+            "ASM": codes_asm(bits, qoff),
+            "BITS": bits,
+            "GROUP": group_size,
+            "ATOM": atom,
+            "VEC": vec,
+            "HAS_MIN": has_min,
+            "TILES_PER_WARP": tiles_per_warp,
+            "BN": bn,
+            "L6": unpack_layout(num_warps, tiles_per_warp, atoms, vec, 32 // bits),
+            "LW": words_layout(num_warps, tiles_per_warp, atoms, vec),
+            "LX": x_layout(num_warps, group_size, bn),
+        }
+    )
 
 
 def compile_offline(
@@ -349,9 +349,8 @@ def compile_offline(
     from triton.experimental.gluon._runtime import GluonASTSource
 
     qoff = -float(1 << (bits - 1)) if symmetric else 0.0
-    consts = kernel_constants(
-        bits, group_size, qoff, not symmetric, config.tiles_per_warp, config.num_warps, bn
-    )
+    tpw, warps = config.tiles_per_warp, config.num_warps
+    consts = dict(kernel_constants(bits, group_size, qoff, not symmetric, tpw, warps, bn))
     consts.update(SPLIT_K=max(1, config.split_k), WGMMA=config.wgmma and bn == 16)
     args = [
         "x_ptr",
@@ -405,8 +404,8 @@ def mma_matmul(
     mins = layout.mins if layout.mins is not None else layout.scales
     # asymmetric codes: each group's activation sum, (M, in / group) float32
     xs = x.view(rows, -1, layout.group_size).sum(-1, dtype=torch.float32) if layout.mins is not None else x
-    qoff = layout.qoff if layout.mins is None else 0.0
-    consts = kernel_constants(layout.bits, layout.group_size, qoff, layout.mins is not None, tpw, warps, bn)
+    has_min = layout.mins is not None
+    consts = kernel_constants(layout.bits, layout.group_size, layout.qoff, has_min, tpw, warps, bn)
     _mma_kernel[(row_programs, split_k)](
         x,
         layout.words,
