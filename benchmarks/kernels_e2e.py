@@ -1,11 +1,15 @@
 """End-to-end decoding speed: a random-initialised ~1B Llama-shaped model, fp16 vs a mixed 4/3-bit plan.
 
-    python benchmarks/kernels_e2e.py [--tokens 128] [--latency bitalloc/kernels/configs/latency_h100.csv]
+    python benchmarks/kernels_e2e.py [--tokens 64] [--context 0,512] \
+        [--latency bitalloc/kernels/configs/latency_h100.csv]
 
 Every decoder Linear is quantized with RTN (attention and down projections 4-bit, gate/up 3-bit, group
-128, asymmetric) and swapped onto the kernels with ``use_kernels``. Decoding runs batch 1 with a static
-KV cache, one CUDA graph per decode step (eager too, for reference). With a latency table, the script
-also predicts the decode step (fp16 step minus fp16 linears plus tabled kernel times) and reports the error.
+128, asymmetric). Four runners decode batch 1, each step one CUDA graph, side by side in one process:
+transformers' model with a static cache (fp16, and mixed with ``use_kernels``) and ``LlamaDecoder`` (fused
+launches; fp16 on cuBLAS, mixed on the kernels). Times: the median step with a sync after each step, and
+the mean step of back-to-back replays. Correctness: the decoder's logits against transformers' on the same
+weights (the mixed reference dequantizes in torch). With a latency table, the decoder's mixed step is also
+predicted (its fp16 step minus tabled fp16 linears plus tabled kernel times) and the error reported.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from bitalloc.kernels.linear import use_kernels
 from bitalloc.quantizers.candidate import Candidate
 from bitalloc.quantizers.quant_linear import QuantLinear
 from bitalloc.quantizers.quantize import quantize
+from bitalloc.runtime.llama_decoder import LlamaDecoder
 
 PLAN_4 = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
 
@@ -60,11 +65,12 @@ def quantize_mixed(model: nn.Module) -> dict[str, str]:
     return plan
 
 
-def decode_step_us(model: nn.Module, tokens: int, graph: bool) -> float:
-    """Microseconds per decoded token (batch 1, static cache), median over ``tokens`` steps."""
+def hf_step_us(model: nn.Module, tokens: int, context: int, graph: bool = True) -> tuple[float, float]:
+    """transformers' decode step (batch 1, static cache): (median us with a sync per step, mean us back to
+    back), decoding ``tokens`` positions after ``context`` (the cache content is irrelevant to the time)."""
     from transformers import StaticCache
 
-    cache = StaticCache(config=model.config, max_cache_len=tokens + 16)
+    cache = StaticCache(config=model.config, max_cache_len=context + tokens + 16)
     ids = torch.randint(0, model.config.vocab_size, (1, 1), device="cuda")
     pos = torch.zeros(1, dtype=torch.long, device="cuda")
 
@@ -92,54 +98,122 @@ def decode_step_us(model: nn.Module, tokens: int, graph: bool) -> float:
             logits = step()
         times = []
         for t in range(tokens):
-            pos.fill_(t + 3)
+            pos.fill_(context + t + 3)
             torch.cuda.synchronize()
             start = time.perf_counter()
             run()
             ids.copy_(logits[:, -1:].argmax(-1))
             torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
+        pos.fill_(context + 3)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(tokens):
+            run()
+            ids.copy_(logits[:, -1:].argmax(-1))
+            pos.add_(1)
+        torch.cuda.synchronize()
+        mean = (time.perf_counter() - start) / tokens
     times.sort()
-    return 1e6 * times[len(times) // 2]
+    return 1e6 * times[len(times) // 2], 1e6 * mean
+
+
+def decoder_step_us(decoder: LlamaDecoder, tokens: int, context: int) -> tuple[float, float]:
+    """``LlamaDecoder``'s step on its CUDA graph: (median us with a sync per step, mean us back to back)."""
+    decoder.reset()
+    decoder.capture()
+    for _ in range(context):  # fill the cache up to the context (untimed)
+        decoder.step()
+    times = []
+    for _ in range(tokens):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        decoder.step()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    decoder.reset()
+    for _ in range(context):
+        decoder.step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(tokens):
+        decoder.step()
+    torch.cuda.synchronize()
+    mean = (time.perf_counter() - start) / tokens
+    times.sort()
+    return 1e6 * times[len(times) // 2], 1e6 * mean
+
+
+def logits_error(model: nn.Module, decoder: LlamaDecoder, steps: int = 8) -> tuple[float, float]:
+    """Decoder vs transformers on the same random prompt: (max relative logit error over the steps, share of
+    steps with the same greedy token)."""
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, model.config.vocab_size, (1, steps), generator=gen).cuda()
+    with torch.no_grad():
+        ref = model(ids).logits[0].float()  # (steps, vocab)
+    decoder.reset()
+    ours = torch.stack([decoder.step(int(t))[0].float() for t in ids[0]])  # (steps, vocab)
+    decoder.reset()
+    err = ((ours - ref).norm(dim=-1) / ref.norm(dim=-1)).max().item()
+    same = (ours.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    return err, same
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--context", default="0", help="comma-separated positions decoding starts at")
     parser.add_argument("--latency", type=Path, default=None, help="latency table to predict the step time")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("kernels_e2e needs a CUDA GPU")
+    contexts = [int(c) for c in args.context.split(",")]
+    max_len = max(contexts) + args.tokens + 16
     model = llama_1b()
     params = sum(p.numel() for p in model.parameters())
-    rows = [
-        f"model: random Llama-shaped, {params / 1e9:.2f} B parameters, fp16, {torch.cuda.get_device_name()}"
-    ]
-    results = {}
-    for graph in (True, False):
-        try:
-            results[("fp16", graph)] = decode_step_us(model, args.tokens, graph)
-        except Exception as err:
-            print(f"fp16 graph={graph} failed: {type(err).__name__}: {err}", file=sys.stderr)
+    times: dict[tuple[str, int], tuple[float, float]] = {}
+    checks = {}
+    for ctx in contexts:
+        times[("transformers fp16", ctx)] = hf_step_us(model, args.tokens, ctx)
+    dense = LlamaDecoder(model, max_len)
+    checks["decoder fp16"] = logits_error(model, dense)
+    for ctx in contexts:
+        times[("decoder fp16", ctx)] = decoder_step_us(dense, args.tokens, ctx)
+    del dense
     plan = quantize_mixed(model)
+    mixed = LlamaDecoder(model, max_len)  # QuantLinear -> kernels; the model itself stays on the reference
+    checks["decoder mixed"] = logits_error(model, mixed)
+    for ctx in contexts:
+        times[("decoder mixed", ctx)] = decoder_step_us(mixed, args.tokens, ctx)
+    launches = mixed.launches_per_step
+    del mixed
     use_kernels(model)
-    for graph in (True, False):
-        try:
-            results[("mixed", graph)] = decode_step_us(model, args.tokens, graph)
-        except Exception as err:
-            print(f"mixed graph={graph} failed: {type(err).__name__}: {err}", file=sys.stderr)
+    for ctx in contexts:
+        times[("transformers mixed", ctx)] = hf_step_us(model, args.tokens, ctx)
     n4 = sum(v.startswith("rtn-w4") for v in plan.values())
-    rows += [
-        f"plan: {n4} linears w4g128-asym, {len(plan) - n4} w3g128-asym",
+    rows = [
+        f"model: random Llama-shaped, {params / 1e9:.2f} B parameters, fp16, {torch.cuda.get_device_name()}",
+        f"plan: {n4} linears w4g128-asym, {len(plan) - n4} w3g128-asym; decoder: {launches} weight launches "
+        f"per step (q/k/v and gate/up fused)",
         "",
-        "| model | CUDA graph | us / token | tokens/s | x fp16 |",
-        "|---|---|---|---|---|",
+        "| runner | context | us / token (sync each) | tokens/s | x transformers fp16 | x decoder fp16 "
+        "| us / token (back to back) | tokens/s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for (name, graph), us in sorted(results.items()):
-        base = results.get(("fp16", graph))
-        speed = f"{base / us:.2f}" if base else "-"
-        rows.append(f"| {name} | {graph} | {us:.0f} | {1e6 / us:.0f} | {speed} |")
-    if args.latency and ("fp16", True) in results and ("mixed", True) in results:
+    for (name, ctx), (median, mean) in times.items():
+        hf = times[("transformers fp16", ctx)][0]
+        dec = times[("decoder fp16", ctx)][0]
+        rows.append(
+            f"| {name} | {ctx} | {median:.0f} | {1e6 / median:.0f} | {hf / median:.2f} | {dec / median:.2f} "
+            f"| {mean:.0f} | {1e6 / mean:.0f} |"
+        )
+    rows.append("")
+    for name, (err, same) in checks.items():
+        rows.append(
+            f"{name} vs transformers (same weights, 8 steps): max relative logit error {err:.2e}, "
+            f"same greedy token {100 * same:.0f}%"
+        )
+    if args.latency:
         table = LatencyTable.load(args.latency)
         shapes = {
             name: (m.out_features, m.in_features)
@@ -148,12 +222,13 @@ def main() -> None:
         }
         quant = sum(table.predict(Candidate.parse(plan[n]), shapes[n], 1) for n in plan)
         fp16 = sum(table.predict_fp16(shapes[n], 1) for n in plan)
-        predicted = results[("fp16", True)] - fp16 + quant
-        measured = results[("mixed", True)]
-        rows.append("")
+        ctx = contexts[0]
+        predicted = times[("decoder fp16", ctx)][0] - fp16 + quant
+        measured = times[("decoder mixed", ctx)][0]
+        error = 100 * (predicted / measured - 1)
         rows.append(
-            f"latency table: linears fp16 {fp16:.0f} us, quantized {quant:.0f} us; predicted mixed step "
-            f"{predicted:.0f} us vs measured {measured:.0f} us ({100 * (predicted / measured - 1):+.1f}%)"
+            f"latency table: linears fp16 {fp16:.0f} us, quantized {quant:.0f} us; predicted decoder mixed "
+            f"step {predicted:.0f} us vs measured {measured:.0f} us ({error:+.1f}%)"
         )
     print("\n".join(rows))
 

@@ -65,6 +65,7 @@ def _gemv_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     SPLIT_K,
+    ATOMIC: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -103,19 +104,26 @@ def _gemv_kernel(
     y = tl.sum(acc, axis=0)  # (BLOCK_N,)
     if BB > 0 and not MERGE3:
         y += tl.sum(acc_b, axis=0)
-    if SPLIT_K == 1:
-        tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
-    else:
+    if ATOMIC:  # split-K partial sums, or a result added to what the output holds
         tl.atomic_add(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
+    else:
+        tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
 
 
 def gemv(
-    x: torch.Tensor, layout: KernelLayout, config: GemvConfig, out: torch.Tensor | None = None
+    x: torch.Tensor,
+    layout: KernelLayout,
+    config: GemvConfig,
+    out: torch.Tensor | None = None,
+    accumulate: bool = False,
 ) -> torch.Tensor:
     """``x (in,) or (1, in) -> (1, out)`` in x's dtype; the caller has checked the format and shapes.
 
-    ``out`` (contiguous, x's dtype, ``out`` elements) receives the result when given.
+    ``out`` (contiguous, x's dtype, ``out`` elements) receives the result when given; with ``accumulate``
+    the result is added to what ``out`` holds (a fused residual add: no zeroing, no extra launch).
     """
+    if accumulate and out is None:
+        raise ValueError("gemv: accumulate=True adds into an output, pass out=")
     out_features, in_features = layout.shape
     x = x.reshape(-1).contiguous()  # (in,)
     h2 = bool(config.half2) and x.dtype == torch.float16 and layout.a.shape[0] == 1 and layout.bits in HALF2_R
@@ -127,8 +135,11 @@ def gemv(
     split_k = max(1, min(config.split_k, in_features // block_k))
     y = torch.empty(out_features, dtype=x.dtype, device=x.device) if out is None else out.view(-1)
     result = y
-    if split_k > 1:  # atomics add into zeros: float16 directly, bfloat16 through a float32 buffer
-        y = y.zero_() if x.dtype == torch.float16 else torch.zeros_like(y, dtype=torch.float32)
+    atomic = split_k > 1 or accumulate
+    if atomic and x.dtype != torch.float16:  # bfloat16: atomics add in a float32 buffer
+        y = torch.zeros_like(y, dtype=torch.float32)
+    elif split_k > 1 and not accumulate:
+        y.zero_()
     b = layout.b if layout.b is not None else layout.a
     mins = layout.mins if layout.mins is not None else layout.scales
     block_n = config.block_n if h2 else min(config.block_n, FP32_MAX_BLOCK_N)
@@ -157,6 +168,7 @@ def gemv(
             PREFETCH=bool(config.prefetch),
             XS_ROWS=bool(config.xs_rows),
             ASM=os.environ.get("TRITON_INTERPRET") != "1",
+            ATOMIC=atomic,
             num_warps=config.num_warps,
             num_stages=1,
         )
@@ -184,9 +196,10 @@ def gemv(
         BLOCK_N=block_n,
         BLOCK_K=block_k,
         SPLIT_K=split_k,
+        ATOMIC=atomic,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
     if y.data_ptr() != result.data_ptr():
-        result.copy_(y)
+        result.add_(y) if accumulate else result.copy_(y)
     return result.view(1, out_features)

@@ -173,6 +173,7 @@ def gemv_h2_kernel(
     PREFETCH: tl.constexpr,
     XS_ROWS: tl.constexpr,
     ASM: tl.constexpr,
+    ATOMIC: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -252,7 +253,7 @@ def gemv_h2_kernel(
             else:
                 acc_off += offset * xs
     y = tl.sum(acc, axis=0) * R + acc_off  # (BLOCK_N,)
-    if SPLIT_K == 1:
-        tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
-    else:
+    if ATOMIC:  # split-K partial sums, or a result added to what the output holds
         tl.atomic_add(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
+    else:
+        tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)

@@ -85,6 +85,20 @@ class KernelQuantLinear(QuantLinear):
             y = y + self.bias.to(y.dtype)
         return y.view(*x.shape[:-1], self.out_features)
 
+    def forward_into(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False) -> torch.Tensor:
+        """``out (rows, out_features) [+]= x W^T + b`` for contiguous ``x (rows, in)`` and ``out``: batch 1 on
+        the GEMV writes (or adds, for a fused residual) in place; other paths compute, then copy or add."""
+        choice = self.choice(x)
+        if choice.kernel == "gemv" and x.shape[0] == 1:
+            from bitalloc.kernels.gemv import GemvConfig, gemv
+
+            gemv(x, self.layout(), GemvConfig(**choice.params), out=out, accumulate=accumulate)
+            if self.bias is not None:
+                out.add_(self.bias.to(out.dtype))
+            return out
+        y = self.forward(x)
+        return out.add_(y) if accumulate else out.copy_(y)
+
     def _warn_once(self, reason: str) -> None:
         if reason in self._warned:
             return

@@ -59,3 +59,23 @@ def test_nested_gemv_reads_top_bits(name):
     ref = x.double() @ nested.dequantize(packed).double().T
     y = gemv(x.to(device()), layout, GemvConfig(block_n=16, block_k=128))
     assert rel_err(y.cpu(), ref) < 2e-3
+
+
+@pytest.mark.parametrize(
+    ("bits", "dtype", "split_k", "half2"),
+    [(4, torch.float16, 1, 1), (3, torch.float16, 2, 1), (2, torch.float16, 1, 0), (4, torch.bfloat16, 2, 1)],
+)
+def test_gemv_accumulate_adds_into_out(bits, dtype, split_k, half2):
+    """accumulate=True adds the product to what out holds (the decoder's fused residual add)."""
+    gen = torch.Generator().manual_seed(31 * bits + split_k)
+    qw = random_qweight(bits, 32, False, (48, 128), gen)
+    x = torch.randn(1, 128, generator=gen).to(dtype).to(device())
+    residual = torch.randn(1, 48, generator=gen).to(dtype).to(device())
+    out = residual.clone()
+    config = GemvConfig(block_n=16, split_k=split_k, half2=half2)
+    y = gemv(x, to_layout(qw), config, out=out, accumulate=True)
+    assert y.data_ptr() == out.data_ptr()
+    ref = residual.double() + reference_linear(x, qw, dtype=torch.float64)
+    assert rel_err(y, ref) < (1e-2 if dtype == torch.bfloat16 else 2e-3)
+    with pytest.raises(ValueError, match="out="):
+        gemv(x, to_layout(qw), config, accumulate=True)

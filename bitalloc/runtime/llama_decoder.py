@@ -1,0 +1,249 @@
+"""Batch-1 decoding of a Llama-architecture model on the kernels: few launches, static buffers, CUDA graphs.
+
+A decode step is, per layer: RMSNorm, the fused q/k/v projection, attention with rotary embedding and the
+KV-cache write (``decode_attention``), the output projection added into the residual stream by the GEMV
+itself, RMSNorm, the fused gate/up projection, SiLU-and-multiply, the down projection added into the residual;
+then the final norm, the LM head and the greedy next token. Every buffer is allocated once and the position
+lives on the device (incremented by the step), so one captured CUDA graph replays every step. Weights may be
+float16 ``nn.Linear`` (cuBLAS) or ``QuantLinear`` of any candidate (the registry's kernel, or the reference
+path with a warning). The decoder copies the weights it fuses; the source model can be dropped after.
+
+Prompts are fed one token per step (no batched prefill): this runner exists to measure and serve decoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bitalloc.errors import InvalidInput
+from bitalloc.kernels.decode_attention import decode_attention
+from bitalloc.kernels.registry import Registry
+from bitalloc.kernels.rmsnorm import rmsnorm
+from bitalloc.kernels.silu_mul import silu_mul
+from bitalloc.runtime.projection import FusedProjection
+
+
+@dataclass(frozen=True)
+class DecoderDims:
+    """The sizes a decode step needs, read from a transformers Llama-style config."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    eps: float
+
+    @classmethod
+    def of(cls, config) -> DecoderDims:
+        """Read and check ``config``; raise InvalidInput naming what this decoder does not run."""
+        act = getattr(config, "hidden_act", "silu")
+        if act != "silu":
+            raise InvalidInput(f"the decoder runs SiLU-gated MLPs; this model uses hidden_act={act!r}")
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        if head_dim & (head_dim - 1) or heads % kv_heads:
+            raise InvalidInput(
+                f"the decoder needs a power-of-two head dim and query heads a multiple of KV heads; "
+                f"got head_dim={head_dim}, heads={heads}, kv_heads={kv_heads}"
+            )
+        return cls(
+            layers=config.num_hidden_layers,
+            hidden=config.hidden_size,
+            heads=heads,
+            kv_heads=kv_heads,
+            head_dim=head_dim,
+            intermediate=config.intermediate_size,
+            vocab=config.vocab_size,
+            eps=float(config.rms_norm_eps),
+        )
+
+
+@dataclass(frozen=True)
+class DecoderLayer:
+    """One layer's norms, fused projections and KV cache ``(kv_heads, max_len, head_dim)``."""
+
+    input_norm: torch.Tensor
+    qkv: FusedProjection
+    o: FusedProjection
+    post_norm: torch.Tensor
+    gate_up: FusedProjection
+    down: FusedProjection
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+
+
+def _check_model(model: nn.Module) -> nn.Module:
+    """The inner ``LlamaModel``-like module of a causal LM, with the parts the decoder reads."""
+    inner = getattr(model, "model", None)
+    needed = ("embed_tokens", "layers", "norm", "rotary_emb")
+    if inner is None or any(not hasattr(inner, n) for n in needed) or not hasattr(model, "lm_head"):
+        raise InvalidInput(
+            f"the decoder runs Llama-architecture causal LMs (model.model.{{{', '.join(needed)}}} and "
+            f"model.lm_head); got {type(model).__name__}"
+        )
+    return inner
+
+
+class LlamaDecoder:
+    """Greedy batch-1 decoding of a Llama-architecture model (float16) with fused launches."""
+
+    def __init__(self, model: nn.Module, max_len: int, registry: Registry | None = None) -> None:
+        inner = _check_model(model)
+        dims = DecoderDims.of(model.config)
+        embed = inner.embed_tokens.weight.detach()
+        if embed.dtype != torch.float16:
+            raise InvalidInput(
+                f"the decoder runs float16 models; convert with model.half() (got {embed.dtype})"
+            )
+        if max_len < 1:
+            raise InvalidInput(f"max_len must be at least 1, got {max_len}")
+        registry = Registry.load() if registry is None else registry
+        self.dims = dims
+        self.max_len = max_len
+        self.device = embed.device
+        self.embed = embed
+        self.final_norm = inner.norm.weight.detach()
+        self.lm_head = FusedProjection([model.lm_head], registry)
+        self.layers = [self._layer(block, registry) for block in inner.layers]
+        self.cos, self.sin = self._rotary_tables(inner.rotary_emb)
+        self._allocate()
+        self.position = 0  # host copy of ``pos``: the next token's position
+        self._graph: torch.cuda.CUDAGraph | None = None
+
+    def _layer(self, block: nn.Module, registry: Registry) -> DecoderLayer:
+        attn, mlp, d = block.self_attn, block.mlp, self.dims
+        cache = torch.zeros(d.kv_heads, self.max_len, d.head_dim, dtype=torch.float16, device=self.device)
+        return DecoderLayer(
+            input_norm=block.input_layernorm.weight.detach(),
+            qkv=FusedProjection([attn.q_proj, attn.k_proj, attn.v_proj], registry),
+            o=FusedProjection([attn.o_proj], registry),
+            post_norm=block.post_attention_layernorm.weight.detach(),
+            gate_up=FusedProjection([mlp.gate_proj, mlp.up_proj], registry),
+            down=FusedProjection([mlp.down_proj], registry),
+            k_cache=cache,
+            v_cache=cache.clone(),
+        )
+
+    def _rotary_tables(self, rotary: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cos``, ``sin (max_len, head_dim)`` float32 from the model's rotary module (any rope scaling)."""
+        positions = torch.arange(self.max_len, device=self.device)[None]  # (1, max_len)
+        probe = torch.zeros(1, dtype=torch.float32, device=self.device)
+        with torch.no_grad():
+            cos, sin = rotary(probe, positions)
+        return cos[0].float().contiguous(), sin[0].float().contiguous()
+
+    def _allocate(self) -> None:
+        d, dev, f16 = self.dims, self.device, torch.float16
+        qkv_width = (d.heads + 2 * d.kv_heads) * d.head_dim
+        if self.layers and self.layers[0].qkv.out_features != qkv_width:
+            raise InvalidInput(
+                f"q/k/v projections give {self.layers[0].qkv.out_features} outputs, the config {qkv_width}"
+            )
+        self.token = torch.zeros(1, dtype=torch.long, device=dev)
+        self.pos = torch.zeros(1, dtype=torch.int32, device=dev)
+        self.hidden = torch.zeros(1, d.hidden, dtype=f16, device=dev)
+        self.normed = torch.zeros(1, d.hidden, dtype=f16, device=dev)
+        self.attn = torch.zeros(1, d.heads * d.head_dim, dtype=f16, device=dev)
+        self.act = torch.zeros(1, d.intermediate, dtype=f16, device=dev)
+        self.logits = torch.zeros(1, self.lm_head.out_features, dtype=f16, device=dev)
+        # per-layer projection outputs, zeroed by one memset per step: the kernels add into them
+        self.scratch = torch.zeros(d.layers, qkv_width + 2 * d.intermediate, dtype=f16, device=dev)
+        self.qkv_width = qkv_width
+
+    def _forward(self) -> None:
+        """One step on the static buffers: ``token``, ``pos`` -> ``logits``, next ``token``, ``pos + 1``."""
+        d = self.dims
+        self.scratch.zero_()
+        torch.index_select(self.embed, 0, self.token, out=self.hidden)
+        for i, layer in enumerate(self.layers):
+            qkv = self.scratch[i : i + 1, : self.qkv_width]  # (1, qkv_width)
+            gate_up = self.scratch[i : i + 1, self.qkv_width :]  # (1, 2 * intermediate)
+            rmsnorm(self.hidden, layer.input_norm, d.eps, self.normed)
+            layer.qkv.run(self.normed, qkv, accumulate=True)
+            decode_attention(
+                qkv, self.cos, self.sin, layer.k_cache, layer.v_cache, self.pos, self.attn, d.heads
+            )
+            layer.o.run(self.attn, self.hidden, accumulate=True)  # residual add in the projection
+            rmsnorm(self.hidden, layer.post_norm, d.eps, self.normed)
+            layer.gate_up.run(self.normed, gate_up, accumulate=True)
+            silu_mul(gate_up, self.act)
+            layer.down.run(self.act, self.hidden, accumulate=True)
+        rmsnorm(self.hidden, self.final_norm, d.eps, self.normed)
+        self.lm_head.run(self.normed, self.logits)
+        torch.argmax(self.logits, dim=-1, out=self.token)
+        self.pos.add_(1)
+
+    @property
+    def launches_per_step(self) -> int:
+        """Weight launches per step (norms, attention, activation and bookkeeping come on top)."""
+        per_layer = sum(
+            p.launches for layer in self.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)
+        )
+        return per_layer + self.lm_head.launches
+
+    def reset(self) -> None:
+        """Start a new sequence at position 0 (the cache is overwritten as positions are reached)."""
+        self.pos.zero_()
+        self.position = 0
+
+    def capture(self) -> None:
+        """Record one step as a CUDA graph (after warm-up steps that compile and lay out every kernel); the
+        warm-up steps' cache writes are undone by resetting the position."""
+        if self.device.type != "cuda":
+            raise InvalidInput("CUDA graphs need the model on a CUDA device")
+        saved, token = self.position, self.token.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.no_grad(), torch.cuda.stream(stream):
+            for _ in range(2):
+                self._forward()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph):
+            self._forward()
+        self._graph = graph
+        self.pos.fill_(saved)
+        self.token.copy_(token)
+
+    def step(self, token: int | None = None) -> torch.Tensor:
+        """Decode one position: feed ``token`` (default: the previous step's greedy choice); returns the
+        ``(1, vocab)`` logits buffer (overwritten by the next step)."""
+        if self.position >= self.max_len:
+            raise InvalidInput(
+                f"the sequence reached max_len={self.max_len}; build the decoder with a larger one"
+            )
+        if token is not None:
+            self.token.fill_(token)
+        if self._graph is not None:
+            self._graph.replay()
+        else:
+            with torch.no_grad():
+                self._forward()
+        self.position += 1
+        return self.logits
+
+    def generate(self, prompt: Sequence[int], new_tokens: int) -> list[int]:
+        """Greedy continuation of ``prompt`` (fed one token per step) by ``new_tokens`` tokens."""
+        if not prompt:
+            raise InvalidInput("generate needs a prompt of at least one token")
+        if len(prompt) + new_tokens > self.max_len:
+            raise InvalidInput(
+                f"prompt ({len(prompt)}) + new tokens ({new_tokens}) exceed max_len={self.max_len}; "
+                f"build the decoder with max_len >= {len(prompt) + new_tokens}"
+            )
+        self.reset()
+        for tok in prompt:
+            self.step(int(tok))
+        out = [int(self.token.item())]
+        for _ in range(new_tokens - 1):
+            self.step()
+            out.append(int(self.token.item()))
+        return out[:new_tokens]

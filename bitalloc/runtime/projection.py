@@ -1,0 +1,138 @@
+"""Linears that read one input, run as few launches as their formats allow (fused q/k/v, fused gate/up).
+
+Consecutive members of one format (all float16 ``nn.Linear``, or ``QuantLinear`` of one candidate) are
+concatenated along the outputs into one weight, so a decoder layer's q/k/v or gate/up take one launch when the
+plan ties their formats (as vLLM and llama.cpp require). Each run writes its slice of one output row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bitalloc.errors import InvalidInput
+from bitalloc.kernels.linear import KernelQuantLinear
+from bitalloc.kernels.registry import Registry
+from bitalloc.quantizers.quant_linear import QuantLinear
+from bitalloc.quantizers.quantized_weight import QuantizedWeight
+
+
+@dataclass(frozen=True)
+class DenseRun:
+    """Dense weights of consecutive members, concatenated: ``weight (out, in)``, optional ``bias (out,)``."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
+        """``out (1, out) [+]= x (1, in) W^T + b`` on cuBLAS (one GEMV; the add is its beta)."""
+        if accumulate:
+            out.addmm_(x, self.weight.t())
+        else:
+            torch.mm(x, self.weight.t(), out=out)
+        if self.bias is not None:
+            out.add_(self.bias)
+
+
+@dataclass(frozen=True)
+class QuantRun:
+    """Quantized weights of consecutive members with one candidate, concatenated into one kernel linear."""
+
+    linear: KernelQuantLinear
+
+    def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
+        """``out (1, out) [+]= x (1, in) W^T + b`` on the kernel the registry picks."""
+        self.linear.forward_into(x, out, accumulate)
+
+
+def _format(module: nn.Module) -> str:
+    if isinstance(module, QuantLinear):
+        return module.candidate.name
+    if isinstance(module, nn.Linear):
+        return f"dense-{module.weight.dtype}"
+    raise InvalidInput(f"a decoder projection must be nn.Linear or QuantLinear, got {type(module).__name__}")
+
+
+def _concat_quant(members: Sequence[QuantLinear]) -> QuantizedWeight:
+    """One weight of the members' rows, in order (codes are whole rows of whole bytes: a plain concat)."""
+    first = members[0].qweight
+    out_features = sum(m.out_features for m in members)
+    mins = None if first.mins is None else torch.cat([m.qweight.mins for m in members])
+    return QuantizedWeight(
+        first.candidate,
+        (out_features, first.shape[1]),
+        torch.cat([m.codes for m in members]),
+        torch.cat([m.scales for m in members]),
+        mins,
+    )
+
+
+def _bias(members: Sequence[nn.Module], dtype: torch.dtype) -> torch.Tensor | None:
+    if all(m.bias is None for m in members):
+        return None
+    return torch.cat(
+        [
+            m.bias.to(dtype) if m.bias is not None else m.weight.new_zeros(m.out_features, dtype=dtype)
+            for m in members
+        ]
+    )
+
+
+def _fusable(members: Sequence[nn.Module]) -> bool:
+    """Quantized members fuse when every member's codes end on a byte boundary."""
+    return all(
+        not isinstance(m, QuantLinear) or (m.out_features * m.in_features * m.candidate.bits) % 8 == 0
+        for m in members
+    )
+
+
+class FusedProjection:
+    """Linears sharing one input; ``run`` writes their outputs side by side into one row."""
+
+    def __init__(self, linears: Sequence[nn.Module], registry: Registry) -> None:
+        formats = [_format(m) for m in linears]
+        in_features = {m.in_features for m in linears}
+        if len(in_features) != 1:
+            raise InvalidInput(f"fused linears must share the input size, got {sorted(in_features)}")
+        self.in_features = in_features.pop()
+        self.runs: list[tuple[int, int, DenseRun | QuantRun]] = []
+        start = 0
+        i = 0
+        while i < len(linears):
+            j = i + 1
+            while j < len(linears) and formats[j] == formats[i] and _fusable(linears[i : j + 1]):
+                j += 1
+            members = linears[i:j]
+            width = sum(m.out_features for m in members)
+            self.runs.append((start, start + width, self._build(members, registry)))
+            start += width
+            i = j
+        self.out_features = start
+
+    @staticmethod
+    def _build(members: Sequence[nn.Module], registry: Registry) -> DenseRun | QuantRun:
+        first = members[0]
+        if isinstance(first, QuantLinear):
+            if len(members) == 1:
+                source = first
+            else:
+                source = QuantLinear(_concat_quant(members), _bias(members, first.scales.dtype))
+            return QuantRun(KernelQuantLinear(source, registry))
+        weight = (
+            first.weight.detach() if len(members) == 1 else torch.cat([m.weight.detach() for m in members])
+        )
+        return DenseRun(weight, _bias(members, weight.dtype))
+
+    @property
+    def launches(self) -> int:
+        """How many weight launches one call takes."""
+        return len(self.runs)
+
+    def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False) -> torch.Tensor:
+        """``out (1, out_features) [+]= x (1, in) [W_1; W_2; ...]^T`` (contiguous rows)."""
+        for start, stop, run in self.runs:
+            run.run(x, out[:, start:stop], accumulate)
+        return out

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bitalloc.kernels.decode_attention import decode_attention
+from tests.kernels.helpers import device
+
+
+def rope_tables(max_len: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    inv = 1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    freqs = torch.arange(max_len).float()[:, None] * inv[None]  # (max_len, D/2)
+    emb = torch.cat([freqs, freqs], -1)
+    return emb.cos(), emb.sin()
+
+
+def rotate(v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = v.shape[-1] // 2
+    return v * cos + torch.cat([-v[..., half:], v[..., :half]], -1) * sin
+
+
+def reference(qkv, cos, sin, keys, values, pos, heads, kv_heads, head_dim):
+    """Attention of the token at ``pos`` over the rotated cached keys 0..pos-1 and itself, in float64."""
+    q, k, v = qkv.double().split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim])
+    q = rotate(q.view(heads, head_dim), cos[pos].double(), sin[pos].double())
+    k = rotate(k.view(kv_heads, head_dim), cos[pos].double(), sin[pos].double())
+    all_k = torch.cat([keys[:, :pos].double(), k[:, None]], 1)  # (kv_heads, pos + 1, D)
+    all_v = torch.cat([values[:, :pos].double(), v.view(kv_heads, 1, head_dim)], 1)
+    group = heads // kv_heads
+    scores = torch.einsum("hd,hsd->hs", q, all_k.repeat_interleave(group, 0)) / math.sqrt(head_dim)
+    out = torch.einsum("hs,hsd->hd", scores.softmax(-1), all_v.repeat_interleave(group, 0))
+    return out.reshape(-1), k
+
+
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "head_dim", "pos", "block_s"),
+    [(4, 2, 16, 13, 4), (3, 3, 64, 0, 64), (8, 2, 32, 40, 16)],
+)
+def test_decode_attention_matches_reference(heads, kv_heads, head_dim, pos, block_s):
+    gen = torch.Generator().manual_seed(heads * 100 + pos)
+    max_len = pos + 5
+    cos, sin = rope_tables(max_len, head_dim)
+    qkv = torch.randn((heads + 2 * kv_heads) * head_dim, generator=gen).half()
+    keys = torch.randn(kv_heads, max_len, head_dim, generator=gen).half()
+    values = torch.randn(kv_heads, max_len, head_dim, generator=gen).half()
+    ref, k_rot = reference(qkv, cos, sin, keys, values, pos, heads, kv_heads, head_dim)
+    dev = device()
+    k_cache, v_cache = keys.to(dev), values.to(dev)
+    out = torch.full((heads * head_dim,), float("nan"), dtype=torch.float16, device=dev)  # poisoned
+    pos_t = torch.tensor([pos], dtype=torch.int32, device=dev)
+    decode_attention(
+        qkv.to(dev), cos.to(dev), sin.to(dev), k_cache, v_cache, pos_t, out, heads, block_s=block_s
+    )
+    assert torch.isfinite(out).all()
+    assert (out.double().cpu() - ref).abs().max() < 2e-3 * ref.abs().max() + 1e-3
+    # the new key (rotated) and value land in the cache at pos; other positions are untouched
+    assert (k_cache[:, pos].double().cpu() - k_rot).abs().max() < 2e-3 * k_rot.abs().max()
+    assert torch.equal(v_cache[:, pos].cpu(), qkv[(heads + kv_heads) * head_dim :].view(kv_heads, head_dim))
+    assert torch.equal(k_cache[:, :pos].cpu(), keys[:, :pos]) and torch.equal(
+        v_cache[:, pos + 1 :].cpu(), values[:, pos + 1 :]
+    )
+
+
+def test_decode_attention_rejects_bad_shapes():
+    cache = torch.zeros(2, 8, 16, dtype=torch.float16)
+    with pytest.raises(ValueError, match="query heads"):
+        decode_attention(
+            torch.zeros(10, dtype=torch.float16),
+            torch.zeros(8, 16),
+            torch.zeros(8, 16),
+            cache,
+            cache,
+            torch.zeros(1, dtype=torch.int32),
+            torch.zeros(48, dtype=torch.float16),
+            3,
+        )
