@@ -152,11 +152,38 @@ def logits_error(model: nn.Module, decoder: LlamaDecoder, steps: int = 8) -> tup
     return err, same
 
 
+def profile_table(decoder: LlamaDecoder, steps: int = 4) -> str:
+    """GPU time per step by kernel (eager steps under torch.profiler; the graph replays the same kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    decoder.reset()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            decoder.step()
+        torch.cuda.synchronize()
+    decoder.reset()
+    totals: dict[str, list[float]] = {}
+    for event in prof.events():
+        if event.device_type.name == "CUDA":
+            name = event.name.split("(")[0][:60]
+            entry = totals.setdefault(name, [0.0, 0])
+            entry[0] += event.device_time / steps
+            entry[1] += 1 / steps
+    rows = ["| kernel | launches / step | us / step |", "|---|---|---|"]
+    for name, (us, count) in sorted(totals.items(), key=lambda kv: -kv[1][0])[:14]:
+        rows.append(f"| {name} | {count:.0f} | {us:.1f} |")
+    rows.append(
+        f"| all | {sum(c for _, c in totals.values()):.0f} | {sum(u for u, _ in totals.values()):.1f} |"
+    )
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--context", default="0", help="comma-separated positions decoding starts at")
     parser.add_argument("--latency", type=Path, default=None, help="latency table to predict the step time")
+    parser.add_argument("--profile", action="store_true", help="GPU time per kernel of the decoder steps")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("kernels_e2e needs a CUDA GPU")
@@ -172,12 +199,15 @@ def main() -> None:
     checks["decoder fp16"] = logits_error(model, dense)
     for ctx in contexts:
         times[("decoder fp16", ctx)] = decoder_step_us(dense, args.tokens, ctx)
+    profiles = {"decoder fp16": profile_table(dense)} if args.profile else {}
     del dense
     plan = quantize_mixed(model)
     mixed = LlamaDecoder(model, max_len)  # QuantLinear -> kernels; the model itself stays on the reference
     checks["decoder mixed"] = logits_error(model, mixed)
     for ctx in contexts:
         times[("decoder mixed", ctx)] = decoder_step_us(mixed, args.tokens, ctx)
+    if args.profile:
+        profiles["decoder mixed"] = profile_table(mixed)
     launches = mixed.launches_per_step
     del mixed
     use_kernels(model)
@@ -223,6 +253,13 @@ def main() -> None:
             f"latency table: linears fp16 {fp16:.0f} us, quantized {quant:.0f} us; predicted decoder mixed "
             f"step {predicted:.0f} us vs measured {measured:.0f} us ({error:+.1f}%)"
         )
+    for name, table in profiles.items():
+        rows += [
+            "",
+            f"{name}, GPU time per step by kernel (context 0, eager steps under torch.profiler):",
+            "",
+            table,
+        ]
     print("\n".join(rows))
 
 

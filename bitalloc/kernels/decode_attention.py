@@ -1,19 +1,25 @@
 """Attention for one decoded token, with rotary embedding and the KV-cache write in the same launch.
 
-One program per query head. It rotates its query and its KV head's new key (Llama's rotate-half form, with
-cos/sin rows read at the current position), the first program of each KV group writes the new key and value
-into the cache, and the softmax over the cached positions ``0 .. pos-1`` plus the new one runs online in
-float32 blocks of BLOCK_S positions. The position is read from device memory, so one captured CUDA graph
-serves every step. Cached positions only are read (never ``pos`` itself): no program waits on another's write.
+Programs ``(query head, split)``: split ``s`` takes the cached positions ``[s CHUNK, (s+1) CHUNK)`` below
+``pos`` (flash-decoding: a long context spreads over many SMs); splits past the context return at once.
+Every program rotates its query (Llama's rotate-half form, cos/sin rows at the current position); split 0
+also rotates the new key, writes the new key and value into the cache (the first query head of each KV
+group) and scores the new token. Each split keeps an online softmax in float32; with more than one split
+they store partial (max, sum, values), take a ticket, and the last split of the head combines them, so one
+launch does it all. The position is read from device memory: one captured CUDA graph serves every step.
+Cached positions only are read (never ``pos`` itself): no program waits on another's write.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+CHUNK = 64  # cached positions per split
 
 
 @triton.jit
@@ -33,46 +39,111 @@ def _decode_attention_kernel(
     v_cache_ptr,
     pos_ptr,
     out_ptr,
+    m_ws_ptr,
+    l_ws_ptr,
+    acc_ws_ptr,
+    ticket_ptr,
     scale,
     MAX_LEN,
     HQ: tl.constexpr,
     HKV: tl.constexpr,
     D: tl.constexpr,
+    CHUNK: tl.constexpr,
     BLOCK_S: tl.constexpr,
+    SPLITS: tl.constexpr,
+    SPLITS_POW2: tl.constexpr,
 ):
     h = tl.program_id(0)
-    GROUP: tl.constexpr = HQ // HKV
-    kvh = h // GROUP
-    d = tl.arange(0, D)  # (D,)
-    rot = (d + D // 2) % D
-    sign = tl.where(d < D // 2, -1.0, 1.0)
+    split = tl.program_id(1)
     pos = tl.load(pos_ptr)
-    cos = tl.load(cos_ptr + pos * D + d)
-    sin = tl.load(sin_ptr + pos * D + d)
-    q = _rotate(qkv_ptr + h * D, cos, sin, d, rot, sign).to(tl.float16).to(tl.float32)  # (D,)
-    k_new = _rotate(qkv_ptr + (HQ + kvh) * D, cos, sin, d, rot, sign).to(tl.float16)  # (D,)
-    v_new = tl.load(qkv_ptr + (HQ + HKV + kvh) * D + d)  # (D,)
-    cache = kvh * MAX_LEN * D
-    if h % GROUP == 0:
-        tl.store(k_cache_ptr + cache + pos * D + d, k_new)
-        tl.store(v_cache_ptr + cache + pos * D + d, v_new)
-    m = tl.sum(q * k_new.to(tl.float32), axis=0) * scale  # running max, starts at the new token's score
-    l_sum = m * 0.0 + 1.0
-    acc = v_new.to(tl.float32)  # (D,)
-    for start in range(0, pos, BLOCK_S):
-        offs = start + tl.arange(0, BLOCK_S)  # (BLOCK_S,)
-        valid = offs < pos
-        tile = cache + offs[:, None] * D + d[None, :]  # (BLOCK_S, D)
-        k = tl.load(k_cache_ptr + tile, mask=valid[:, None], other=0.0).to(tl.float32)
-        s = tl.where(valid, tl.sum(k * q[None, :], axis=1) * scale, float("-inf"))  # (BLOCK_S,)
-        m_new = tl.maximum(m, tl.max(s, axis=0))
-        alpha = tl.exp(m - m_new)
-        p = tl.exp(s - m_new)
-        v = tl.load(v_cache_ptr + tile, mask=valid[:, None], other=0.0).to(tl.float32)
-        l_sum = l_sum * alpha + tl.sum(p, axis=0)
-        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
-        m = m_new
-    tl.store(out_ptr + h * D + d, (acc / l_sum).to(out_ptr.dtype.element_ty))
+    active = tl.maximum(tl.cdiv(pos, CHUNK), 1)  # splits holding cached positions (split 0 always runs)
+    if split < active:
+        GROUP: tl.constexpr = HQ // HKV
+        kvh = h // GROUP
+        d = tl.arange(0, D)  # (D,)
+        rot = (d + D // 2) % D
+        sign = tl.where(d < D // 2, -1.0, 1.0)
+        cos = tl.load(cos_ptr + pos * D + d)
+        sin = tl.load(sin_ptr + pos * D + d)
+        q = _rotate(qkv_ptr + h * D, cos, sin, d, rot, sign).to(tl.float16).to(tl.float32)  # (D,)
+        cache = kvh * MAX_LEN * D
+        m = tl.max(tl.full((1,), float("-inf"), tl.float32), axis=0)  # running max
+        l_sum = tl.sum(tl.zeros((1,), tl.float32), axis=0)
+        acc = tl.zeros((D,), dtype=tl.float32)
+        if split == 0:  # the new token: rotate its key, cache it (one program per KV group), score it
+            k_new = _rotate(qkv_ptr + (HQ + kvh) * D, cos, sin, d, rot, sign).to(tl.float16)  # (D,)
+            v_new = tl.load(qkv_ptr + (HQ + HKV + kvh) * D + d)  # (D,)
+            if h % GROUP == 0:
+                tl.store(k_cache_ptr + cache + pos * D + d, k_new)
+                tl.store(v_cache_ptr + cache + pos * D + d, v_new)
+            m = tl.sum(q * k_new.to(tl.float32), axis=0) * scale
+            l_sum += 1.0
+            acc = v_new.to(tl.float32)
+        stop = tl.minimum((split + 1) * CHUNK, pos)
+        for start in range(split * CHUNK, stop, BLOCK_S):
+            offs = start + tl.arange(0, BLOCK_S)  # (BLOCK_S,)
+            valid = offs < stop
+            tile = cache + offs[:, None] * D + d[None, :]  # (BLOCK_S, D)
+            k = tl.load(k_cache_ptr + tile, mask=valid[:, None], other=0.0).to(tl.float32)
+            v = tl.load(v_cache_ptr + tile, mask=valid[:, None], other=0.0).to(tl.float32)
+            s = tl.where(valid, tl.sum(k * q[None, :], axis=1) * scale, float("-inf"))  # (BLOCK_S,)
+            m_new = tl.maximum(m, tl.max(s, axis=0))
+            alpha = tl.exp(m - m_new)
+            p = tl.exp(s - m_new)
+            l_sum = l_sum * alpha + tl.sum(p, axis=0)
+            acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+            m = m_new
+        if active == 1:  # one split: no partials to combine
+            tl.store(out_ptr + h * D + d, (acc / l_sum).to(out_ptr.dtype.element_ty))
+        else:
+            ws = h * SPLITS + split
+            tl.store(m_ws_ptr + ws, m)
+            tl.store(l_ws_ptr + ws, l_sum)
+            tl.store(acc_ws_ptr + ws * D + d, acc)
+            tl.debug_barrier()  # every thread's partial is written before the ticket is taken
+            ticket = tl.atomic_add(ticket_ptr + h, 1)  # acq_rel, gpu scope
+            if ticket == active - 1:  # the last split of this head combines the partials
+                ss = tl.arange(0, SPLITS_POW2)  # (SPLITS_POW2,)
+                live = ss < active
+                part = h * SPLITS + ss
+                ms = tl.load(m_ws_ptr + part, mask=live, other=float("-inf"), cache_modifier=".cg")
+                top = tl.max(ms, axis=0)
+                w = tl.where(live, tl.exp(ms - top), 0.0)
+                ls = tl.load(l_ws_ptr + part, mask=live, other=0.0, cache_modifier=".cg")
+                accs = tl.load(
+                    acc_ws_ptr + part[:, None] * D + d[None, :],
+                    mask=live[:, None],
+                    other=0.0,
+                    cache_modifier=".cg",
+                )  # (SPLITS_POW2, D)
+                y = tl.sum(w[:, None] * accs, axis=0) / tl.sum(w * ls, axis=0)
+                tl.store(out_ptr + h * D + d, y.to(out_ptr.dtype.element_ty))
+                tl.store(ticket_ptr + h, 0)  # every split of this head has taken its ticket
+
+
+@dataclass(frozen=True)
+class AttentionWorkspace:
+    """Partial softmax results of the splits along the cached positions, and one ticket counter per head
+    (zero between calls: the last split of a head resets it). Reused by every layer of a decoder."""
+
+    m: torch.Tensor  # (heads, splits) float32 running maxima
+    l_sum: torch.Tensor  # (heads, splits) float32 sums of exp
+    acc: torch.Tensor  # (heads, splits, D) float32 weighted values
+    tickets: torch.Tensor  # (heads,) int32
+
+    @classmethod
+    def create(
+        cls, heads: int, max_len: int, head_dim: int, device: torch.device | str, chunk: int = CHUNK
+    ) -> AttentionWorkspace:
+        """Room for ``ceil(max_len / chunk)`` splits per head."""
+        splits = triton.cdiv(max_len, chunk)
+        f32 = dict(dtype=torch.float32, device=device)
+        return cls(
+            torch.empty(heads, splits, **f32),
+            torch.empty(heads, splits, **f32),
+            torch.empty(heads, splits, head_dim, **f32),
+            torch.zeros(heads, dtype=torch.int32, device=device),
+        )
 
 
 def decode_attention(
@@ -84,6 +155,8 @@ def decode_attention(
     pos: torch.Tensor,
     out: torch.Tensor,
     heads: int,
+    workspace: AttentionWorkspace | None = None,
+    chunk: int = CHUNK,
     block_s: int = 64,
 ) -> torch.Tensor:
     """One token's attention output ``out (heads * D,)``.
@@ -91,7 +164,8 @@ def decode_attention(
     ``qkv ((heads + 2 kv_heads) * D,)`` float16 holds q, k, v of the new token (before rotary embedding);
     ``cos``/``sin (max_len, D)`` float32; ``k_cache``/``v_cache (kv_heads, max_len, D)`` float16 hold the
     rotated keys and the values of positions ``0 .. pos-1``; ``pos (1,)`` int32 on the device is the new
-    token's position (the caller keeps it below ``max_len``).
+    token's position (the caller keeps it below ``max_len``). ``workspace`` (made with the same ``chunk``)
+    is allocated per call when not given.
     """
     kv_heads, max_len, head_dim = k_cache.shape
     if heads % kv_heads or head_dim & (head_dim - 1) or qkv.numel() != (heads + 2 * kv_heads) * head_dim:
@@ -99,7 +173,12 @@ def decode_attention(
             f"decode_attention: {heads} query heads, cache {tuple(k_cache.shape)}, "
             f"qkv of {qkv.numel()} elements"
         )
-    _decode_attention_kernel[(heads,)](
+    if workspace is None:
+        workspace = AttentionWorkspace.create(heads, max_len, head_dim, qkv.device, chunk)
+    splits = workspace.m.shape[1]
+    if workspace.acc.shape != (heads, splits, head_dim) or splits * chunk < max_len:
+        raise ValueError(f"decode_attention: workspace of {tuple(workspace.acc.shape)} does not fit")
+    _decode_attention_kernel[(heads, splits)](
         qkv,
         cos,
         sin,
@@ -107,12 +186,19 @@ def decode_attention(
         v_cache,
         pos,
         out,
+        workspace.m,
+        workspace.l_sum,
+        workspace.acc,
+        workspace.tickets,
         1.0 / math.sqrt(head_dim),
         max_len,
         HQ=heads,
         HKV=kv_heads,
         D=head_dim,
-        BLOCK_S=block_s,
+        CHUNK=chunk,
+        BLOCK_S=min(block_s, chunk),
+        SPLITS=splits,
+        SPLITS_POW2=triton.next_power_of_2(splits),
         num_warps=4,
     )
     return out

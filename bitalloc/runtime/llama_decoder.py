@@ -1,12 +1,13 @@
 """Batch-1 decoding of a Llama-architecture model on the kernels: few launches, static buffers, CUDA graphs.
 
 A decode step is, per layer: RMSNorm, the fused q/k/v projection, attention with rotary embedding and the
-KV-cache write (``decode_attention``), the output projection added into the residual stream by the GEMV
-itself, RMSNorm, the fused gate/up projection, SiLU-and-multiply, the down projection added into the residual;
-then the final norm, the LM head and the greedy next token. Every buffer is allocated once and the position
-lives on the device (incremented by the step), so one captured CUDA graph replays every step. Weights may be
-float16 ``nn.Linear`` (cuBLAS) or ``QuantLinear`` of any candidate (the registry's kernel, or the reference
-path with a warning). The decoder copies the weights it fuses; the source model can be dropped after.
+KV-cache write (``decode_attention``, split along the context), the output projection added into the
+residual stream by the GEMV itself, RMSNorm, the fused gate/up projection, SiLU-and-multiply, the down
+projection added into the residual; then the final norm, the LM head and the greedy next token. Every buffer
+is allocated once and the position lives on the device (incremented by the step), so one captured CUDA graph
+replays every step. Weights may be float16 ``nn.Linear`` (cuBLAS) or ``QuantLinear`` of any candidate (the
+registry's kernel, or the reference path with a warning). The decoder copies the weights it fuses; the
+source model can be dropped after.
 
 Prompts are fed one token per step (no batched prefill): this runner exists to measure and serve decoding.
 """
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from bitalloc.errors import InvalidInput
-from bitalloc.kernels.decode_attention import decode_attention
+from bitalloc.kernels.decode_attention import AttentionWorkspace, decode_attention
 from bitalloc.kernels.registry import Registry
 from bitalloc.kernels.rmsnorm import rmsnorm
 from bitalloc.kernels.silu_mul import silu_mul
@@ -156,6 +157,7 @@ class LlamaDecoder:
         self.logits = torch.zeros(1, self.lm_head.out_features, dtype=f16, device=dev)
         # per-layer projection outputs, zeroed by one memset per step: the kernels add into them
         self.scratch = torch.zeros(d.layers, qkv_width + 2 * d.intermediate, dtype=f16, device=dev)
+        self.workspace = AttentionWorkspace.create(d.heads, self.max_len, d.head_dim, dev)
         self.qkv_width = qkv_width
 
     def _forward(self) -> None:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bitalloc.kernels.decode_attention import decode_attention
+from bitalloc.kernels.decode_attention import AttentionWorkspace, decode_attention
 from tests.kernels.helpers import device
 
 
@@ -35,10 +35,17 @@ def reference(qkv, cos, sin, keys, values, pos, heads, kv_heads, head_dim):
 
 
 @pytest.mark.parametrize(
-    ("heads", "kv_heads", "head_dim", "pos", "block_s"),
-    [(4, 2, 16, 13, 4), (3, 3, 64, 0, 64), (8, 2, 32, 40, 16)],
+    ("heads", "kv_heads", "head_dim", "pos", "chunk", "block_s"),
+    [
+        (4, 2, 16, 13, 64, 4),
+        (3, 3, 64, 0, 64, 64),
+        (8, 2, 32, 40, 16, 16),
+        (4, 1, 16, 37, 8, 4),
+        (2, 2, 16, 8, 8, 8),
+    ],
 )
-def test_decode_attention_matches_reference(heads, kv_heads, head_dim, pos, block_s):
+def test_decode_attention_matches_reference(heads, kv_heads, head_dim, pos, chunk, block_s):
+    """One split, and several splits along the cache combined by the last one (up to 5; 8 = exactly one)."""
     gen = torch.Generator().manual_seed(heads * 100 + pos)
     max_len = pos + 5
     cos, sin = rope_tables(max_len, head_dim)
@@ -50,11 +57,25 @@ def test_decode_attention_matches_reference(heads, kv_heads, head_dim, pos, bloc
     k_cache, v_cache = keys.to(dev), values.to(dev)
     out = torch.full((heads * head_dim,), float("nan"), dtype=torch.float16, device=dev)  # poisoned
     pos_t = torch.tensor([pos], dtype=torch.int32, device=dev)
-    decode_attention(
-        qkv.to(dev), cos.to(dev), sin.to(dev), k_cache, v_cache, pos_t, out, heads, block_s=block_s
-    )
-    assert torch.isfinite(out).all()
-    assert (out.double().cpu() - ref).abs().max() < 2e-3 * ref.abs().max() + 1e-3
+    workspace = AttentionWorkspace.create(heads, max_len, head_dim, dev, chunk)
+    for _ in range(2):  # the workspace's tickets are back at zero after a call
+        out.fill_(float("nan"))
+        decode_attention(
+            qkv.to(dev),
+            cos.to(dev),
+            sin.to(dev),
+            k_cache,
+            v_cache,
+            pos_t,
+            out,
+            heads,
+            workspace,
+            chunk,
+            block_s,
+        )
+        assert torch.isfinite(out).all()
+        assert (out.double().cpu() - ref).abs().max() < 2e-3 * ref.abs().max() + 1e-3
+        assert not workspace.tickets.any()
     # the new key (rotated) and value land in the cache at pos; other positions are untouched
     assert (k_cache[:, pos].double().cpu() - k_rot).abs().max() < 2e-3 * k_rot.abs().max()
     assert torch.equal(v_cache[:, pos].cpu(), qkv[(heads + kv_heads) * head_dim :].view(kv_heads, head_dim))
