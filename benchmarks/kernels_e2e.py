@@ -153,11 +153,12 @@ def logits_error(model: nn.Module, decoder: LlamaDecoder, steps: int = 8) -> tup
 
 
 def profile_table(decoder: LlamaDecoder, steps: int = 4) -> str:
-    """GPU time per step by kernel (eager steps under torch.profiler; the graph replays the same kernels)."""
+    """GPU time per step by kernel (eager steps under torch.profiler; the graph replays the same kernels),
+    and the torch operators that launched kernels."""
     from torch.profiler import ProfilerActivity, profile
 
     decoder.reset()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             decoder.step()
         torch.cuda.synchronize()
@@ -175,6 +176,15 @@ def profile_table(decoder: LlamaDecoder, steps: int = 4) -> str:
     rows.append(
         f"| all | {sum(c for _, c in totals.values()):.0f} | {sum(u for u, _ in totals.values()):.1f} |"
     )
+    ops = [e for e in prof.key_averages() if e.key.startswith("aten::") and e.device_time_total > 0]
+    rows += [
+        "",
+        "torch operators with GPU time (per step): "
+        + ", ".join(
+            f"{e.key} x{e.count / steps:.0f} {e.device_time_total / steps:.1f} us"
+            for e in sorted(ops, key=lambda e: -e.device_time_total)
+        ),
+    ]
     return "\n".join(rows)
 
 

@@ -34,6 +34,8 @@ from bitalloc.quantizers.quantized_weight import QuantizedWeight
 
 LARGE = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)]
 SMOLLM2 = [(576, 576), (192, 576), (1536, 576), (576, 1536)]
+# the 1.1 B Llama of kernels_e2e.py: the decoder's fused q/k/v, o, gate/up, down; transformers' k/v, gate/up
+LLAMA_1B = [(3072, 2048), (2048, 2048), (16384, 2048), (2048, 8192), (512, 2048), (8192, 2048)]
 BITS = (2, 3, 4, 8)
 WARMUP_S = 0.05  # untimed flushed calls before timing (8192x28672 4-bit: 56 us on a fresh layout, then 49)
 
@@ -164,9 +166,12 @@ def gemm_space(bucket: int) -> list[dict[str, int]]:
 def tune(path: Path, shapes: list[tuple[int, int]], base: Registry, batches: tuple[int, ...]) -> None:
     """Pick the fastest config per (bits, shape, batch bucket) at group 128 (64 where 128 does not fit).
 
-    Entries of ``base`` for other batches are kept; a tuned entry of ``base`` competes with the new space.
+    Entries of ``base`` for other batches or shapes are kept; a tuned entry of ``base`` competes with the new
+    space.
     """
-    entries = [e for e in base.entries if e.batch not in batches]
+    entries = [
+        e for e in base.entries if e.batch not in batches or (e.out_features, e.in_features) not in shapes
+    ]
     for bits, shape in itertools.product(BITS, shapes):
         group = 128 if shape[1] % 128 == 0 else 64
         layout = to_layout(random_qweight(Candidate(QuantKind.RTN, bits, group, False), shape))
@@ -367,7 +372,9 @@ def main() -> None:
     parser.add_argument("--gemlite", action="store_true", help="add gemlite to the speed table")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed table")
     parser.add_argument("--out", type=Path, help="also write the Markdown table here")
-    parser.add_argument("--shapes", default="all", choices=["all", "large", "smollm2"], help="shape set")
+    parser.add_argument(
+        "--shapes", default="all", choices=["all", "large", "smollm2", "llama1b"], help="shape set"
+    )
     parser.add_argument("--batches", default="1,16,64,256", help="batch sizes of the speed table")
     parser.add_argument("--nested", action="store_true", help="add batch-1 rows for bit-nested weights")
     parser.add_argument("--latency-groups", default="32,64,128", help="group sizes of the latency table")
@@ -380,7 +387,7 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("kernels_speed needs a CUDA GPU")
-    shapes = {"all": LARGE + SMOLLM2, "large": LARGE, "smollm2": SMOLLM2}[args.shapes]
+    shapes = {"all": LARGE + SMOLLM2, "large": LARGE, "smollm2": SMOLLM2, "llama1b": LLAMA_1B}[args.shapes]
     start = time.time()
     if args.tune:
         batches = tuple(int(b) for b in args.tune_batches.split(","))
