@@ -6,7 +6,9 @@
 Every decoder Linear is quantized with RTN (attention and down projections 4-bit, gate/up 3-bit, group
 128, asymmetric). Four runners decode batch 1, each step one CUDA graph, side by side in one process:
 transformers' model with a static cache (fp16, and mixed with ``use_kernels``) and ``LlamaDecoder`` (fused
-launches; fp16 on cuBLAS, mixed on the kernels). Times: the median step with a sync after each step, and
+launches; fp16 on cuBLAS, mixed on the kernels; on Hopper its own kernels use programmatic dependent
+launch, and the mixed decoder is also timed without it).
+Times: the median step with a sync after each step, and
 the mean step of back-to-back replays. Correctness: the decoder's logits against transformers' on the same
 weights (the mixed reference dequantizes in torch). With a latency table, the decoder's mixed step is also
 predicted (its fp16 step minus tabled fp16 linears plus tabled kernel times) and the error reported.
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bitalloc.kernels._pdl import pdl_supported
 from bitalloc.kernels.latency import LatencyTable
 from bitalloc.kernels.linear import use_kernels
 from bitalloc.quantizers.candidate import Candidate
@@ -220,6 +223,11 @@ def main() -> None:
         profiles["decoder mixed"] = profile_table(mixed)
     launches = mixed.launches_per_step
     del mixed
+    if pdl_supported(torch.device("cuda")):  # the same without programmatic dependent launch
+        plain = LlamaDecoder(model, max_len, pdl=False)
+        for ctx in contexts:
+            times[("decoder mixed, no PDL", ctx)] = decoder_step_us(plain, args.tokens, ctx)
+        del plain
     use_kernels(model)
     for ctx in contexts:
         times[("transformers mixed", ctx)] = hf_step_us(model, args.tokens, ctx)

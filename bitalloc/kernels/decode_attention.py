@@ -18,6 +18,9 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from bitalloc.kernels._pdl import pdl_launch
 
 CHUNK = 64  # cached positions per split
 
@@ -52,9 +55,13 @@ def _decode_attention_kernel(
     BLOCK_S: tl.constexpr,
     SPLITS: tl.constexpr,
     SPLITS_POW2: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     h = tl.program_id(0)
     split = tl.program_id(1)
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     pos = tl.load(pos_ptr)
     active = tl.maximum(tl.cdiv(pos, CHUNK), 1)  # splits holding cached positions (split 0 always runs)
     if split < active:
@@ -158,6 +165,7 @@ def decode_attention(
     workspace: AttentionWorkspace | None = None,
     chunk: int = CHUNK,
     block_s: int = 64,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """One token's attention output ``out (heads * D,)``.
 
@@ -165,7 +173,7 @@ def decode_attention(
     ``cos``/``sin (max_len, D)`` float32; ``k_cache``/``v_cache (kv_heads, max_len, D)`` float16 hold the
     rotated keys and the values of positions ``0 .. pos-1``; ``pos (1,)`` int32 on the device is the new
     token's position (the caller keeps it below ``max_len``). ``workspace`` (made with the same ``chunk``)
-    is allocated per call when not given.
+    is allocated per call when not given. ``pdl``: launched with programmatic dependent launch (``_pdl.py``).
     """
     kv_heads, max_len, head_dim = k_cache.shape
     if heads % kv_heads or head_dim & (head_dim - 1) or qkv.numel() != (heads + 2 * kv_heads) * head_dim:
@@ -199,6 +207,8 @@ def decode_attention(
         BLOCK_S=min(block_s, chunk),
         SPLITS=splits,
         SPLITS_POW2=triton.next_power_of_2(splits),
+        PDL=pdl,
         num_warps=4,
+        **pdl_launch(pdl),
     )
     return out

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
+from bitalloc.kernels._pdl import pdl_launch
 from bitalloc.kernels._unpack import load_group, plane_dot, plane_dot3
 from bitalloc.kernels.gemv_h2 import HALF2_R, gemv_h2_kernel
 from bitalloc.kernels.layout import KernelLayout
@@ -66,7 +68,11 @@ def _gemv_kernel(
     BLOCK_K: tl.constexpr,
     SPLIT_K,
     ATOMIC: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
@@ -116,11 +122,13 @@ def gemv(
     config: GemvConfig,
     out: torch.Tensor | None = None,
     accumulate: bool = False,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """``x (in,) or (1, in) -> (1, out)`` in x's dtype; the caller has checked the format and shapes.
 
     ``out`` (contiguous, x's dtype, ``out`` elements) receives the result when given; with ``accumulate``
-    the result is added to what ``out`` holds (a fused residual add: no zeroing, no extra launch).
+    the result is added to what ``out`` holds (a fused residual add: no zeroing, no extra launch). ``pdl``:
+    launched with programmatic dependent launch (``_pdl.py``; the caller checks ``pdl_supported``).
     """
     if accumulate and out is None:
         raise ValueError("gemv: accumulate=True adds into an output, pass out=")
@@ -169,8 +177,10 @@ def gemv(
             XS_ROWS=bool(config.xs_rows),
             ASM=os.environ.get("TRITON_INTERPRET") != "1",
             ATOMIC=atomic,
+            PDL=pdl,
             num_warps=config.num_warps,
             num_stages=1,
+            **pdl_launch(pdl),
         )
         return result.view(1, out_features)
     _gemv_kernel[grid](
@@ -197,8 +207,10 @@ def gemv(
         BLOCK_K=block_k,
         SPLIT_K=split_k,
         ATOMIC=atomic,
+        PDL=pdl,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
+        **pdl_launch(pdl),
     )
     if y.data_ptr() != result.data_ptr():
         result.add_(y) if accumulate else result.copy_(y)

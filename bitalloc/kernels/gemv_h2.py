@@ -8,13 +8,15 @@ call takes the even and odd fields of a-words r and r + WP/2 merged with the b-w
 (``merge3_loose``). Per step, in float32, ``acc (WP/2, BLOCK_N) += scale * dot`` (``dot = sum q x / R``)
 and ``acc_off (BLOCK_N,) += offset * xs`` with ``xs`` the chunk's activation sum (one per step for all
 outputs); the result is ``R * sum(acc) + acc_off``. With PREFETCH the next step's words, scales, offsets
-and ``xs`` are loaded before this step's arithmetic. SPLIT_K > 1 adds partial results atomically.
+and ``xs`` are loaded before this step's arithmetic. SPLIT_K > 1 adds partial results atomically. With PDL
+(``_pdl.py``) the first step's words load while the previous kernel still runs.
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from bitalloc.kernels._half2 import dot2x2, dot3x4, dot4x2, dot8x2, pair_sum
 from bitalloc.kernels._unpack import load_words, merge3_loose
@@ -174,6 +176,7 @@ def gemv_h2_kernel(
     XS_ROWS: tl.constexpr,
     ASM: tl.constexpr,
     ATOMIC: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -185,6 +188,8 @@ def gemv_h2_kernel(
     kb_end = (pid_k + 1) * n_steps // SPLIT_K
     acc = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
     acc_off = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    if PDL:
+        gdc_launch_dependents()
     if PREFETCH:
         u0, u1, u2, scale, offset, xs = _load_step(
             x_ptr,
@@ -203,6 +208,10 @@ def gemv_h2_kernel(
             CHUNK,
             XS_ROWS,
         )
+        if PDL:  # the first step's words are on their way; the activations are the previous kernel's output
+            gdc_wait()
+            if not XS_ROWS:
+                xs = tl.sum(tl.load(x_ptr + kb_start * CHUNK + tl.arange(0, CHUNK)).to(tl.float32), axis=0)
         for kb in range(kb_start, kb_end):
             nxt = tl.minimum(kb + 1, kb_end - 1)  # the last step re-reads itself (cache hit)
             n0, n1, n2, n_scale, n_offset, n_xs = _load_step(
@@ -229,6 +238,8 @@ def gemv_h2_kernel(
                 acc_off += offset * xs
             u0, u1, u2, scale, offset, xs = n0, n1, n2, n_scale, n_offset, n_xs
     else:
+        if PDL:
+            gdc_wait()
         for kb in range(kb_start, kb_end):
             u0, u1, u2, scale, offset, xs = _load_step(
                 x_ptr,

@@ -85,14 +85,17 @@ class KernelQuantLinear(QuantLinear):
             y = y + self.bias.to(y.dtype)
         return y.view(*x.shape[:-1], self.out_features)
 
-    def forward_into(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False) -> torch.Tensor:
+    def forward_into(
+        self, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False, pdl: bool = False
+    ) -> torch.Tensor:
         """``out (rows, out_features) [+]= x W^T + b`` for contiguous ``x (rows, in)`` and ``out``: batch 1 on
-        the GEMV writes (or adds, for a fused residual) in place; other paths compute, then copy or add."""
+        the GEMV writes (or adds, for a fused residual) in place, launched with programmatic dependent launch
+        when ``pdl``; other paths compute, then copy or add (ordinary launches)."""
         choice = self.choice(x)
         if choice.kernel == "gemv" and x.shape[0] == 1:
             from bitalloc.kernels.gemv import GemvConfig, gemv
 
-            gemv(x, self.layout(), GemvConfig(**choice.params), out=out, accumulate=accumulate)
+            gemv(x, self.layout(), GemvConfig(**choice.params), out=out, accumulate=accumulate, pdl=pdl)
             if self.bias is not None:
                 out.add_(self.bias.to(out.dtype))
             return out

@@ -6,8 +6,9 @@ residual stream by the GEMV itself, RMSNorm, the fused gate/up projection, SiLU-
 projection added into the residual; then the final norm, the LM head and the greedy next token. Every buffer
 is allocated once and the position lives on the device (incremented by the step), so one captured CUDA graph
 replays every step. Weights may be float16 ``nn.Linear`` (cuBLAS) or ``QuantLinear`` of any candidate (the
-registry's kernel, or the reference path with a warning). The decoder copies the weights it fuses; the
-source model can be dropped after.
+registry's kernel, or the reference path with a warning). On Hopper the decoder's own kernels use
+programmatic dependent launch (``kernels/_pdl.py``): each GEMV's first weights load while the kernel before
+it still runs. The decoder copies the weights it fuses; the source model can be dropped after.
 
 Prompts are fed one token per step (no batched prefill): this runner exists to measure and serve decoding.
 """
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from bitalloc.errors import InvalidInput
+from bitalloc.kernels._pdl import pdl_supported
 from bitalloc.kernels.decode_attention import AttentionWorkspace, decode_attention
 from bitalloc.kernels.registry import Registry
 from bitalloc.kernels.rmsnorm import rmsnorm
@@ -96,7 +98,9 @@ def _check_model(model: nn.Module) -> nn.Module:
 class LlamaDecoder:
     """Greedy batch-1 decoding of a Llama-architecture model (float16) with fused launches."""
 
-    def __init__(self, model: nn.Module, max_len: int, registry: Registry | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, max_len: int, registry: Registry | None = None, pdl: bool | None = None
+    ) -> None:
         inner = _check_model(model)
         dims = DecoderDims.of(model.config)
         embed = inner.embed_tokens.weight.detach()
@@ -110,6 +114,7 @@ class LlamaDecoder:
         self.dims = dims
         self.max_len = max_len
         self.device = embed.device
+        self.pdl = pdl_supported(self.device) if pdl is None else pdl and pdl_supported(self.device)
         self.embed = embed
         self.final_norm = inner.norm.weight.detach()
         self.lm_head = FusedProjection([model.lm_head], registry)
@@ -162,22 +167,31 @@ class LlamaDecoder:
 
     def _forward(self) -> None:
         """One step on the static buffers: ``token``, ``pos`` -> ``logits``, next ``token``, ``pos + 1``."""
-        d = self.dims
+        d, pdl = self.dims, self.pdl
         self.scratch.zero_()
         torch.index_select(self.embed, 0, self.token, out=self.hidden)
         for i, layer in enumerate(self.layers):
             qkv = self.scratch[i : i + 1, : self.qkv_width]  # (1, qkv_width)
             gate_up = self.scratch[i : i + 1, self.qkv_width :]  # (1, 2 * intermediate)
-            rmsnorm(self.hidden, layer.input_norm, d.eps, self.normed)
-            layer.qkv.run(self.normed, qkv, accumulate=True)
+            rmsnorm(self.hidden, layer.input_norm, d.eps, self.normed, pdl)
+            layer.qkv.run(self.normed, qkv, accumulate=True, pdl=pdl)
             decode_attention(
-                qkv, self.cos, self.sin, layer.k_cache, layer.v_cache, self.pos, self.attn, d.heads
+                qkv,
+                self.cos,
+                self.sin,
+                layer.k_cache,
+                layer.v_cache,
+                self.pos,
+                self.attn,
+                d.heads,
+                self.workspace,
+                pdl=pdl,
             )
-            layer.o.run(self.attn, self.hidden, accumulate=True)  # residual add in the projection
-            rmsnorm(self.hidden, layer.post_norm, d.eps, self.normed)
-            layer.gate_up.run(self.normed, gate_up, accumulate=True)
-            silu_mul(gate_up, self.act)
-            layer.down.run(self.act, self.hidden, accumulate=True)
+            layer.o.run(self.attn, self.hidden, accumulate=True, pdl=pdl)  # residual add in the projection
+            rmsnorm(self.hidden, layer.post_norm, d.eps, self.normed, pdl)
+            layer.gate_up.run(self.normed, gate_up, accumulate=True, pdl=pdl)
+            silu_mul(gate_up, self.act, pdl=pdl)
+            layer.down.run(self.act, self.hidden, accumulate=True, pdl=pdl)
         rmsnorm(self.hidden, self.final_norm, d.eps, self.normed)
         self.lm_head.run(self.normed, self.logits)
         torch.argmax(self.logits, dim=-1, out=self.token)

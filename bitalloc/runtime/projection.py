@@ -27,8 +27,9 @@ class DenseRun:
     weight: torch.Tensor
     bias: torch.Tensor | None
 
-    def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
-        """``out (1, out) [+]= x (1, in) W^T + b`` on cuBLAS (one GEMV; the add is its beta)."""
+    def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool, pdl: bool = False) -> None:
+        """``out (1, out) [+]= x (1, in) W^T + b`` on cuBLAS (one GEMV; the add is its beta; an ordinary
+        launch whatever ``pdl`` says)."""
         if accumulate:
             out.addmm_(x, self.weight.t())
         else:
@@ -43,9 +44,9 @@ class QuantRun:
 
     linear: KernelQuantLinear
 
-    def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
+    def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool, pdl: bool = False) -> None:
         """``out (1, out) [+]= x (1, in) W^T + b`` on the kernel the registry picks."""
-        self.linear.forward_into(x, out, accumulate)
+        self.linear.forward_into(x, out, accumulate, pdl)
 
 
 def _format(module: nn.Module) -> str:
@@ -131,8 +132,11 @@ class FusedProjection:
         """How many weight launches one call takes."""
         return len(self.runs)
 
-    def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False) -> torch.Tensor:
-        """``out (1, out_features) [+]= x (1, in) [W_1; W_2; ...]^T`` (contiguous rows)."""
+    def run(
+        self, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False, pdl: bool = False
+    ) -> torch.Tensor:
+        """``out (1, out_features) [+]= x (1, in) [W_1; W_2; ...]^T`` (contiguous rows); ``pdl``: kernels that
+        support it use programmatic dependent launch."""
         for start, stop, run in self.runs:
-            run.run(x, out[:, start:stop], accumulate)
+            run.run(x, out[:, start:stop], accumulate, pdl)
         return out

@@ -81,14 +81,19 @@ def test_decoder_rejects_what_it_cannot_run():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_graph_steps_equal_eager_steps():
+@pytest.mark.parametrize("pdl", [False, True])
+def test_cuda_graph_steps_equal_eager_steps(pdl):
+    """Graph replays (with programmatic dependent launch on Hopper) give the eager steps' logits."""
     model = tiny_llama(seed=5)
     quantize_linears(model, MIXED)
-    ids = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(5)).cuda()
-    decoder = LlamaDecoder(model, max_len=8)
-    eager = decoder_logits(decoder, ids)
+    ids = torch.randint(
+        0, 256, (1, 70), generator=torch.Generator().manual_seed(5)
+    ).cuda()  # 2 attention splits
+    eager = decoder_logits(LlamaDecoder(model, max_len=80, pdl=False), ids)
+    decoder = LlamaDecoder(model, max_len=80, pdl=pdl)
+    assert decoder.pdl == (pdl and torch.cuda.get_device_capability()[0] >= 9)
     decoder.capture()
     graphed = decoder_logits(decoder, ids)
-    assert torch.equal(eager.argmax(-1), graphed.argmax(-1))
-    assert (eager - graphed).abs().max() < 1e-2 * eager.abs().max()  # split-K atomics may reorder sums
+    err = (eager - graphed).norm(dim=-1) / eager.norm(dim=-1)  # (steps,) split-K atomics reorder sums
+    assert err.max() < 5e-3, f"relative error per step {err.tolist()}"
     assert decoder.generate([1, 2, 3], 3) == decoder.generate([1, 2, 3], 3)
