@@ -387,7 +387,9 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("kernels_speed needs a CUDA GPU")
-    shapes = {"all": LARGE + SMOLLM2, "large": LARGE, "smollm2": SMOLLM2, "llama1b": LLAMA_1B}[args.shapes]
+    shapes = {"all": LARGE + SMOLLM2 + LLAMA_1B, "large": LARGE, "smollm2": SMOLLM2, "llama1b": LLAMA_1B}[
+        args.shapes
+    ]
     start = time.time()
     if args.tune:
         batches = tuple(int(b) for b in args.tune_batches.split(","))

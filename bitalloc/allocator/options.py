@@ -79,14 +79,15 @@ def make_budget(
 def profile_latency(
     profile: SensitivityProfile, problem: AllocationProblem, table: str, batch: int
 ) -> np.ndarray:
-    """(units, candidates) microseconds: ``table`` is 'analytic', 'measured' (the shipped H100 table)
-    or the path of a latency CSV written by ``benchmarks/kernels_speed.py --latency``."""
+    """(units, candidates) microseconds: ``table`` is 'analytic', 'measured' (the shipped H100 table),
+    'measured-<device>' (another shipped table, e.g. 'measured-h200') or the path of a latency CSV written by
+    ``benchmarks/kernels_speed.py --latency``."""
     if table == ANALYTIC:
         return analytic_latency(problem.candidates, problem.nbytes)
-    from bitalloc.kernels.latency import DEFAULT_LATENCY, LatencyTable
+    from bitalloc.kernels.latency import LatencyTable, shipped_table
     from bitalloc.quantizers.candidate import Candidate
 
-    lat = LatencyTable.load(DEFAULT_LATENCY if table == "measured" else Path(table))
+    lat = LatencyTable.load(shipped_table(table) if table.startswith("measured") else Path(table))
     first = profile.table.drop_duplicates("unit").set_index("unit")
     out = np.zeros(problem.loss.shape)
     for c, name in enumerate(problem.candidates):

@@ -19,6 +19,19 @@ from bitalloc.quantizers.candidate import Candidate
 DEFAULT_LATENCY = CONFIG_DIR / "latency_h100.csv"
 
 
+def shipped_table(name: str) -> Path:
+    """The repository's table for ``measured`` (the H100's) or ``measured-<device>`` (``measured-h200``)."""
+    device = name.split("-", 1)[1] if "-" in name else "h100"
+    path = CONFIG_DIR / f"latency_{device}.csv"
+    if name.split("-", 1)[0] != "measured" or not path.exists():
+        shipped = sorted(p.stem.removeprefix("latency_") for p in CONFIG_DIR.glob("latency_*.csv"))
+        raise InvalidInput(
+            f"no shipped latency table {name!r}; use 'measured' (h100) or one of "
+            f"{['measured-' + d for d in shipped]}, or the path of a CSV"
+        )
+    return path
+
+
 @dataclass(frozen=True)
 class LatencyRow:
     """One measurement: format, weight shape, batch, kernel time and fp16 cuBLAS time (microseconds)."""

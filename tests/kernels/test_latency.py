@@ -46,3 +46,13 @@ def test_repository_table_covers_the_palette_formats():
         cand = Candidate.parse(name)
         for batch in (1, 16, 64, 256):
             assert table.predict(cand, (4096, 4096), batch) > 0
+
+
+def test_shipped_tables_by_name():
+    from bitalloc.kernels.latency import shipped_table
+
+    assert shipped_table("measured") == DEFAULT_LATENCY
+    with pytest.raises(InvalidInput, match="measured-"):
+        shipped_table("measured-a100")
+    with pytest.raises(InvalidInput, match="no shipped latency table"):
+        shipped_table("measuredx")
