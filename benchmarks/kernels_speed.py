@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import itertools
 import sys
 import time
@@ -95,6 +96,46 @@ def bench(fn, rep: int = 30, graph: bool = True, flush: str = "read") -> float:
     torch.cuda.synchronize()
     times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends, strict=True))
     return 1000.0 * times[len(times) // 2]
+
+
+def bench_pipelined(fns, rep: int = 10) -> float:
+    """Microseconds per call of ``fns`` run back to back in one CUDA graph (median replay / len(fns)).
+
+    Each function reads its own copy of the weights (together larger than L2), as the layers of a decode
+    step do: no flush, no per-call launch or timing overhead, neighbouring calls overlap their ramps. This
+    is what a call costs inside a captured decode step (``--latency-mode pipelined``).
+    """
+    for fn in fns:
+        fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(torch.cuda.Stream()), torch.cuda.graph(g):
+        for fn in fns:
+            fn()
+    for _ in range(3):
+        g.replay()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(rep)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(rep)]
+    for start, end in zip(starts, ends, strict=True):
+        start.record()
+        g.replay()
+        end.record()
+    torch.cuda.synchronize()
+    times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends, strict=True))
+    return 1000.0 * times[len(times) // 2] / len(fns)
+
+
+def clone_tensors(obj):
+    """A copy of a frozen dataclass of tensors (a layout) with every tensor field cloned."""
+    fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return dataclasses.replace(
+        obj, **{k: v.clone() for k, v in fields.items() if isinstance(v, torch.Tensor)}
+    )
+
+
+def rotation(nbytes: int, total: int = 192 << 20, cap: int = 64) -> int:
+    """How many weight copies make a working set larger than L2 (at most ``cap``)."""
+    return max(1, min(cap, -(-total // nbytes)))
 
 
 def copy_bandwidth() -> float:
@@ -312,8 +353,12 @@ def gemlite_us(qw: QuantizedWeight, x: torch.Tensor, flush: str = "read") -> flo
         return None
 
 
-def latency_csv(registry: Registry, path: Path, shapes, groups=(32, 64, 128)) -> None:
-    """Time every (bits, group, symmetry) x shape x batch with the registry's choice; write CSV."""
+def latency_csv(
+    registry: Registry, path: Path, shapes, groups=(32, 64, 128), pipelined: bool = False
+) -> None:
+    """Time every (bits, group, symmetry) x shape x batch with the registry's choice; write CSV. Isolated
+    calls (``bench``: L2 flushed, one call per graph) or, with ``pipelined``, calls back to back on rotating
+    weight copies (``bench_pipelined``)."""
     fields = [
         "format",
         "bits",
@@ -334,7 +379,11 @@ def latency_csv(registry: Registry, path: Path, shapes, groups=(32, 64, 128)) ->
             for batch in BATCH_BUCKETS:
                 w16 = torch.randn(shape, device="cuda", dtype=torch.float16)
                 x = torch.randn(batch, shape[1], device="cuda", dtype=torch.float16)
-                fp16_us = bench(lambda: torch.nn.functional.linear(x, w16), rep=20)  # noqa: B023 (called at once)
+                if pipelined:
+                    ws = [w16] + [w16.clone() for _ in range(rotation(w16.numel() * 2) - 1)]
+                    fp16_us = bench_pipelined([lambda w=w, x=x: torch.nn.functional.linear(x, w) for w in ws])
+                else:
+                    fp16_us = bench(lambda: torch.nn.functional.linear(x, w16), rep=20)  # noqa: B023 (called at once)
                 for bits, group, sym in itertools.product((2, 3, 4, 5, 6, 8), groups, (True, False)):
                     if shape[1] % group:
                         continue
@@ -343,7 +392,19 @@ def latency_csv(registry: Registry, path: Path, shapes, groups=(32, 64, 128)) ->
                     layout = to_layout(qw)
                     choice = registry.choose_call(cand, shape, batch, x.dtype, x.device)
                     frag = to_fragment_layout(qw) if choice.kernel == "mma" else None
-                    us = bench(lambda: run_kernel(x, layout, choice.kernel, choice.params, frag), rep=20)  # noqa: B023 (called at once)
+                    if pipelined:
+                        copies = rotation(cand.nbytes(shape))
+                        pairs = [(layout, frag)] + [
+                            (clone_tensors(layout), frag and clone_tensors(frag)) for _ in range(copies - 1)
+                        ]
+                        us = bench_pipelined(
+                            [
+                                lambda p=p, c=choice, x=x: run_kernel(x, p[0], c.kernel, c.params, p[1])
+                                for p in pairs
+                            ]
+                        )
+                    else:
+                        us = bench(lambda: run_kernel(x, layout, choice.kernel, choice.params, frag), rep=20)  # noqa: B023 (called at once)
                     fmt = cand.name.split("-", 1)[1]
                     writer.writerow(
                         {
@@ -379,6 +440,12 @@ def main() -> None:
     parser.add_argument("--nested", action="store_true", help="add batch-1 rows for bit-nested weights")
     parser.add_argument("--latency-groups", default="32,64,128", help="group sizes of the latency table")
     parser.add_argument(
+        "--latency-mode",
+        default="isolated",
+        choices=["isolated", "pipelined"],
+        help="latency table: one flushed call per graph, or calls back to back on rotating weight copies",
+    )
+    parser.add_argument(
         "--flush",
         default="read",
         choices=["read", "write"],
@@ -397,7 +464,8 @@ def main() -> None:
         print(f"tuning took {time.time() - start:.0f} s", flush=True)
     registry = Registry.load(args.tune or args.table) if (args.table or args.tune) else Registry.load()
     if args.latency:
-        latency_csv(registry, args.latency, shapes, tuple(int(g) for g in args.latency_groups.split(",")))
+        groups = tuple(int(g) for g in args.latency_groups.split(","))
+        latency_csv(registry, args.latency, shapes, groups, pipelined=args.latency_mode == "pipelined")
     if not args.no_speed:
         batches = tuple(int(b) for b in args.batches.split(","))
         rows = speed_table(registry, shapes, batches, args.gemlite, flush=args.flush)
