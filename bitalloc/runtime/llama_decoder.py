@@ -15,6 +15,7 @@ Prompts are fed one token per step (no batched prefill): this runner exists to m
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -107,6 +108,12 @@ class LlamaDecoder:
         if embed.dtype != torch.float16:
             raise InvalidInput(
                 f"the decoder runs float16 models; convert with model.half() (got {embed.dtype})"
+            )
+        if embed.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise InvalidInput(
+                f"the decoder runs its kernels on a CUDA GPU (model on {embed.device.type}); move the model "
+                "with model.cuda(), or set TRITON_INTERPRET=1 before importing bitalloc to interpret them "
+                "on the CPU"
             )
         if max_len < 1:
             raise InvalidInput(f"max_len must be at least 1, got {max_len}")

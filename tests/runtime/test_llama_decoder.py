@@ -68,12 +68,17 @@ def test_generate_is_greedy_and_refuses_overlong_sequences():
         decoder.step(1)
 
 
-def test_decoder_rejects_what_it_cannot_run():
+def test_decoder_rejects_what_it_cannot_run(monkeypatch):
     model = tiny_llama(seed=4, layers=1)
     with pytest.raises(InvalidInput, match=r"model\.half\(\)"):
         LlamaDecoder(model.float(), max_len=4)
     with pytest.raises(InvalidInput, match="Llama-architecture"):
         LlamaDecoder(torch.nn.Linear(2, 2), max_len=4)
+    with monkeypatch.context() as patch:
+        patch.delenv("TRITON_INTERPRET", raising=False)
+        if not torch.cuda.is_available():
+            with pytest.raises(InvalidInput, match="TRITON_INTERPRET=1"):
+                LlamaDecoder(model.half(), max_len=4)
     model.half().config.hidden_act = "gelu"
     with pytest.raises(InvalidInput, match="SiLU"):
         LlamaDecoder(model, max_len=4)
