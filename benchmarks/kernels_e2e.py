@@ -27,6 +27,7 @@ from torch import nn
 from bitalloc.kernels._pdl import pdl_supported
 from bitalloc.kernels.latency import LatencyTable
 from bitalloc.kernels.linear import use_kernels
+from bitalloc.models.random_llama import random_llama
 from bitalloc.quantizers.candidate import Candidate
 from bitalloc.quantizers.quant_linear import QuantLinear
 from bitalloc.quantizers.quantize import quantize
@@ -35,24 +36,11 @@ from bitalloc.runtime.llama_decoder import LlamaDecoder
 PLAN_4 = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
 
 
-def llama_1b(layers: int = 16):
+def llama_1b(layers: int = 16) -> nn.Module:
     """A random-initialised Llama-3.2-1B-shaped model (vocab cut to 32000) in float16 on the GPU."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=layers,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        vocab_size=32000,
-        max_position_embeddings=4096,
-        tie_word_embeddings=False,
+    return random_llama(
+        hidden=2048, intermediate=8192, layers=layers, heads=32, kv_heads=8, vocab=32000, device="cuda"
     )
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(config).half().eval()
-    return model
 
 
 def quantize_mixed(model: nn.Module) -> dict[str, str]:

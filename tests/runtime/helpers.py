@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
+from bitalloc.models.random_llama import random_llama
 from bitalloc.quantizers.candidate import Candidate
 from bitalloc.quantizers.quant_linear import QuantLinear
 from bitalloc.quantizers.quantize import quantize
@@ -14,21 +14,19 @@ from tests.kernels.helpers import device
 def tiny_llama(seed: int = 0, layers: int = 2, tied: bool = False) -> nn.Module:
     """hidden 64, 4 query / 2 KV heads of 16, intermediate 128, vocab 256; weights large enough that
     attention is not uniform (initializer_range 0.1)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=256,
-        max_position_embeddings=128,
-        tie_word_embeddings=tied,
+    return random_llama(
+        hidden=64,
+        intermediate=128,
+        layers=layers,
+        heads=4,
+        kv_heads=2,
+        vocab=256,
+        tied=tied,
         initializer_range=0.1,
+        max_positions=128,
+        seed=seed,
+        device=device(),
     )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).half().eval().to(device())
 
 
 def quantize_linears(model: nn.Module, plan: dict[str, str]) -> None:

@@ -1,0 +1,39 @@
+"""Random-initialised Llama-architecture models (transformers' own class) for kernel and decoder work."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def random_llama(
+    *,
+    hidden: int,
+    intermediate: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    vocab: int,
+    tied: bool = False,
+    initializer_range: float = 0.02,
+    max_positions: int = 4096,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """A ``LlamaForCausalLM`` with seeded random weights, in float16, in eval mode, on ``device``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        vocab_size=vocab,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=tied,
+        initializer_range=initializer_range,
+    )
+    torch.manual_seed(seed)
+    with torch.device(device):
+        return LlamaForCausalLM(config).half().eval()
