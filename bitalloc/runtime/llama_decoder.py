@@ -24,6 +24,7 @@ from torch import nn
 
 from bitalloc.errors import InvalidInput
 from bitalloc.kernels._pdl import pdl_supported
+from bitalloc.kernels.argmax import argmax_row
 from bitalloc.kernels.decode_attention import AttentionWorkspace, decode_attention
 from bitalloc.kernels.registry import Registry
 from bitalloc.kernels.rmsnorm import rmsnorm
@@ -201,7 +202,7 @@ class LlamaDecoder:
             layer.down.run(self.act, self.hidden, accumulate=True, pdl=pdl)
         rmsnorm(self.hidden, self.final_norm, d.eps, self.normed)
         self.lm_head.run(self.normed, self.logits)
-        torch.argmax(self.logits, dim=-1, out=self.token)
+        argmax_row(self.logits, self.token, pdl)
         self.pos.add_(1)
 
     @property
