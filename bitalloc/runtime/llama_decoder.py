@@ -5,10 +5,12 @@ KV-cache write (``decode_attention``, split along the context), the output proje
 residual stream by the GEMV itself, RMSNorm, the fused gate/up projection, SiLU-and-multiply, the down
 projection added into the residual; then the final norm, the LM head and the greedy next token. Every buffer
 is allocated once and the position lives on the device (incremented by the step), so one captured CUDA graph
-replays every step. Weights may be float16 ``nn.Linear`` (cuBLAS) or ``QuantLinear`` of any candidate (the
-registry's kernel, or the reference path with a warning). On Hopper the decoder's own kernels use
-programmatic dependent launch (``kernels/_pdl.py``): each GEMV's first weights load while the kernel before
-it still runs. The decoder copies the weights it fuses; the source model can be dropped after.
+replays every step. Model types: Llama, Mistral (within its sliding window) and Qwen2 (q/k/v biases); the rope
+tables come from the model's own rotary module (static rope types). Weights may be float16 ``nn.Linear``
+(cuBLAS) or ``QuantLinear`` of any candidate (the registry's kernel, or the reference path with a warning).
+On Hopper the decoder's own kernels use programmatic dependent launch (``kernels/_pdl.py``): each GEMV's
+first weights load while the kernel before it still runs. The decoder copies the weights it fuses; the
+source model can be dropped after.
 
 Prompts are fed one token per step (no batched prefill): this runner exists to measure and serve decoding.
 """
@@ -31,6 +33,8 @@ from bitalloc.kernels.rmsnorm import rmsnorm
 from bitalloc.kernels.silu_mul import silu_mul
 from bitalloc.runtime.projection import FusedProjection
 
+MODEL_TYPES = {"llama", "mistral", "qwen2"}  # same block: RMSNorm, rotate-half rope, GQA, SiLU-gated MLP
+
 
 @dataclass(frozen=True)
 class DecoderDims:
@@ -46,8 +50,19 @@ class DecoderDims:
     eps: float
 
     @classmethod
-    def of(cls, config) -> DecoderDims:
+    def of(cls, config, max_len: int) -> DecoderDims:
         """Read and check ``config``; raise InvalidInput naming what this decoder does not run."""
+        kind = getattr(config, "model_type", None)
+        if kind not in MODEL_TYPES:
+            raise InvalidInput(f"the decoder runs model types {sorted(MODEL_TYPES)}; got {kind!r}")
+        window = (
+            getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+        )
+        if window is not None and max_len > window:
+            raise InvalidInput(
+                f"the decoder attends to every cached position; this model's sliding window is {window}: "
+                f"use max_len <= {window}"
+            )
         act = getattr(config, "hidden_act", "silu")
         if act != "silu":
             raise InvalidInput(f"the decoder runs SiLU-gated MLPs; this model uses hidden_act={act!r}")
@@ -104,7 +119,7 @@ class LlamaDecoder:
         self, model: nn.Module, max_len: int, registry: Registry | None = None, pdl: bool | None = None
     ) -> None:
         inner = _check_model(model)
-        dims = DecoderDims.of(model.config)
+        dims = DecoderDims.of(model.config, max_len)
         embed = inner.embed_tokens.weight.detach()
         if embed.dtype != torch.float16:
             raise InvalidInput(
@@ -134,6 +149,9 @@ class LlamaDecoder:
 
     def _layer(self, block: nn.Module, registry: Registry) -> DecoderLayer:
         attn, mlp, d = block.self_attn, block.mlp, self.dims
+        extra = [n for n in ("q_norm", "k_norm") if getattr(attn, n, None) is not None]
+        if extra:
+            raise InvalidInput(f"the decoder has no per-head {' / '.join(extra)} (a Qwen3-style block)")
         cache = torch.zeros(d.kv_heads, self.max_len, d.head_dim, dtype=torch.float16, device=self.device)
         return DecoderLayer(
             input_norm=block.input_layernorm.weight.detach(),

@@ -5,6 +5,7 @@ import torch
 
 from bitalloc.errors import InvalidInput
 from bitalloc.runtime.llama_decoder import LlamaDecoder
+from tests.kernels.helpers import device
 from tests.runtime.helpers import quantize_linears, tiny_llama
 
 MIXED = {
@@ -82,6 +83,17 @@ def test_decoder_rejects_what_it_cannot_run(monkeypatch):
     model.half().config.hidden_act = "gelu"
     with pytest.raises(InvalidInput, match="SiLU"):
         LlamaDecoder(model, max_len=4)
+    model.config.hidden_act = "silu"
+    model.config.sliding_window = 4
+    with pytest.raises(InvalidInput, match="max_len <= 4"):
+        LlamaDecoder(model, max_len=5)
+    model.config.sliding_window = None
+    model.model.layers[0].self_attn.q_norm = torch.nn.Identity()
+    with pytest.raises(InvalidInput, match="q_norm"):
+        LlamaDecoder(model, max_len=4)
+    model.config.model_type = "gemma"
+    with pytest.raises(InvalidInput, match="model types"):
+        LlamaDecoder(model, max_len=4)
 
 
 @pytest.mark.gpu
@@ -102,3 +114,33 @@ def test_cuda_graph_steps_equal_eager_steps(pdl):
     err = (eager - graphed).norm(dim=-1) / eager.norm(dim=-1)  # (steps,) split-K atomics reorder sums
     assert err.max() < 5e-3, f"relative error per step {err.tolist()}"
     assert decoder.generate([1, 2, 3], 3) == decoder.generate([1, 2, 3], 3)
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "mistral"])
+def test_qwen2_and_mistral_blocks_match_transformers(kind):
+    """Qwen2 (q/k/v biases, here nonzero) and Mistral (within its sliding window) run the same block."""
+    import transformers
+
+    name = {"qwen2": "Qwen2", "mistral": "Mistral"}[kind]
+    config = getattr(transformers, f"{name}Config")(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+        max_position_embeddings=64,
+        initializer_range=0.1,
+    )
+    torch.manual_seed(6)
+    model = getattr(transformers, f"{name}ForCausalLM")(config).half().eval().to(device())
+    with torch.no_grad():  # transformers initialises biases to zero: make them matter
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                if proj.bias is not None:
+                    proj.bias.normal_(0, 0.5)
+    quantize_linears(model, {"q_proj": "rtn-w4g32-asym", "k_proj": "rtn-w4g32-asym"})  # v stays dense
+    ids = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(6)).to(device())
+    with torch.no_grad():
+        ref = model(ids).logits[0].float()
+    assert_close(decoder_logits(LlamaDecoder(model, max_len=5), ids), ref, 1e-2)
