@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bitalloc.errors import InvalidInput
+from bitalloc.kernels.linear import KernelFallbackWarning
 from bitalloc.runtime.llama_decoder import LlamaDecoder
 from tests.kernels.helpers import device
 from tests.runtime.helpers import quantize_linears, tiny_llama
@@ -50,6 +51,20 @@ def test_mixed_plan_decoder_matches_the_reference_path():
     with torch.no_grad():
         ref = model(ids).logits[0].float()
     assert_close(decoder_logits(decoder, ids), ref, 1e-2)
+
+
+def test_unsupported_format_falls_back_with_one_warning():
+    """Group 16 has no kernel: that projection runs the reference path, warns once, and stays correct."""
+    model = tiny_llama(seed=7, layers=1)
+    quantize_linears(model, {**MIXED, "o_proj": "rtn-w4g16-asym"})
+    ids = torch.randint(0, 256, (1, 3), generator=torch.Generator().manual_seed(7)).to(model.device)
+    with torch.no_grad():
+        ref = model(ids).logits[0].float()
+    decoder = LlamaDecoder(model, max_len=3)
+    with pytest.warns(KernelFallbackWarning, match="group size 16") as caught:
+        ours = decoder_logits(decoder, ids)
+    assert sum(issubclass(w.category, KernelFallbackWarning) for w in caught) == 1
+    assert_close(ours, ref, 1e-2)
 
 
 def test_generate_is_greedy_and_refuses_overlong_sequences():
