@@ -17,6 +17,11 @@ def _buffer_name(name: str) -> str:
     return "q_" + name.replace(".", "__")
 
 
+def stored_name(buffer_name: str) -> str:
+    """The layout's tensor name of a ``PackedLinear`` buffer (the inverse of its buffer naming)."""
+    return buffer_name.removeprefix("q_").replace("__", ".")
+
+
 class PackedLinear(nn.Module):
     """``y = x W^T + b`` with W held as the named tensors of its candidate's layout (buffers ``q_<name>``)."""
 

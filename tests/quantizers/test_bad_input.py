@@ -5,22 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 from torch import nn
 
-from bitalloc.allocator.plan import plan_from_solution
-from bitalloc.allocator.problem import Solution
 from bitalloc.data.corpora import Split, load_corpus
 from bitalloc.data.windows import calibration_windows
-from bitalloc.models.units import discover_units, unquantized_bytes
+from bitalloc.models.units import discover_units
 from bitalloc.quantizers.apply import apply_plan, save_quantized
 from bitalloc.quantizers.candidate import Candidate
 from bitalloc.quantizers.quantize import quantize
 from bitalloc.quantizers.registry import InsufficientCalibration, quantize_batch
 from bitalloc.sensitivity.calibrate import calibrate
-from bitalloc.sensitivity.profile import SensitivityProfile
+from tests.plans import manual_plan
 from tests.quantizers.palette_data import real_weight_and_hessian
 
 UNIT = "model.layers.0.self_attn.q_proj"
@@ -47,26 +43,6 @@ def test_too_few_tokens_names_unit_and_scheme(name: str, tokens: int, smollm2_fu
         quantize_batch(weight, [rtn, cand], hessian, UNIT, n_tokens=tokens)
 
 
-def _plan(loaded, units, names: list[str]):
-    """A plan giving ``names[i]`` to ``units[i]`` over a hand-built profile with exact bytes."""
-    palette = sorted(set(names))
-    rows = []
-    for u in units:
-        for c in palette:
-            rows.append((u.name, u.tie, *u.shape, c, 1.0, Candidate.parse(c).nbytes(u.shape)))
-    table = pd.DataFrame(rows, columns=["unit", "tie", "rows", "cols", "candidate", "error", "nbytes"])
-    meta = {
-        "model_hash": loaded.model_hash,
-        "corpus_hash": "-",
-        "palette": palette,
-        "unquantized_bytes": unquantized_bytes(loaded.model, units),
-    }
-    profile = SensitivityProfile(table=table, meta=meta)
-    choice = np.array([palette.index(n) for n in names], dtype=np.int64)
-    nbytes = sum(Candidate.parse(n).nbytes(u.shape) for n, u in zip(names, units, strict=True))
-    return plan_from_solution(profile, Solution(choice, 1.0, nbytes, 1.0, 0.0, "manual", "manual", 0.0), None)
-
-
 def test_apply_plan_refuses_before_quantizing_or_writing(smollm2_small, tmp_path: Path) -> None:
     loaded = smollm2_small
     units = discover_units(loaded.model)
@@ -76,7 +52,7 @@ def test_apply_plan_refuses_before_quantizing_or_writing(smollm2_small, tmp_path
     assert stats.n_tokens == 64
     # the last unit asks for AWQ, which needs one calibration token per input channel
     names = ["rtn-w4g64-asym"] * (len(units) - 1) + ["awq-w4g64-asym"]
-    plan = _plan(loaded, units, names)
+    plan = manual_plan(loaded, units, names)
     done: list[int] = []
     out = tmp_path / "model"
 
@@ -97,7 +73,7 @@ def test_apply_plan_refuses_before_quantizing_or_writing(smollm2_small, tmp_path
     assert done == [] and not out.exists()
     assert all(isinstance(loaded.model.get_submodule(u.name), nn.Linear) for u in units)
     # missing statistics for a unit that needs them: refused the same way
-    gptq = _plan(loaded, units, ["gptq-w4g64-asym"] + ["rtn-w4g64-asym"] * (len(units) - 1))
+    gptq = manual_plan(loaded, units, ["gptq-w4g64-asym"] + ["rtn-w4g64-asym"] * (len(units) - 1))
     partial = {k: v for k, v in stats.hessians.items() if k != units[0].name}
     with pytest.raises(InsufficientCalibration) as info:
         apply_plan(loaded.model, gptq, model_hash=loaded.model_hash, hessians=partial, on_unit=done.append)
