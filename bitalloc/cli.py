@@ -262,6 +262,47 @@ def apply(
     console.print(f"wrote {written} bytes of tensors ({chosen.bpw:.4f} bpw over quantized units) to {output}")
 
 
+@app.command()
+def generate(
+    model_dir: Annotated[Path, typer.Option("--model-dir", help="a folder written by `bitalloc apply`")],
+    prompt: Annotated[str, typer.Option(help="text to continue")] = "The capital of France is",
+    tokens: Annotated[int, typer.Option(help="new tokens, chosen greedily")] = 32,
+) -> None:
+    """Greedy decoding of a quantized model on the kernels (LlamaDecoder, one CUDA graph per step); without a
+    GPU the kernels run under the Triton interpreter (slow: a check of the outputs, not a runtime)."""
+    import os
+    import time
+
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:  # before the kernels are imported: Triton reads it when it compiles a kernel
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from transformers import AutoTokenizer
+
+    from bitalloc.quantizers.load import load_quantized
+    from bitalloc.runtime.llama_decoder import LlamaDecoder
+
+    if tokens < 1:
+        raise InvalidInput(f"--tokens must be at least 1, got {tokens}")
+    model, chosen = load_quantized(model_dir, device="cuda" if on_gpu else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = tokenizer(prompt).input_ids
+    decoder = LlamaDecoder(model, max_len=len(ids) + tokens)
+    if on_gpu:
+        decoder.capture()
+    start = time.perf_counter()
+    new = decoder.generate(ids, tokens)
+    seconds = time.perf_counter() - start
+    Console().print(escape(prompt) + f"[bold]{escape(tokenizer.decode(new))}[/bold]")
+    where = "GPU kernels, CUDA graph" if on_gpu else "Triton interpreter on the CPU"
+    steps = len(ids) + tokens - 1  # the prompt is fed one token per step
+    console.print(
+        f"{steps} decode steps ({len(ids)} prompt tokens) in {seconds:.2f} s ({steps / seconds:.1f} steps/s, "
+        f"{where}); plan {chosen.bpw:.3f} bpw"
+    )
+
+
 @app.command(name="eval")
 def eval_(
     model: Model = "smollm2-135m",
