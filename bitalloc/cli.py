@@ -286,7 +286,12 @@ def generate(
     if tokens < 1:
         raise InvalidInput(f"--tokens must be at least 1, got {tokens}")
     model, chosen = load_quantized(model_dir, device="cuda" if on_gpu else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as err:
+        raise InvalidInput(
+            f"{model_dir} holds no tokenizer (`bitalloc apply` saves one beside the model)"
+        ) from err
     ids = tokenizer(prompt).input_ids
     decoder = LlamaDecoder(model, max_len=len(ids) + tokens)
     if on_gpu:

@@ -108,7 +108,7 @@ def _decode_attention_kernel(
             tl.store(l_ws_ptr + ws, l_sum)
             tl.store(acc_ws_ptr + ws * D + d, acc)
             tl.debug_barrier()  # every thread's partial is written before the ticket is taken
-            ticket = tl.atomic_add(ticket_ptr + h, 1)  # acq_rel, gpu scope
+            ticket = tl.atomic_add(ticket_ptr + h, 1, sem="acq_rel", scope="gpu")
             if ticket == active - 1:  # the last split of this head combines the partials
                 ss = tl.arange(0, SPLITS_POW2)  # (SPLITS_POW2,)
                 live = ss < active
@@ -181,10 +181,25 @@ def decode_attention(
             f"decode_attention: {heads} query heads, cache {tuple(k_cache.shape)}, "
             f"qkv of {qkv.numel()} elements"
         )
+    checks = {
+        "cos/sin (max_len, D) float32": cos.shape == sin.shape == (max_len, head_dim)
+        and cos.dtype == torch.float32,
+        "v_cache shaped like k_cache": v_cache.shape == k_cache.shape,
+        "qkv, out and the caches float16": {t.dtype for t in (qkv, out, k_cache, v_cache)} == {torch.float16},
+        f"out of {heads * head_dim} elements": out.numel() == heads * head_dim,
+        "pos (1,) int32": pos.dtype == torch.int32 and pos.numel() == 1,
+    }
+    failed = [name for name, ok in checks.items() if not ok]
+    if failed:
+        raise ValueError(f"decode_attention needs {', '.join(failed)}")
     if workspace is None:
         workspace = AttentionWorkspace.create(heads, max_len, head_dim, qkv.device, chunk)
     splits = workspace.m.shape[1]
-    if workspace.acc.shape != (heads, splits, head_dim) or splits * chunk < max_len:
+    if (
+        workspace.acc.shape != (heads, splits, head_dim)
+        or splits * chunk < max_len
+        or workspace.tickets.numel() < heads
+    ):
         raise ValueError(f"decode_attention: workspace of {tuple(workspace.acc.shape)} does not fit")
     _decode_attention_kernel[(heads, splits)](
         qkv,

@@ -206,9 +206,9 @@ def gemv_h2_kernel(
             GROUP,
             HAS_MIN,
             CHUNK,
-            XS_ROWS,
+            XS_ROWS or PDL,  # with PDL the activations are read only after the wait
         )
-        if PDL:  # the first step's words are on their way; the activations are the previous kernel's output
+        if PDL:  # the first step's words are on their way: wait for the previous kernel's activations
             gdc_wait()
             if not XS_ROWS:
                 xs = tl.sum(tl.load(x_ptr + kb_start * CHUNK + tl.arange(0, CHUNK)).to(tl.float32), axis=0)

@@ -34,6 +34,8 @@ from bitalloc.kernels.silu_mul import silu_mul
 from bitalloc.runtime.projection import FusedProjection
 
 MODEL_TYPES = {"llama", "mistral", "qwen2"}  # same block: RMSNorm, rotate-half rope, GQA, SiLU-gated MLP
+STATIC_ROPE = {"default", "linear", "llama3", "yarn"}  # frequencies independent of the sequence length
+SPARE_ROWS = 2  # cache and rope rows past max_len: capture()'s warm-up steps may run there
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,13 @@ class DecoderDims:
             raise InvalidInput(
                 f"the decoder attends to every cached position; this model's sliding window is {window}: "
                 f"use max_len <= {window}"
+            )
+        rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in STATIC_ROPE:
+            raise InvalidInput(
+                f"the decoder tabulates rope once; rope type {rope_type!r} changes with the sequence length "
+                f"(supported: {sorted(STATIC_ROPE)})"
             )
         act = getattr(config, "hidden_act", "silu")
         if act != "silu":
@@ -152,7 +161,8 @@ class LlamaDecoder:
         extra = [n for n in ("q_norm", "k_norm") if getattr(attn, n, None) is not None]
         if extra:
             raise InvalidInput(f"the decoder has no per-head {' / '.join(extra)} (a Qwen3-style block)")
-        cache = torch.zeros(d.kv_heads, self.max_len, d.head_dim, dtype=torch.float16, device=self.device)
+        rows = self.max_len + SPARE_ROWS
+        cache = torch.zeros(d.kv_heads, rows, d.head_dim, dtype=torch.float16, device=self.device)
         return DecoderLayer(
             input_norm=block.input_layernorm.weight.detach(),
             qkv=FusedProjection([attn.q_proj, attn.k_proj, attn.v_proj], registry),
@@ -165,11 +175,17 @@ class LlamaDecoder:
         )
 
     def _rotary_tables(self, rotary: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """``cos``, ``sin (max_len, head_dim)`` float32 from the model's rotary module (any rope scaling)."""
-        positions = torch.arange(self.max_len, device=self.device)[None]  # (1, max_len)
+        """``cos``, ``sin (max_len + SPARE_ROWS, head_dim)`` float32 from the model's rotary module."""
+        rows = self.max_len + SPARE_ROWS
+        positions = torch.arange(rows, device=self.device)[None]  # (1, rows)
         probe = torch.zeros(1, dtype=torch.float32, device=self.device)
         with torch.no_grad():
             cos, sin = rotary(probe, positions)
+        if cos.shape[-2:] != (rows, self.dims.head_dim):
+            raise InvalidInput(
+                f"the model's rotary tables are {tuple(cos.shape[-2:])}, the decoder needs ({rows}, "
+                f"{self.dims.head_dim}): partial rotary embeddings are not supported"
+            )
         return cos[0].float().contiguous(), sin[0].float().contiguous()
 
     def _allocate(self) -> None:
@@ -188,7 +204,7 @@ class LlamaDecoder:
         self.logits = torch.zeros(1, self.lm_head.out_features, dtype=f16, device=dev)
         # per-layer projection outputs, zeroed by one memset per step: the kernels add into them
         self.scratch = torch.zeros(d.layers, qkv_width + 2 * d.intermediate, dtype=f16, device=dev)
-        self.workspace = AttentionWorkspace.create(d.heads, self.max_len, d.head_dim, dev)
+        self.workspace = AttentionWorkspace.create(d.heads, self.max_len + SPARE_ROWS, d.head_dim, dev)
         self.qkv_width = qkv_width
 
     def _forward(self) -> None:
@@ -237,8 +253,9 @@ class LlamaDecoder:
         self.position = 0
 
     def capture(self) -> None:
-        """Record one step as a CUDA graph (after warm-up steps that compile and lay out every kernel); the
-        warm-up steps' cache writes are undone by resetting the position."""
+        """Record one step as a CUDA graph (after warm-up steps that compile and lay out every kernel). The
+        warm-up steps write positions ``position`` and ``position + 1`` (not yet valid; at most
+        ``max_len + 1``: spare rows), then the position and the next token are restored."""
         if self.device.type != "cuda":
             raise InvalidInput("CUDA graphs need the model on a CUDA device")
         saved, token = self.position, self.token.clone()
@@ -263,6 +280,10 @@ class LlamaDecoder:
                 f"the sequence reached max_len={self.max_len}; build the decoder with a larger one"
             )
         if token is not None:
+            if not 0 <= token < self.embed.shape[0]:
+                raise InvalidInput(
+                    f"token id {token} is outside the vocabulary (0 .. {self.embed.shape[0] - 1})"
+                )
             self.token.fill_(token)
         if self._graph is not None:
             self._graph.replay()
@@ -276,6 +297,8 @@ class LlamaDecoder:
         """Greedy continuation of ``prompt`` (fed one token per step) by ``new_tokens`` tokens."""
         if not prompt:
             raise InvalidInput("generate needs a prompt of at least one token")
+        if new_tokens < 1:
+            raise InvalidInput(f"generate makes at least one new token, got new_tokens={new_tokens}")
         if len(prompt) + new_tokens > self.max_len:
             raise InvalidInput(
                 f"prompt ({len(prompt)}) + new tokens ({new_tokens}) exceed max_len={self.max_len}; "

@@ -76,12 +76,40 @@ def test_decode_attention_matches_reference(heads, kv_heads, head_dim, pos, chun
         assert torch.isfinite(out).all()
         assert (out.double().cpu() - ref).abs().max() < 2e-3 * ref.abs().max() + 1e-3
         assert not workspace.tickets.any()
-    # the new key (rotated) and value land in the cache at pos; other positions are untouched
+    # the new key (rotated) and value land in the cache at pos; every other position is untouched
     assert (k_cache[:, pos].double().cpu() - k_rot).abs().max() < 2e-3 * k_rot.abs().max()
-    assert torch.equal(v_cache[:, pos].cpu(), qkv[(heads + kv_heads) * head_dim :].view(kv_heads, head_dim))
-    assert torch.equal(k_cache[:, :pos].cpu(), keys[:, :pos]) and torch.equal(
-        v_cache[:, pos + 1 :].cpu(), values[:, pos + 1 :]
-    )
+    v_new = qkv[(heads + kv_heads) * head_dim :].view(kv_heads, head_dim)
+    assert torch.equal(v_cache[:, pos].cpu(), v_new)
+    others = [p for p in range(max_len) if p != pos]
+    assert torch.equal(k_cache[:, others].cpu(), keys[:, others])
+    assert torch.equal(v_cache[:, others].cpu(), values[:, others])
+
+
+def test_decode_attention_names_what_does_not_fit():
+    cache = torch.zeros(2, 8, 16, dtype=torch.float16)
+    qkv = torch.zeros(8 * 16, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"cos/sin \(max_len, D\) float32"):
+        decode_attention(
+            qkv,
+            torch.zeros(4, 16),
+            torch.zeros(4, 16),
+            cache,
+            cache,
+            torch.zeros(1, dtype=torch.int32),
+            torch.zeros(64, dtype=torch.float16),
+            4,
+        )
+    with pytest.raises(ValueError, match=r"pos \(1,\) int32"):
+        decode_attention(
+            qkv,
+            torch.zeros(8, 16),
+            torch.zeros(8, 16),
+            cache,
+            cache,
+            torch.zeros(1, dtype=torch.int64),
+            torch.zeros(64, dtype=torch.float16),
+            4,
+        )
 
 
 def test_decode_attention_rejects_bad_shapes():

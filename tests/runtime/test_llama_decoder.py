@@ -20,6 +20,9 @@ MIXED = {
 }
 
 
+MIXED_MLP = {"o_proj": "rtn-w8g64-sym", "gate_proj": "rtn-w3g32-asym", "up_proj": "rtn-w3g32-asym"}
+
+
 def decoder_logits(decoder: LlamaDecoder, ids: torch.Tensor) -> torch.Tensor:
     decoder.reset()
     return torch.stack([decoder.step(int(t))[0].float() for t in ids[0]])  # (steps, vocab)
@@ -53,6 +56,18 @@ def test_mixed_plan_decoder_matches_the_reference_path():
     assert_close(decoder_logits(decoder, ids), ref, 1e-2)
 
 
+def test_long_sequence_splits_attention_and_reuses_the_workspace():
+    """70 positions: the attention splits in two from position 65 on, and both layers share one workspace
+    whose tickets must be back at zero after every call."""
+    model = tiny_llama(seed=8)
+    ids = torch.randint(0, 256, (1, 70), generator=torch.Generator().manual_seed(8)).to(model.device)
+    decoder = LlamaDecoder(model, max_len=70)
+    with torch.no_grad():
+        ref = model(ids).logits[0].float()
+    assert_close(decoder_logits(decoder, ids), ref, 5e-3)
+    assert not decoder.workspace.tickets.any()
+
+
 def test_unsupported_format_falls_back_with_one_warning():
     """Group 16 has no kernel: that projection runs the reference path, warns once, and stays correct."""
     model = tiny_llama(seed=7, layers=1)
@@ -77,7 +92,11 @@ def test_generate_is_greedy_and_refuses_overlong_sequences():
     assert tokens == ref[0, len(prompt) :].tolist()
     with pytest.raises(InvalidInput, match="max_len >= 8"):
         decoder.generate(prompt, 5)
+    with pytest.raises(InvalidInput, match="at least one new token"):
+        decoder.generate(prompt, 0)
     decoder.reset()
+    with pytest.raises(InvalidInput, match=r"outside the vocabulary \(0 \.\. 255\)"):
+        decoder.step(256)
     for _ in range(7):
         decoder.step(1)
     with pytest.raises(InvalidInput, match="max_len=7"):
@@ -106,6 +125,10 @@ def test_decoder_rejects_what_it_cannot_run(monkeypatch):
     model.model.layers[0].self_attn.q_norm = torch.nn.Identity()
     with pytest.raises(InvalidInput, match="q_norm"):
         LlamaDecoder(model, max_len=4)
+    del model.model.layers[0].self_attn.q_norm
+    model.config.rope_parameters = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    with pytest.raises(InvalidInput, match="'dynamic' changes with the sequence length"):
+        LlamaDecoder(model, max_len=4)
     model.config.model_type = "gemma"
     with pytest.raises(InvalidInput, match="model types"):
         LlamaDecoder(model, max_len=4)
@@ -128,16 +151,27 @@ def test_cuda_graph_steps_equal_eager_steps(pdl):
     graphed = decoder_logits(decoder, ids)
     err = (eager - graphed).norm(dim=-1) / eager.norm(dim=-1)  # (steps,) split-K atomics reorder sums
     assert err.max() < 5e-3, f"relative error per step {err.tolist()}"
-    assert decoder.generate([1, 2, 3], 3) == decoder.generate([1, 2, 3], 3)
+    eager_decoder = LlamaDecoder(model, max_len=80, pdl=False)
+    assert decoder.generate([1, 2, 3], 3) == eager_decoder.generate([1, 2, 3], 3)
+    # capturing at the last position: the warm-up steps run in the spare rows, nothing valid is overwritten
+    short = LlamaDecoder(model, max_len=6, pdl=pdl)
+    for t in ids[0, :5]:
+        short.step(int(t))
+    short.capture()
+    last = short.step(int(ids[0, 5]))[0].float()
+    assert ((last - eager[5]).norm() / eager[5].norm()).item() < 5e-3
 
 
-@pytest.mark.parametrize("kind", ["qwen2", "mistral"])
-def test_qwen2_and_mistral_blocks_match_transformers(kind):
-    """Qwen2 (q/k/v biases, here nonzero) and Mistral (within its sliding window) run the same block."""
+@pytest.mark.parametrize("kind", ["qwen2", "mistral", "llama-biases"])
+def test_other_block_variants_match_transformers(kind):
+    """Qwen2 (q/k/v biases, here nonzero), Mistral (within its sliding window) and Llama with attention and
+    MLP biases run the same block."""
     import transformers
 
-    name = {"qwen2": "Qwen2", "mistral": "Mistral"}[kind]
+    name = {"qwen2": "Qwen2", "mistral": "Mistral", "llama-biases": "Llama"}[kind]
+    extra = {"attention_bias": True, "mlp_bias": True} if kind == "llama-biases" else {}
     config = getattr(transformers, f"{name}Config")(
+        **extra,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -150,11 +184,11 @@ def test_qwen2_and_mistral_blocks_match_transformers(kind):
     torch.manual_seed(6)
     model = getattr(transformers, f"{name}ForCausalLM")(config).half().eval().to(device())
     with torch.no_grad():  # transformers initialises biases to zero: make them matter
-        for layer in model.model.layers:
-            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-                if proj.bias is not None:
-                    proj.bias.normal_(0, 0.5)
-    quantize_linears(model, {"q_proj": "rtn-w4g32-asym", "k_proj": "rtn-w4g32-asym"})  # v stays dense
+        for proj in model.model.layers.modules():
+            if isinstance(proj, torch.nn.Linear) and proj.bias is not None:
+                proj.bias.normal_(0, 0.5)
+    # q/k fused and quantized, v dense; Llama's o/gate/up/down quantized with their biases
+    quantize_linears(model, {"q_proj": "rtn-w4g32-asym", "k_proj": "rtn-w4g32-asym", **MIXED_MLP})
     ids = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(6)).to(device())
     with torch.no_grad():
         ref = model(ids).logits[0].float()
