@@ -11,7 +11,10 @@ launch, and the mixed decoder is also timed without it).
 Times: the median step with a sync after each step, and
 the mean step of back-to-back replays. Correctness: the decoder's logits against transformers' on the same
 weights (the mixed reference dequantizes in torch). With a latency table, the decoder's mixed step is also
-predicted (its fp16 step minus tabled fp16 linears plus tabled kernel times) and the error reported.
+predicted (its fp16 step minus tabled fp16 linears plus tabled kernel times) and the error reported. With
+``--latency-budget F`` the plan is not the fixed 4/3-bit one but the allocator's (``runtime/latency_plan.py``:
+least relative weight error over w3/w4/w8 under F x the tabled float16 time of the linears, q/k/v and gate/up
+tied), so the reported error is that of a plan made under a latency budget.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -31,9 +35,15 @@ from bitalloc.models.random_llama import random_llama
 from bitalloc.quantizers.candidate import Candidate
 from bitalloc.quantizers.quant_linear import QuantLinear
 from bitalloc.quantizers.quantize import quantize
+from bitalloc.runtime.latency_plan import decoder_linears, plan_under_latency
 from bitalloc.runtime.llama_decoder import LlamaDecoder
 
 PLAN_4 = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
+BUDGET_PALETTE = (
+    "rtn-w3g128-asym",
+    "rtn-w4g128-asym",
+    "rtn-w8g128-asym",
+)  # what --latency-budget chooses from
 
 
 def llama_1b(layers: int = 16) -> nn.Module:
@@ -43,16 +53,20 @@ def llama_1b(layers: int = 16) -> nn.Module:
     )
 
 
-def quantize_mixed(model: nn.Module) -> dict[str, str]:
-    """Replace every decoder Linear in place by a QuantLinear: 4-bit for PLAN_4 names, 3-bit for the rest."""
-    plan = {}
-    for name, module in list(model.model.layers.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear):
-                cand = Candidate.parse("rtn-w4g128-asym" if child_name in PLAN_4 else "rtn-w3g128-asym")
-                qweight = quantize(child.weight.detach().float(), cand)
-                setattr(module, child_name, QuantLinear.from_linear(child, qweight))
-                plan[f"{name}.{child_name}"] = cand.name
+def mixed_plan(model: nn.Module) -> dict[str, str]:
+    """The fixed plan: 4-bit for PLAN_4 names, 3-bit for the rest (RTN, group 128, asymmetric)."""
+    return {
+        name: "rtn-w4g128-asym" if name.rpartition(".")[2] in PLAN_4 else "rtn-w3g128-asym"
+        for name, _, _ in decoder_linears(model)
+    }
+
+
+def quantize_plan(model: nn.Module, plan: dict[str, str]) -> dict[str, str]:
+    """Replace each decoder Linear in place by a QuantLinear of its ``plan`` candidate; returns ``plan``."""
+    for name, linear, _ in decoder_linears(model):
+        parent_name, _, leaf = name.rpartition(".")
+        qweight = quantize(linear.weight.detach().float(), Candidate.parse(plan[name]))
+        setattr(model.model.layers.get_submodule(parent_name), leaf, QuantLinear.from_linear(linear, qweight))
     return plan
 
 
@@ -185,9 +199,17 @@ def main() -> None:
     parser.add_argument("--context", default="0", help="comma-separated positions decoding starts at")
     parser.add_argument("--latency", type=Path, default=None, help="latency table to predict the step time")
     parser.add_argument("--profile", action="store_true", help="GPU time per kernel of the decoder steps")
+    parser.add_argument(
+        "--latency-budget",
+        type=float,
+        default=None,
+        help="plan with the allocator under this fraction of the float16 linears' tabled time (--latency)",
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("kernels_e2e needs a CUDA GPU")
+    if args.latency_budget is not None and args.latency is None:
+        sys.exit("--latency-budget prices the plan with a latency table: give --latency")
     contexts = [int(c) for c in args.context.split(",")]
     max_len = max(contexts) + args.tokens + 16
     model = llama_1b()
@@ -202,7 +224,18 @@ def main() -> None:
         times[("decoder fp16", ctx)] = decoder_step_us(dense, args.tokens, ctx)
     profiles = {"decoder fp16": profile_table(dense)} if args.profile else {}
     del dense
-    plan = quantize_mixed(model)
+    if args.latency_budget is not None:  # a plan made by the allocator under a latency budget
+        table = LatencyTable.load(args.latency)
+        fp16_us = sum(table.predict_fp16(tuple(m.weight.shape), 1) for _, m, _ in decoder_linears(model))
+        made = plan_under_latency(model, table, BUDGET_PALETTE, args.latency_budget * fp16_us)
+        plan = quantize_plan(model, made.assignment)
+        budget_row = (
+            f"plan made under a latency budget of {made.budget_us:.0f} us ({args.latency_budget:.2f} x the "
+            f"tabled float16 linears, {fp16_us:.0f} us; {made.solver}): tabled {made.latency_us:.0f} us, "
+            f"relative weight error summed {made.weight_error:.4f}"
+        )
+    else:
+        plan, budget_row = quantize_plan(model, mixed_plan(model)), ""
     mixed = LlamaDecoder(model, max_len)  # QuantLinear -> kernels; the model itself stays on the reference
     checks["decoder mixed"] = logits_error(model, mixed)
     for ctx in contexts:
@@ -219,11 +252,11 @@ def main() -> None:
     use_kernels(model)
     for ctx in contexts:
         times[("transformers mixed", ctx)] = hf_step_us(model, args.tokens, ctx)
-    n4 = sum(v.startswith("rtn-w4") for v in plan.values())
+    counts = ", ".join(f"{n} {c}" for c, n in sorted(Counter(plan.values()).items()))
     rows = [
         f"model: random Llama-shaped, {params / 1e9:.2f} B parameters, fp16, {torch.cuda.get_device_name()}",
-        f"plan: {n4} linears w4g128-asym, {len(plan) - n4} w3g128-asym; decoder: {launches} weight launches "
-        f"per step (q/k/v and gate/up fused)",
+        f"plan: {counts}; decoder: {launches} weight launches per step (q/k/v and gate/up fused)",
+        *([budget_row] if budget_row else []),
         "",
         "| runner | context | us / token (sync each) | tokens/s | x transformers fp16 | x decoder fp16 "
         "| us / token (back to back) | tokens/s |",
