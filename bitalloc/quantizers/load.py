@@ -18,6 +18,7 @@ from torch import nn
 from bitalloc.allocator.plan import Plan
 from bitalloc.errors import BitallocError, InvalidInput
 from bitalloc.models.units import get_submodule_parent
+from bitalloc.quantizers.apply import quantized_bytes
 from bitalloc.quantizers.candidate import Candidate
 from bitalloc.quantizers.packed import PackedWeight
 from bitalloc.quantizers.packed_linear import PackedLinear, stored_name
@@ -84,19 +85,19 @@ def load_quantized(folder: Path | str, *, device: str | torch.device = "cpu") ->
     if result.unexpected_keys:
         raise InvalidInput(f"{folder}: tensors the architecture does not have: {result.unexpected_keys[:5]}")
     model.tie_weights()
-    untied = [k for k in result.missing_keys if not k.startswith(planned) and not _is_tied(model, k)]
+    tied = _tied_names(model)
+    untied = [k for k in result.missing_keys if not k.startswith(planned) and k not in tied]
     if untied:
         raise InvalidInput(f"{folder}: tensors missing from the file: {untied[:5]}")
-    stored = sum(m.storage_bytes() for m in model.modules() if isinstance(m, QuantLinear | PackedLinear))
+    stored = quantized_bytes(model)
     if stored != plan.nbytes:
         raise BitallocError(f"{folder}: the packed units hold {stored} bytes, the plan counts {plan.nbytes}")
     return model.to(device), plan
 
 
-def _is_tied(model: nn.Module, name: str) -> bool:
-    """Whether parameter ``name`` shares its storage with another parameter (tied embeddings)."""
-    params = dict(model.named_parameters(remove_duplicate=False))
-    if name not in params:
-        return False
-    ptr = params[name].data_ptr()
-    return any(other != name and p.data_ptr() == ptr for other, p in params.items())
+def _tied_names(model: nn.Module) -> set[str]:
+    """Parameters that share their storage with another parameter (tied embeddings)."""
+    by_storage: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        by_storage.setdefault(param.data_ptr(), []).append(name)
+    return {name for names in by_storage.values() if len(names) > 1 for name in names}

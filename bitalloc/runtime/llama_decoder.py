@@ -145,6 +145,7 @@ class LlamaDecoder:
         registry = Registry.load() if registry is None else registry
         self.dims = dims
         self.max_len = max_len
+        self.rows = max_len + SPARE_ROWS  # cache and rope rows
         self.device = embed.device
         self.pdl = pdl_supported(self.device) if pdl is None else pdl and pdl_supported(self.device)
         self.embed = embed
@@ -161,8 +162,7 @@ class LlamaDecoder:
         extra = [n for n in ("q_norm", "k_norm") if getattr(attn, n, None) is not None]
         if extra:
             raise InvalidInput(f"the decoder has no per-head {' / '.join(extra)} (a Qwen3-style block)")
-        rows = self.max_len + SPARE_ROWS
-        cache = torch.zeros(d.kv_heads, rows, d.head_dim, dtype=torch.float16, device=self.device)
+        cache = torch.zeros(d.kv_heads, self.rows, d.head_dim, dtype=torch.float16, device=self.device)
         return DecoderLayer(
             input_norm=block.input_layernorm.weight.detach(),
             qkv=FusedProjection([attn.q_proj, attn.k_proj, attn.v_proj], registry),
@@ -176,7 +176,7 @@ class LlamaDecoder:
 
     def _rotary_tables(self, rotary: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """``cos``, ``sin (max_len + SPARE_ROWS, head_dim)`` float32 from the model's rotary module."""
-        rows = self.max_len + SPARE_ROWS
+        rows = self.rows
         positions = torch.arange(rows, device=self.device)[None]  # (1, rows)
         probe = torch.zeros(1, dtype=torch.float32, device=self.device)
         with torch.no_grad():
@@ -204,7 +204,7 @@ class LlamaDecoder:
         self.logits = torch.zeros(1, self.lm_head.out_features, dtype=f16, device=dev)
         # per-layer projection outputs, zeroed by one memset per step: the kernels add into them
         self.scratch = torch.zeros(d.layers, qkv_width + 2 * d.intermediate, dtype=f16, device=dev)
-        self.workspace = AttentionWorkspace.create(d.heads, self.max_len + SPARE_ROWS, d.head_dim, dev)
+        self.workspace = AttentionWorkspace.create(d.heads, self.rows, d.head_dim, dev)
         self.qkv_width = qkv_width
 
     def _forward(self) -> None:
@@ -311,4 +311,4 @@ class LlamaDecoder:
         for _ in range(new_tokens - 1):
             self.step()
             out.append(int(self.token.item()))
-        return out[:new_tokens]
+        return out

@@ -85,43 +85,36 @@ def test_decode_attention_matches_reference(heads, kv_heads, head_dim, pos, chun
     assert torch.equal(v_cache[:, others].cpu(), values[:, others])
 
 
-def test_decode_attention_names_what_does_not_fit():
-    cache = torch.zeros(2, 8, 16, dtype=torch.float16)
-    qkv = torch.zeros(8 * 16, dtype=torch.float16)
-    with pytest.raises(ValueError, match=r"cos/sin \(max_len, D\) float32"):
-        decode_attention(
-            qkv,
-            torch.zeros(4, 16),
-            torch.zeros(4, 16),
-            cache,
-            cache,
-            torch.zeros(1, dtype=torch.int32),
-            torch.zeros(64, dtype=torch.float16),
-            4,
-        )
-    with pytest.raises(ValueError, match=r"pos \(1,\) int32"):
-        decode_attention(
-            qkv,
-            torch.zeros(8, 16),
-            torch.zeros(8, 16),
-            cache,
-            cache,
-            torch.zeros(1, dtype=torch.int64),
-            torch.zeros(64, dtype=torch.float16),
-            4,
-        )
+def _args(**changes):
+    """Arguments of a 4-query / 2-KV-head call of 16 dims over 8 positions, with some replaced."""
+    args = {
+        "qkv": torch.zeros(8 * 16, dtype=torch.float16),
+        "cos": torch.zeros(8, 16),
+        "sin": torch.zeros(8, 16),
+        "k_cache": torch.zeros(2, 8, 16, dtype=torch.float16),
+        "v_cache": torch.zeros(2, 8, 16, dtype=torch.float16),
+        "pos": torch.zeros(1, dtype=torch.int32),
+        "out": torch.zeros(64, dtype=torch.float16),
+        "heads": 4,
+    }
+    return {**args, **changes}
 
 
-def test_decode_attention_rejects_bad_shapes():
-    cache = torch.zeros(2, 8, 16, dtype=torch.float16)
-    with pytest.raises(ValueError, match="query heads"):
-        decode_attention(
-            torch.zeros(10, dtype=torch.float16),
-            torch.zeros(8, 16),
-            torch.zeros(8, 16),
-            cache,
-            cache,
-            torch.zeros(1, dtype=torch.int32),
-            torch.zeros(48, dtype=torch.float16),
-            3,
-        )
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"cos": torch.zeros(4, 16), "sin": torch.zeros(4, 16)}, r"cos/sin \(max_len, D\) float32"),
+        ({"pos": torch.zeros(1, dtype=torch.int64)}, r"pos \(1,\) int32"),
+        (
+            {
+                "qkv": torch.zeros(10, dtype=torch.float16),
+                "out": torch.zeros(48, dtype=torch.float16),
+                "heads": 3,
+            },
+            "query heads",
+        ),
+    ],
+)
+def test_decode_attention_names_what_does_not_fit(changes, match):
+    with pytest.raises(ValueError, match=match):
+        decode_attention(**_args(**changes))
