@@ -242,8 +242,12 @@ def main() -> None:
         times[("decoder mixed", ctx)] = decoder_step_us(mixed, args.tokens, ctx)
     if args.profile:
         profiles["decoder mixed"] = profile_table(mixed)
-    launches = mixed.launches_per_step
+    launches, epilogues = mixed.launches_per_step, mixed.fused_epilogues
     del mixed
+    separate = LlamaDecoder(model, max_len, fuse=False)  # norms and SiLU-mul as their own launches
+    for ctx in contexts:
+        times[("decoder mixed, unfused norm/act", ctx)] = decoder_step_us(separate, args.tokens, ctx)
+    del separate
     if pdl_supported(torch.device("cuda")):  # the same without programmatic dependent launch
         plain = LlamaDecoder(model, max_len, pdl=False)
         for ctx in contexts:
@@ -255,7 +259,8 @@ def main() -> None:
     counts = ", ".join(f"{n} {c}" for c, n in sorted(Counter(plan.values()).items()))
     rows = [
         f"model: random Llama-shaped, {params / 1e9:.2f} B parameters, fp16, {torch.cuda.get_device_name()}",
-        f"plan: {counts}; decoder: {launches} weight launches per step (q/k/v and gate/up fused)",
+        f"plan: {counts}; decoder: {launches} weight launches per step (q/k/v and gate/up fused), "
+        f"{epilogues} norms/activations run in a GEMV's last program",
         *([budget_row] if budget_row else []),
         "",
         "| runner | context | us / token (sync each) | tokens/s | x transformers fp16 | x decoder fp16 "

@@ -23,6 +23,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from bitalloc.kernels._pdl import pdl_launch
 from bitalloc.kernels._unpack import load_group, plane_dot, plane_dot3
+from bitalloc.kernels.gemv_epilogue import NONE, Epilogue
 from bitalloc.kernels.gemv_h2 import HALF2_R, gemv_h2_kernel
 from bitalloc.kernels.layout import KernelLayout
 
@@ -111,9 +112,23 @@ def _gemv_kernel(
     if BB > 0 and not MERGE3:
         y += tl.sum(acc_b, axis=0)
     if ATOMIC:  # split-K partial sums, or a result added to what the output holds
-        tl.atomic_add(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
+        tl.atomic_add(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n, sem="relaxed")
     else:
         tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
+
+
+def uses_half2(layout: KernelLayout, config: GemvConfig, dtype: torch.dtype) -> bool:
+    """Whether a call runs the f16x2 kernel (``gemv_h2.py``): float16 activations, 2/3/4/8-bit plain codes."""
+    return bool(config.half2) and dtype == torch.float16 and layout.a.shape[0] == 1 and layout.bits in HALF2_R
+
+
+def epilogue_unfit(
+    layout: KernelLayout, config: GemvConfig, dtype: torch.dtype, epilogue: Epilogue
+) -> str | None:
+    """None when ``gemv`` can run ``epilogue`` on this call, else why not."""
+    if not uses_half2(layout, config, dtype):
+        return f"epilogues run on the f16x2 kernel only (float16 activations, 2/3/4/8 bits; got {dtype})"
+    return epilogue.unfit_reason(layout.shape[0], config.block_n)
 
 
 def gemv(
@@ -123,18 +138,25 @@ def gemv(
     out: torch.Tensor | None = None,
     accumulate: bool = False,
     pdl: bool = False,
+    epilogue: Epilogue | None = None,
 ) -> torch.Tensor:
     """``x (in,) or (1, in) -> (1, out)`` in x's dtype; the caller has checked the format and shapes.
 
     ``out`` (contiguous, x's dtype, ``out`` elements) receives the result when given; with ``accumulate``
     the result is added to what ``out`` holds (a fused residual add: no zeroing, no extra launch). ``pdl``:
     launched with programmatic dependent launch (``_pdl.py``; the caller checks ``pdl_supported``).
+    ``epilogue``: the last program normalises or activates the finished output (``gemv_epilogue.py``;
+    f16x2 path only, see ``epilogue_unfit``).
     """
     if accumulate and out is None:
         raise ValueError("gemv: accumulate=True adds into an output, pass out=")
     out_features, in_features = layout.shape
     x = x.reshape(-1).contiguous()  # (in,)
-    h2 = bool(config.half2) and x.dtype == torch.float16 and layout.a.shape[0] == 1 and layout.bits in HALF2_R
+    h2 = uses_half2(layout, config, x.dtype)
+    if epilogue is not None:
+        reason = epilogue_unfit(layout, config, x.dtype, epilogue)
+        if reason is not None:
+            raise ValueError(f"gemv: {reason}")
     block_k = layout.chunk
     if not h2:
         block_k = max(layout.chunk, 1 << (min(config.block_k, in_features).bit_length() - 1))
@@ -163,9 +185,13 @@ def gemv(
             layout.scales,
             mins,
             y,
+            y if epilogue is None else epilogue.out,
+            y if epilogue is None or epilogue.weight is None else epilogue.weight,
+            y if epilogue is None else epilogue.tickets,
             out_features,
             in_features,
             layout.qoff,
+            0.0 if epilogue is None else epilogue.eps,
             BITS=layout.bits,
             GROUP=layout.group_size,
             HAS_MIN=layout.mins is not None,
@@ -178,6 +204,8 @@ def gemv(
             ASM=os.environ.get("TRITON_INTERPRET") != "1",
             ATOMIC=atomic,
             PDL=pdl,
+            EPILOGUE=NONE if epilogue is None else epilogue.code(),
+            E_BLOCK=1 if epilogue is None else epilogue.block(out_features, config.block_n),
             num_warps=config.num_warps,
             num_stages=1,
             **pdl_launch(pdl),

@@ -9,7 +9,8 @@ call takes the even and odd fields of a-words r and r + WP/2 merged with the b-w
 and ``acc_off (BLOCK_N,) += offset * xs`` with ``xs`` the chunk's activation sum (one per step for all
 outputs); the result is ``R * sum(acc) + acc_off``. With PREFETCH the next step's words, scales, offsets
 and ``xs`` are loaded before this step's arithmetic. SPLIT_K > 1 adds partial results atomically. With PDL
-(``_pdl.py``) the first step's words load while the previous kernel still runs.
+(``_pdl.py``) the first step's words load while the previous kernel still runs. With an EPILOGUE
+(``gemv_epilogue.py``) the last program to finish normalises or activates the finished output.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from bitalloc.kernels._half2 import dot2x2, dot3x4, dot4x2, dot8x2, pair_sum
 from bitalloc.kernels._unpack import load_words, merge3_loose
+from bitalloc.kernels.gemv_epilogue import epilogue_tail
 
 HALF2_R = {2: 4, 3: 16, 4: 16, 8: 256}  # bits -> R: codes / R are exact float16 far from overflow
 
@@ -162,9 +164,13 @@ def gemv_h2_kernel(
     s_ptr,
     m_ptr,
     y_ptr,
+    e_out_ptr,
+    e_w_ptr,
+    ticket_ptr,
     N,
     K,
     QOFF,
+    eps,
     BITS: tl.constexpr,
     GROUP: tl.constexpr,
     HAS_MIN: tl.constexpr,
@@ -177,6 +183,8 @@ def gemv_h2_kernel(
     ASM: tl.constexpr,
     ATOMIC: tl.constexpr,
     PDL: tl.constexpr,
+    EPILOGUE: tl.constexpr,
+    E_BLOCK: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -265,6 +273,8 @@ def gemv_h2_kernel(
                 acc_off += offset * xs
     y = tl.sum(acc, axis=0) * R + acc_off  # (BLOCK_N,)
     if ATOMIC:  # split-K partial sums, or a result added to what the output holds
-        tl.atomic_add(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
+        tl.atomic_add(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n, sem="relaxed")
     else:
         tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
+    if EPILOGUE != 0:  # the last program normalises / activates the finished output (gemv_epilogue.py)
+        epilogue_tail(y_ptr, e_out_ptr, e_w_ptr, ticket_ptr, N, eps, pid_n, EPILOGUE, E_BLOCK, BLOCK_N)

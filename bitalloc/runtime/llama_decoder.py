@@ -9,7 +9,9 @@ replays every step. Model types: Llama, Mistral (within its sliding window) and 
 tables come from the model's own rotary module (static rope types). Weights may be float16 ``nn.Linear``
 (cuBLAS) or ``QuantLinear`` of any candidate (the registry's kernel, or the reference path with a warning).
 On Hopper the decoder's own kernels use programmatic dependent launch (``kernels/_pdl.py``): each GEMV's
-first weights load while the kernel before it still runs. The decoder copies the weights it fuses; the
+first weights load while the kernel before it still runs. Where a projection is one f16x2 GEMV, the RMSNorm
+after o and down and the SiLU-and-multiply after gate/up run in the GEMV's last program
+(``kernels/gemv_epilogue.py``) instead of their own launches. The decoder copies the weights it fuses; the
 source model can be dropped after.
 
 Prompts are fed one token per step (no batched prefill): this runner exists to measure and serve decoding.
@@ -28,6 +30,7 @@ from bitalloc.errors import InvalidInput
 from bitalloc.kernels._pdl import pdl_supported
 from bitalloc.kernels.argmax import argmax_row
 from bitalloc.kernels.decode_attention import AttentionWorkspace, decode_attention
+from bitalloc.kernels.gemv_epilogue import Epilogue
 from bitalloc.kernels.registry import Registry
 from bitalloc.kernels.rmsnorm import rmsnorm
 from bitalloc.kernels.silu_mul import silu_mul
@@ -125,7 +128,12 @@ class LlamaDecoder:
     """Greedy batch-1 decoding of a Llama-architecture model (float16) with fused launches."""
 
     def __init__(
-        self, model: nn.Module, max_len: int, registry: Registry | None = None, pdl: bool | None = None
+        self,
+        model: nn.Module,
+        max_len: int,
+        registry: Registry | None = None,
+        pdl: bool | None = None,
+        fuse: bool = True,
     ) -> None:
         inner = _check_model(model)
         dims = DecoderDims.of(model.config, max_len)
@@ -154,6 +162,7 @@ class LlamaDecoder:
         self.layers = [self._layer(block, registry) for block in inner.layers]
         self.cos, self.sin = self._rotary_tables(inner.rotary_emb)
         self._allocate()
+        self.epilogues = [self._epilogues(i) if fuse else (None, None, None) for i in range(dims.layers)]
         self.position = 0  # host copy of ``pos``: the next token's position
         self._graph: torch.cuda.CUDAGraph | None = None
 
@@ -205,17 +214,41 @@ class LlamaDecoder:
         # per-layer projection outputs, zeroed by one memset per step: the kernels add into them
         self.scratch = torch.zeros(d.layers, qkv_width + 2 * d.intermediate, dtype=f16, device=dev)
         self.workspace = AttentionWorkspace.create(d.heads, self.rows, d.head_dim, dev)
+        self.tickets = torch.zeros(max(1, d.intermediate // 16), dtype=torch.int32, device=dev)  # epilogues
         self.qkv_width = qkv_width
+
+    def _epilogues(self, i: int) -> tuple[Epilogue | None, Epilogue | None, Epilogue | None]:
+        """Layer ``i``'s work done by the last program of a GEMV (``gemv_epilogue.py``), where its projection
+        allows: the post-attention RMSNorm after o, SiLU-and-multiply after gate/up, and the next RMSNorm
+        (the next layer's, or the final one) after down. None: that step is its own launch."""
+        d, layer, after = self.dims, self.layers[i], self._norm_after(i)
+        wanted = (
+            (layer.o, self.attn, Epilogue("rmsnorm", self.normed, self.tickets, layer.post_norm, d.eps)),
+            (layer.gate_up, self.normed, Epilogue("silu_mul", self.act, self.tickets)),
+            (layer.down, self.act, Epilogue("rmsnorm", self.normed, self.tickets, after, d.eps)),
+        )
+        return tuple(None if p.epilogue_unfit(x, e) else e for p, x, e in wanted)
+
+    def _norm_after(self, i: int) -> torch.Tensor:
+        """The RMSNorm weight applied to the residual stream after layer ``i``."""
+        return self.layers[i + 1].input_norm if i + 1 < len(self.layers) else self.final_norm
+
+    @property
+    def fused_epilogues(self) -> int:
+        """Norms and activations per step run inside a GEMV instead of their own launch."""
+        return sum(e is not None for layer in self.epilogues for e in layer)
 
     def _forward(self) -> None:
         """One step on the static buffers: ``token``, ``pos`` -> ``logits``, next ``token``, ``pos + 1``."""
         d, pdl = self.dims, self.pdl
         self.scratch.zero_()
         torch.index_select(self.embed, 0, self.token, out=self.hidden)
+        first_norm = self.layers[0].input_norm if self.layers else self.final_norm
+        rmsnorm(self.hidden, first_norm, d.eps, self.normed, pdl)
         for i, layer in enumerate(self.layers):
+            o_tail, act_tail, down_tail = self.epilogues[i]
             qkv = self.scratch[i : i + 1, : self.qkv_width]  # (1, qkv_width)
             gate_up = self.scratch[i : i + 1, self.qkv_width :]  # (1, 2 * intermediate)
-            rmsnorm(self.hidden, layer.input_norm, d.eps, self.normed, pdl)
             layer.qkv.run(self.normed, qkv, accumulate=True, pdl=pdl)
             decode_attention(
                 qkv,
@@ -229,12 +262,16 @@ class LlamaDecoder:
                 self.workspace,
                 pdl=pdl,
             )
-            layer.o.run(self.attn, self.hidden, accumulate=True, pdl=pdl)  # residual add in the projection
-            rmsnorm(self.hidden, layer.post_norm, d.eps, self.normed, pdl)
-            layer.gate_up.run(self.normed, gate_up, accumulate=True, pdl=pdl)
-            silu_mul(gate_up, self.act, pdl=pdl)
-            layer.down.run(self.act, self.hidden, accumulate=True, pdl=pdl)
-        rmsnorm(self.hidden, self.final_norm, d.eps, self.normed)
+            # residual add in the projection; its last program may normalise the result
+            layer.o.run(self.attn, self.hidden, accumulate=True, pdl=pdl, epilogue=o_tail)
+            if o_tail is None:
+                rmsnorm(self.hidden, layer.post_norm, d.eps, self.normed, pdl)
+            layer.gate_up.run(self.normed, gate_up, accumulate=True, pdl=pdl, epilogue=act_tail)
+            if act_tail is None:
+                silu_mul(gate_up, self.act, pdl=pdl)
+            layer.down.run(self.act, self.hidden, accumulate=True, pdl=pdl, epilogue=down_tail)
+            if down_tail is None:
+                rmsnorm(self.hidden, self._norm_after(i), d.eps, self.normed, pdl)
         self.lm_head.run(self.normed, self.logits)
         argmax_row(self.logits, self.token, pdl)
         self.pos.add_(1)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from bitalloc.errors import InvalidInput
+from bitalloc.kernels.gemv_epilogue import Epilogue
 from bitalloc.kernels.linear import KernelQuantLinear
 from bitalloc.kernels.registry import Registry
 from bitalloc.quantizers.quant_linear import QuantLinear
@@ -132,11 +133,32 @@ class FusedProjection:
         """How many weight launches one call takes."""
         return len(self.runs)
 
+    def epilogue_unfit(self, x: torch.Tensor, epilogue: Epilogue) -> str | None:
+        """None when ``run(x, ..., epilogue=epilogue)`` runs the epilogue in its one GEMV, else why not."""
+        if len(self.runs) != 1:
+            return f"{len(self.runs)} launches (formats differ): no one GEMV sees the whole output"
+        run = self.runs[0][2]
+        if isinstance(run, DenseRun):
+            return "float16 weights run on cuBLAS"
+        return run.linear.epilogue_unfit(x, epilogue)
+
     def run(
-        self, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False, pdl: bool = False
+        self,
+        x: torch.Tensor,
+        out: torch.Tensor,
+        accumulate: bool = False,
+        pdl: bool = False,
+        epilogue: Epilogue | None = None,
     ) -> torch.Tensor:
         """``out (1, out_features) [+]= x (1, in) [W_1; W_2; ...]^T`` (contiguous rows); ``pdl``: kernels that
-        support it use programmatic dependent launch."""
+        support it use programmatic dependent launch; ``epilogue``: run by the GEMV's last program (check
+        ``epilogue_unfit`` first)."""
+        if epilogue is not None:
+            reason = self.epilogue_unfit(x, epilogue)
+            if reason is not None:
+                raise InvalidInput(f"this projection cannot run the {epilogue.kind} epilogue: {reason}")
+            self.runs[0][2].linear.forward_into(x, out, accumulate, pdl, epilogue)
+            return out
         for start, stop, run in self.runs:
             run.run(x, out[:, start:stop], accumulate, pdl)
         return out
