@@ -38,6 +38,11 @@ from bitalloc.quantizers.quantize import quantize
 from bitalloc.runtime.latency_plan import decoder_linears, plan_under_latency
 from bitalloc.runtime.llama_decoder import LlamaDecoder
 
+FUSE_VARIANTS = {  # decoder variants timed beside the default (both epilogues in the GEMVs)
+    "norm/act as own launches": (),
+    "RMSNorm in GEMV only": ("rmsnorm",),
+    "SiLU-mul in GEMV only": ("silu_mul",),
+}
 PLAN_4 = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
 BUDGET_PALETTE = (
     "rtn-w3g128-asym",
@@ -193,6 +198,32 @@ def profile_table(decoder: LlamaDecoder, steps: int = 4) -> str:
     return "\n".join(rows)
 
 
+def gemv_roles(decoder: LlamaDecoder, steps: int = 4) -> str:
+    """GPU time of the decoder's GEMVs by role in the layer (eager steps, kernels serialised: build the
+    decoder with pdl=False), from the order of the GEMV launches (q/k/v, o, gate/up, down per layer)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    roles = ("q/k/v", "o", "gate/up", "down")
+    if decoder.launches_per_step != len(roles) * decoder.dims.layers + 1:
+        return "(GEMV roles need one launch per projection)"
+    decoder.reset()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            decoder.step()
+        torch.cuda.synchronize()
+    decoder.reset()
+    gemvs = sorted(
+        (e for e in prof.events() if e.device_type.name == "CUDA" and e.name.startswith("gemv")),
+        key=lambda e: e.time_range.start,
+    )
+    per_role = [0.0] * len(roles)
+    for i, event in enumerate(gemvs):
+        per_role[i % len(roles)] += event.device_time / steps / decoder.dims.layers
+    rows = ["| projection | us per launch |", "|---|---|"]
+    rows += [f"| {role} | {us:.2f} |" for role, us in zip(roles, per_role, strict=True)]
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
@@ -244,10 +275,13 @@ def main() -> None:
         profiles["decoder mixed"] = profile_table(mixed)
     launches, epilogues = mixed.launches_per_step, mixed.fused_epilogues
     del mixed
-    separate = LlamaDecoder(model, max_len, fuse=False)  # norms and SiLU-mul as their own launches
-    for ctx in contexts:
-        times[("decoder mixed, unfused norm/act", ctx)] = decoder_step_us(separate, args.tokens, ctx)
-    del separate
+    for label, fuse in FUSE_VARIANTS.items():  # which steps run in a GEMV's last program
+        variant = LlamaDecoder(model, max_len, fuse=fuse)
+        for ctx in contexts:
+            times[(f"decoder mixed, {label}", ctx)] = decoder_step_us(variant, args.tokens, ctx)
+        del variant
+    if args.profile:
+        profiles["decoder mixed, no PDL, GEMV by role"] = gemv_roles(LlamaDecoder(model, max_len, pdl=False))
     if pdl_supported(torch.device("cuda")):  # the same without programmatic dependent launch
         plain = LlamaDecoder(model, max_len, pdl=False)
         for ctx in contexts:

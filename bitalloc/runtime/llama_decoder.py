@@ -20,7 +20,7 @@ Prompts are fed one token per step (no batched prefill): this runner exists to m
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +38,7 @@ from bitalloc.runtime.projection import FusedProjection
 
 MODEL_TYPES = {"llama", "mistral", "qwen2"}  # same block: RMSNorm, rotate-half rope, GQA, SiLU-gated MLP
 STATIC_ROPE = {"default", "linear", "llama3", "yarn"}  # frequencies independent of the sequence length
+EPILOGUES = ("rmsnorm", "silu_mul")  # what the GEMVs' last programs may do (``fuse``)
 SPARE_ROWS = 2  # cache and rope rows past max_len: capture()'s warm-up steps may run there
 
 
@@ -133,7 +134,7 @@ class LlamaDecoder:
         max_len: int,
         registry: Registry | None = None,
         pdl: bool | None = None,
-        fuse: bool = True,
+        fuse: Collection[str] = EPILOGUES,
     ) -> None:
         inner = _check_model(model)
         dims = DecoderDims.of(model.config, max_len)
@@ -162,7 +163,10 @@ class LlamaDecoder:
         self.layers = [self._layer(block, registry) for block in inner.layers]
         self.cos, self.sin = self._rotary_tables(inner.rotary_emb)
         self._allocate()
-        self.epilogues = [self._epilogues(i) if fuse else (None, None, None) for i in range(dims.layers)]
+        unknown = set(fuse) - set(EPILOGUES)
+        if unknown:
+            raise InvalidInput(f"fuse takes epilogues among {EPILOGUES}; got {sorted(unknown)}")
+        self.epilogues = [self._epilogues(i, fuse) for i in range(dims.layers)]
         self.position = 0  # host copy of ``pos``: the next token's position
         self._graph: torch.cuda.CUDAGraph | None = None
 
@@ -217,7 +221,9 @@ class LlamaDecoder:
         self.tickets = torch.zeros(max(1, d.intermediate // 16), dtype=torch.int32, device=dev)  # epilogues
         self.qkv_width = qkv_width
 
-    def _epilogues(self, i: int) -> tuple[Epilogue | None, Epilogue | None, Epilogue | None]:
+    def _epilogues(
+        self, i: int, fuse: Collection[str]
+    ) -> tuple[Epilogue | None, Epilogue | None, Epilogue | None]:
         """Layer ``i``'s work done by the last program of a GEMV (``gemv_epilogue.py``), where its projection
         allows: the post-attention RMSNorm after o, SiLU-and-multiply after gate/up, and the next RMSNorm
         (the next layer's, or the final one) after down. None: that step is its own launch."""
@@ -227,7 +233,7 @@ class LlamaDecoder:
             (layer.gate_up, self.normed, Epilogue("silu_mul", self.act, self.tickets)),
             (layer.down, self.act, Epilogue("rmsnorm", self.normed, self.tickets, after, d.eps)),
         )
-        return tuple(None if p.epilogue_unfit(x, e) else e for p, x, e in wanted)
+        return tuple(None if e.kind not in fuse or p.epilogue_unfit(x, e) else e for p, x, e in wanted)
 
     def _norm_after(self, i: int) -> torch.Tensor:
         """The RMSNorm weight applied to the residual stream after layer ``i``."""
