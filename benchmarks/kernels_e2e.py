@@ -38,10 +38,12 @@ from bitalloc.quantizers.quantize import quantize
 from bitalloc.runtime.latency_plan import decoder_linears, plan_under_latency
 from bitalloc.runtime.llama_decoder import LlamaDecoder
 
-FUSE_VARIANTS = {  # decoder variants timed beside the default (both epilogues in the GEMVs)
-    "norm/act as own launches": (),
-    "RMSNorm in GEMV only": ("rmsnorm",),
-    "SiLU-mul in GEMV only": ("silu_mul",),
+FUSE_VARIANTS = {  # decoder variants timed beside the default (input norms, final norm and SiLU-mul fused)
+    "norms/act own launches": (),
+    "input norms only": ("input_norm",),
+    "input norms + final norm": ("input_norm", "rmsnorm"),
+    "norms by o/down + SiLU": ("rmsnorm", "silu_mul"),
+    "SiLU only": ("silu_mul",),
 }
 PLAN_4 = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
 BUDGET_PALETTE = (
@@ -273,7 +275,7 @@ def main() -> None:
         times[("decoder mixed", ctx)] = decoder_step_us(mixed, args.tokens, ctx)
     if args.profile:
         profiles["decoder mixed"] = profile_table(mixed)
-    launches, epilogues = mixed.launches_per_step, mixed.fused_epilogues
+    launches, epilogues = mixed.launches_per_step, mixed.fused_norms_and_activations
     del mixed
     for label, fuse in FUSE_VARIANTS.items():  # which steps run in a GEMV's last program
         variant = LlamaDecoder(model, max_len, fuse=fuse)
@@ -294,7 +296,7 @@ def main() -> None:
     rows = [
         f"model: random Llama-shaped, {params / 1e9:.2f} B parameters, fp16, {torch.cuda.get_device_name()}",
         f"plan: {counts}; decoder: {launches} weight launches per step (q/k/v and gate/up fused), "
-        f"{epilogues} norms/activations run in a GEMV's last program",
+        f"{epilogues} norms/activations run inside GEMVs",
         *([budget_row] if budget_row else []),
         "",
         "| runner | context | us / token (sync each) | tokens/s | x transformers fp16 | x decoder fp16 "

@@ -14,7 +14,7 @@ half the instructions per weight); this kernel serves bfloat16, the nested forma
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import triton
@@ -131,6 +131,26 @@ def epilogue_unfit(
     return epilogue.unfit_reason(layout.shape[0], config.block_n)
 
 
+@dataclass(frozen=True)
+class InputNorm:
+    """RMSNorm applied by the GEMV to its input (``x`` is the residual stream): ``w * round(x * rstd)``."""
+
+    weight: torch.Tensor = field(repr=False)  # (in,) float16, 4-byte aligned
+    eps: float
+
+
+def norm_unfit(layout: KernelLayout, config: GemvConfig, dtype: torch.dtype, norm: InputNorm) -> str | None:
+    """None when ``gemv`` can normalise its input with ``norm`` on this call, else why not."""
+    if not uses_half2(layout, config, dtype):
+        return f"input norms run on the f16x2 kernel only (float16 activations, 2/3/4/8 bits; got {dtype})"
+    weight = norm.weight
+    if weight.shape != (layout.shape[1],) or weight.dtype != torch.float16 or not weight.is_contiguous():
+        return f"the norm weight must be a contiguous float16 vector of {layout.shape[1]} values"
+    if weight.data_ptr() % 4:
+        return "the norm weight must be 4-byte aligned (read as float16 pairs)"
+    return None
+
+
 def gemv(
     x: torch.Tensor,
     layout: KernelLayout,
@@ -139,6 +159,7 @@ def gemv(
     accumulate: bool = False,
     pdl: bool = False,
     epilogue: Epilogue | None = None,
+    norm: InputNorm | None = None,
 ) -> torch.Tensor:
     """``x (in,) or (1, in) -> (1, out)`` in x's dtype; the caller has checked the format and shapes.
 
@@ -146,7 +167,8 @@ def gemv(
     the result is added to what ``out`` holds (a fused residual add: no zeroing, no extra launch). ``pdl``:
     launched with programmatic dependent launch (``_pdl.py``; the caller checks ``pdl_supported``).
     ``epilogue``: the last program normalises or activates the finished output (``gemv_epilogue.py``;
-    f16x2 path only, see ``epilogue_unfit``).
+    f16x2 path only, see ``epilogue_unfit``). ``norm``: ``x`` is RMS-normalised by every program before
+    use (f16x2 path only, see ``norm_unfit``).
     """
     if accumulate and out is None:
         raise ValueError("gemv: accumulate=True adds into an output, pass out=")
@@ -155,6 +177,10 @@ def gemv(
     h2 = uses_half2(layout, config, x.dtype)
     if epilogue is not None:
         reason = epilogue_unfit(layout, config, x.dtype, epilogue)
+        if reason is not None:
+            raise ValueError(f"gemv: {reason}")
+    if norm is not None:
+        reason = norm_unfit(layout, config, x.dtype, norm)
         if reason is not None:
             raise ValueError(f"gemv: {reason}")
     block_k = layout.chunk
@@ -177,9 +203,12 @@ def gemv(
     if h2:
         if x.data_ptr() % 4:
             x = x.clone()  # int32 pairs need 4-byte alignment
+        norm_weight = x if norm is None else norm.weight
         gemv_h2_kernel[grid](
             x,
             x.view(torch.int32),
+            norm_weight,
+            norm_weight.view(torch.int32),
             layout.a,
             b,
             layout.scales,
@@ -192,6 +221,7 @@ def gemv(
             in_features,
             layout.qoff,
             0.0 if epilogue is None else epilogue.eps,
+            0.0 if norm is None else norm.eps,
             BITS=layout.bits,
             GROUP=layout.group_size,
             HAS_MIN=layout.mins is not None,
@@ -204,6 +234,8 @@ def gemv(
             ASM=os.environ.get("TRITON_INTERPRET") != "1",
             ATOMIC=atomic,
             PDL=pdl,
+            NORM=norm is not None,
+            NORM_BLOCK=1 if norm is None else triton.next_power_of_2(in_features),
             EPILOGUE=NONE if epilogue is None else epilogue.code(),
             E_BLOCK=1 if epilogue is None else epilogue.block(out_features, config.block_n),
             num_warps=config.num_warps,

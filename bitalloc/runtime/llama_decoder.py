@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -30,6 +30,7 @@ from bitalloc.errors import InvalidInput
 from bitalloc.kernels._pdl import pdl_supported
 from bitalloc.kernels.argmax import argmax_row
 from bitalloc.kernels.decode_attention import AttentionWorkspace, decode_attention
+from bitalloc.kernels.gemv import InputNorm
 from bitalloc.kernels.gemv_epilogue import Epilogue
 from bitalloc.kernels.registry import Registry
 from bitalloc.kernels.rmsnorm import rmsnorm
@@ -38,7 +39,7 @@ from bitalloc.runtime.projection import FusedProjection
 
 MODEL_TYPES = {"llama", "mistral", "qwen2"}  # same block: RMSNorm, rotate-half rope, GQA, SiLU-gated MLP
 STATIC_ROPE = {"default", "linear", "llama3", "yarn"}  # frequencies independent of the sequence length
-EPILOGUES = ("rmsnorm", "silu_mul")  # what the GEMVs' last programs may do (``fuse``)
+FUSIONS = ("input_norm", "rmsnorm", "silu_mul")  # steps the GEMVs may run themselves (``fuse``)
 SPARE_ROWS = 2  # cache and rope rows past max_len: capture()'s warm-up steps may run there
 
 
@@ -100,6 +101,26 @@ class DecoderDims:
 
 
 @dataclass(frozen=True)
+class LayerFusion:
+    """A layer's norms and activation run inside its GEMVs (None: its own launch): q/k/v and gate/up
+    normalising the residual stream themselves, or the last program of o (post-attention norm) and down
+    (the next norm) writing it; SiLU-and-multiply by the last programs of gate/up."""
+
+    qkv_norm: InputNorm | None
+    o_tail: Epilogue | None
+    up_norm: InputNorm | None
+    act_tail: Epilogue | None
+    down_tail: Epilogue | None
+
+    @property
+    def count(self) -> int:
+        """Launches this layer saves."""
+        return sum(
+            x is not None for x in (self.qkv_norm, self.o_tail, self.up_norm, self.act_tail, self.down_tail)
+        )
+
+
+@dataclass(frozen=True)
 class DecoderLayer:
     """One layer's norms, fused projections and KV cache ``(kv_heads, max_len, head_dim)``."""
 
@@ -134,7 +155,7 @@ class LlamaDecoder:
         max_len: int,
         registry: Registry | None = None,
         pdl: bool | None = None,
-        fuse: Collection[str] = EPILOGUES,
+        fuse: Collection[str] = FUSIONS,
     ) -> None:
         inner = _check_model(model)
         dims = DecoderDims.of(model.config, max_len)
@@ -163,10 +184,10 @@ class LlamaDecoder:
         self.layers = [self._layer(block, registry) for block in inner.layers]
         self.cos, self.sin = self._rotary_tables(inner.rotary_emb)
         self._allocate()
-        unknown = set(fuse) - set(EPILOGUES)
+        unknown = set(fuse) - set(FUSIONS)
         if unknown:
-            raise InvalidInput(f"fuse takes epilogues among {EPILOGUES}; got {sorted(unknown)}")
-        self.epilogues = [self._epilogues(i, fuse) for i in range(dims.layers)]
+            raise InvalidInput(f"fuse takes steps among {FUSIONS}; got {sorted(unknown)}")
+        self.fusions = self._fusions(fuse)
         self.position = 0  # host copy of ``pos``: the next token's position
         self._graph: torch.cuda.CUDAGraph | None = None
 
@@ -221,41 +242,67 @@ class LlamaDecoder:
         self.tickets = torch.zeros(max(1, d.intermediate // 16), dtype=torch.int32, device=dev)  # epilogues
         self.qkv_width = qkv_width
 
-    def _epilogues(
-        self, i: int, fuse: Collection[str]
-    ) -> tuple[Epilogue | None, Epilogue | None, Epilogue | None]:
-        """Layer ``i``'s work done by the last program of a GEMV (``gemv_epilogue.py``), where its projection
-        allows: the post-attention RMSNorm after o, SiLU-and-multiply after gate/up, and the next RMSNorm
-        (the next layer's, or the final one) after down. None: that step is its own launch."""
-        d, layer, after = self.dims, self.layers[i], self._norm_after(i)
-        wanted = (
-            (layer.o, self.attn, Epilogue("rmsnorm", self.normed, self.tickets, layer.post_norm, d.eps)),
-            (layer.gate_up, self.normed, Epilogue("silu_mul", self.act, self.tickets)),
-            (layer.down, self.act, Epilogue("rmsnorm", self.normed, self.tickets, after, d.eps)),
-        )
-        return tuple(None if e.kind not in fuse or p.epilogue_unfit(x, e) else e for p, x, e in wanted)
+    def _fusions(self, fuse: Collection[str]) -> list[LayerFusion]:
+        """Which norms and activations each layer runs inside its GEMVs, where its projections allow:
+        ``input_norm`` (q/k/v and gate/up normalise the residual stream themselves; preferred), else
+        ``rmsnorm`` (the last program of o / down writes the next norm), and ``silu_mul`` (the last
+        programs of gate/up). What is not fused is its own launch."""
+        d, fusions = self.dims, []
+        for layer in self.layers:
+            qkv_norm = InputNorm(layer.input_norm, d.eps)
+            up_norm = InputNorm(layer.post_norm, d.eps)
+            post = Epilogue("rmsnorm", self.normed, self.tickets, layer.post_norm, d.eps)
+            act = Epilogue("silu_mul", self.act, self.tickets)
+            inputs = "input_norm" in fuse
+            fusions.append(
+                LayerFusion(
+                    qkv_norm=qkv_norm if inputs and not layer.qkv.norm_unfit(self.hidden, qkv_norm) else None,
+                    o_tail=post
+                    if "rmsnorm" in fuse and not layer.o.epilogue_unfit(self.attn, post)
+                    else None,
+                    up_norm=up_norm
+                    if inputs and not layer.gate_up.norm_unfit(self.hidden, up_norm)
+                    else None,
+                    act_tail=act
+                    if "silu_mul" in fuse and not layer.gate_up.epilogue_unfit(self.normed, act)
+                    else None,
+                    down_tail=None,
+                )
+            )
+        for i, layer in enumerate(
+            self.layers
+        ):  # down writes the next norm unless the next q/k/v reads hidden
+            f = fusions[i]
+            after = Epilogue("rmsnorm", self.normed, self.tickets, self._norm_after(i), d.eps)
+            next_reads_normed = i + 1 == len(self.layers) or fusions[i + 1].qkv_norm is None
+            down = next_reads_normed and "rmsnorm" in fuse and not layer.down.epilogue_unfit(self.act, after)
+            o_tail = None if f.up_norm is not None else f.o_tail  # gate/up normalises: o need not
+            fusions[i] = replace(f, o_tail=o_tail, down_tail=after if down else None)
+        return fusions
 
     def _norm_after(self, i: int) -> torch.Tensor:
         """The RMSNorm weight applied to the residual stream after layer ``i``."""
         return self.layers[i + 1].input_norm if i + 1 < len(self.layers) else self.final_norm
 
     @property
-    def fused_epilogues(self) -> int:
+    def fused_norms_and_activations(self) -> int:
         """Norms and activations per step run inside a GEMV instead of their own launch."""
-        return sum(e is not None for layer in self.epilogues for e in layer)
+        return sum(f.count for f in self.fusions)
 
     def _forward(self) -> None:
         """One step on the static buffers: ``token``, ``pos`` -> ``logits``, next ``token``, ``pos + 1``."""
-        d, pdl = self.dims, self.pdl
+        d, pdl, last = self.dims, self.pdl, len(self.layers) - 1
         self.scratch.zero_()
         torch.index_select(self.embed, 0, self.token, out=self.hidden)
-        first_norm = self.layers[0].input_norm if self.layers else self.final_norm
-        rmsnorm(self.hidden, first_norm, d.eps, self.normed, pdl)
+        if not self.layers or self.fusions[0].qkv_norm is None:
+            first_norm = self.layers[0].input_norm if self.layers else self.final_norm
+            rmsnorm(self.hidden, first_norm, d.eps, self.normed, pdl)
         for i, layer in enumerate(self.layers):
-            o_tail, act_tail, down_tail = self.epilogues[i]
+            f = self.fusions[i]
             qkv = self.scratch[i : i + 1, : self.qkv_width]  # (1, qkv_width)
             gate_up = self.scratch[i : i + 1, self.qkv_width :]  # (1, 2 * intermediate)
-            layer.qkv.run(self.normed, qkv, accumulate=True, pdl=pdl)
+            qkv_in = self.normed if f.qkv_norm is None else self.hidden
+            layer.qkv.run(qkv_in, qkv, accumulate=True, pdl=pdl, norm=f.qkv_norm)
             decode_attention(
                 qkv,
                 self.cos,
@@ -269,14 +316,16 @@ class LlamaDecoder:
                 pdl=pdl,
             )
             # residual add in the projection; its last program may normalise the result
-            layer.o.run(self.attn, self.hidden, accumulate=True, pdl=pdl, epilogue=o_tail)
-            if o_tail is None:
+            layer.o.run(self.attn, self.hidden, accumulate=True, pdl=pdl, epilogue=f.o_tail)
+            if f.o_tail is None and f.up_norm is None:
                 rmsnorm(self.hidden, layer.post_norm, d.eps, self.normed, pdl)
-            layer.gate_up.run(self.normed, gate_up, accumulate=True, pdl=pdl, epilogue=act_tail)
-            if act_tail is None:
+            up_in = self.normed if f.up_norm is None else self.hidden
+            layer.gate_up.run(up_in, gate_up, accumulate=True, pdl=pdl, epilogue=f.act_tail, norm=f.up_norm)
+            if f.act_tail is None:
                 silu_mul(gate_up, self.act, pdl=pdl)
-            layer.down.run(self.act, self.hidden, accumulate=True, pdl=pdl, epilogue=down_tail)
-            if down_tail is None:
+            layer.down.run(self.act, self.hidden, accumulate=True, pdl=pdl, epilogue=f.down_tail)
+            next_reads_normed = i == last or self.fusions[i + 1].qkv_norm is None
+            if f.down_tail is None and next_reads_normed:
                 rmsnorm(self.hidden, self._norm_after(i), d.eps, self.normed, pdl)
         self.lm_head.run(self.normed, self.logits)
         argmax_row(self.logits, self.token, pdl)

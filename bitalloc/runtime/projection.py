@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from bitalloc.errors import InvalidInput
+from bitalloc.kernels.gemv import InputNorm
 from bitalloc.kernels.gemv_epilogue import Epilogue
 from bitalloc.kernels.linear import KernelQuantLinear
 from bitalloc.kernels.registry import Registry
@@ -142,6 +143,16 @@ class FusedProjection:
             return "float16 weights run on cuBLAS"
         return run.linear.epilogue_unfit(x, epilogue)
 
+    def norm_unfit(self, x: torch.Tensor, norm: InputNorm) -> str | None:
+        """None when each run of ``run(x, ..., norm=norm)`` normalises its input in its GEMV, else why not."""
+        for _, _, run in self.runs:
+            if isinstance(run, DenseRun):
+                return "float16 weights run on cuBLAS"
+            reason = run.linear.norm_unfit(x, norm)
+            if reason is not None:
+                return reason
+        return None
+
     def run(
         self,
         x: torch.Tensor,
@@ -149,16 +160,21 @@ class FusedProjection:
         accumulate: bool = False,
         pdl: bool = False,
         epilogue: Epilogue | None = None,
+        norm: InputNorm | None = None,
     ) -> torch.Tensor:
         """``out (1, out_features) [+]= x (1, in) [W_1; W_2; ...]^T`` (contiguous rows); ``pdl``: kernels that
-        support it use programmatic dependent launch; ``epilogue``: run by the GEMV's last program (check
-        ``epilogue_unfit`` first)."""
+        support it use programmatic dependent launch; ``epilogue``: run by the GEMV's last program; ``norm``:
+        each GEMV RMS-normalises ``x`` itself (check ``epilogue_unfit`` / ``norm_unfit`` first)."""
+        reason = None if epilogue is None else self.epilogue_unfit(x, epilogue)
+        reason = reason or (None if norm is None else self.norm_unfit(x, norm))
+        if reason is not None:
+            raise InvalidInput(f"this projection cannot fuse its norm or epilogue: {reason}")
         if epilogue is not None:
-            reason = self.epilogue_unfit(x, epilogue)
-            if reason is not None:
-                raise InvalidInput(f"this projection cannot run the {epilogue.kind} epilogue: {reason}")
-            self.runs[0][2].linear.forward_into(x, out, accumulate, pdl, epilogue)
+            self.runs[0][2].linear.forward_into(x, out, accumulate, pdl, epilogue, norm)
             return out
         for start, stop, run in self.runs:
-            run.run(x, out[:, start:stop], accumulate, pdl)
+            if norm is None:
+                run.run(x, out[:, start:stop], accumulate, pdl)
+            else:
+                run.linear.forward_into(x, out[:, start:stop], accumulate, pdl, norm=norm)
         return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bitalloc.kernels.gemv import GemvConfig, gemv
+from bitalloc.kernels.gemv import GemvConfig, InputNorm, gemv
 from bitalloc.kernels.gemv_epilogue import Epilogue
 from bitalloc.kernels.layout import to_layout
 from bitalloc.kernels.reference import reference_linear
@@ -83,3 +83,22 @@ def test_epilogues_that_cannot_run_are_refused_by_name():
         gemv(x.bfloat16(), layout, GemvConfig(block_n=32), out=normed.clone(), epilogue=epilogue)
     with pytest.raises(ValueError, match="unknown epilogue"):
         gemv(x, layout, GemvConfig(block_n=32), out=out, epilogue=Epilogue("gelu", act, tickets))
+
+
+@pytest.mark.parametrize(
+    ("bits", "split_k", "xs_rows", "prefetch"), [(4, 1, 0, 1), (3, 2, 1, 1), (2, 1, 1, 0), (8, 3, 0, 0)]
+)
+def test_input_norm_equals_rmsnorm_then_gemv(bits, split_k, xs_rows, prefetch):
+    """The GEMV reads the raw residual row and normalises it itself (every program its own rstd)."""
+    gen = torch.Generator().manual_seed(11 * bits + split_k)
+    qw = random_qweight(bits, 32, bits == 2, (40, 256), gen)
+    hidden = (torch.randn(1, 256, generator=gen) * 8).half().to(device())  # far from unit RMS
+    weight = (torch.rand(256, generator=gen) + 0.5).half().to(device())
+    config = GemvConfig(block_n=16, split_k=split_k, xs_rows=xs_rows, prefetch=prefetch)
+    out = torch.full((1, 40), float("nan"), dtype=torch.float16, device=device())
+    y = gemv(hidden, to_layout(qw), config, out=out, norm=InputNorm(weight, 1e-5))
+    ref = reference_linear(llama_rmsnorm(hidden, weight, 1e-5), qw, dtype=torch.float64)
+    assert rel_err(y, ref) < 3e-3
+    assert rel_err(y, reference_linear(hidden, qw, dtype=torch.float64)) > 0.5  # the norm was applied
+    with pytest.raises(ValueError, match="vector of 256"):
+        gemv(hidden, to_layout(qw), config, norm=InputNorm(weight[:128], 1e-5))
