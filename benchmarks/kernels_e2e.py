@@ -38,12 +38,12 @@ from bitalloc.quantizers.quantize import quantize
 from bitalloc.runtime.latency_plan import decoder_linears, plan_under_latency
 from bitalloc.runtime.llama_decoder import LlamaDecoder
 
-FUSE_VARIANTS = {  # decoder variants timed beside the default (input norms, final norm and SiLU-mul fused)
-    "norms/act own launches": (),
-    "input norms only": ("input_norm",),
-    "input norms + final norm": ("input_norm", "rmsnorm"),
-    "norms by o/down + SiLU": ("rmsnorm", "silu_mul"),
-    "SiLU only": ("silu_mul",),
+FUSE_VARIANTS = {  # decoder variants timed beside the default: which steps run inside the GEMVs
+    "all fused": ("qkv_norm", "gate_up_norm", "norm_epilogue", "silu_epilogue"),
+    "q/k/v input norm": ("qkv_norm",),
+    "gate/up input norm": ("gate_up_norm",),
+    "norms by o/down": ("norm_epilogue",),
+    "SiLU by gate/up": ("silu_epilogue",),
 }
 PLAN_4 = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
 BUDGET_PALETTE = (
@@ -282,8 +282,12 @@ def main() -> None:
         for ctx in contexts:
             times[(f"decoder mixed, {label}", ctx)] = decoder_step_us(variant, args.tokens, ctx)
         del variant
+        if args.profile:
+            profiles[f"GEMV by role, no PDL, {label}"] = gemv_roles(
+                LlamaDecoder(model, max_len, pdl=False, fuse=fuse)
+            )
     if args.profile:
-        profiles["decoder mixed, no PDL, GEMV by role"] = gemv_roles(LlamaDecoder(model, max_len, pdl=False))
+        profiles["GEMV by role, no PDL, default"] = gemv_roles(LlamaDecoder(model, max_len, pdl=False))
     if pdl_supported(torch.device("cuda")):  # the same without programmatic dependent launch
         plain = LlamaDecoder(model, max_len, pdl=False)
         for ctx in contexts:

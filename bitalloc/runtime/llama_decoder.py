@@ -9,9 +9,10 @@ replays every step. Model types: Llama, Mistral (within its sliding window) and 
 tables come from the model's own rotary module (static rope types). Weights may be float16 ``nn.Linear``
 (cuBLAS) or ``QuantLinear`` of any candidate (the registry's kernel, or the reference path with a warning).
 On Hopper the decoder's own kernels use programmatic dependent launch (``kernels/_pdl.py``): each GEMV's
-first weights load while the kernel before it still runs. Where a projection is one f16x2 GEMV, the RMSNorm
-after o and down and the SiLU-and-multiply after gate/up run in the GEMV's last program
-(``kernels/gemv_epilogue.py``) instead of their own launches. The decoder copies the weights it fuses; the
+first weights load while the kernel before it still runs. Norms and the activation can run inside the GEMVs
+instead of their own launches (``fuse``): q/k/v and gate/up normalising the residual stream themselves
+(``InputNorm``), the last program of o / down writing the next norm and that of gate/up the SiLU-and-multiply
+(``kernels/gemv_epilogue.py``). The decoder copies the weights it fuses; the
 source model can be dropped after.
 
 Prompts are fed one token per step (no batched prefill): this runner exists to measure and serve decoding.
@@ -39,7 +40,7 @@ from bitalloc.runtime.projection import FusedProjection
 
 MODEL_TYPES = {"llama", "mistral", "qwen2"}  # same block: RMSNorm, rotate-half rope, GQA, SiLU-gated MLP
 STATIC_ROPE = {"default", "linear", "llama3", "yarn"}  # frequencies independent of the sequence length
-FUSIONS = ("input_norm", "rmsnorm", "silu_mul")  # steps the GEMVs may run themselves (``fuse``)
+FUSIONS = ("qkv_norm", "gate_up_norm", "norm_epilogue", "silu_epilogue")  # what ``fuse`` may name
 SPARE_ROWS = 2  # cache and rope rows past max_len: capture()'s warm-up steps may run there
 
 
@@ -155,7 +156,7 @@ class LlamaDecoder:
         max_len: int,
         registry: Registry | None = None,
         pdl: bool | None = None,
-        fuse: Collection[str] = FUSIONS,
+        fuse: Collection[str] = (),
     ) -> None:
         inner = _check_model(model)
         dims = DecoderDims.of(model.config, max_len)
@@ -244,40 +245,33 @@ class LlamaDecoder:
 
     def _fusions(self, fuse: Collection[str]) -> list[LayerFusion]:
         """Which norms and activations each layer runs inside its GEMVs, where its projections allow:
-        ``input_norm`` (q/k/v and gate/up normalise the residual stream themselves; preferred), else
-        ``rmsnorm`` (the last program of o / down writes the next norm), and ``silu_mul`` (the last
-        programs of gate/up). What is not fused is its own launch."""
+        ``qkv_norm`` / ``gate_up_norm`` (those GEMVs normalise the residual stream themselves; preferred),
+        else ``norm_epilogue`` (the last program of o / down writes the next norm), and ``silu_epilogue``
+        (the last programs of gate/up). What is not fused is its own launch."""
         d, fusions = self.dims, []
         for layer in self.layers:
             qkv_norm = InputNorm(layer.input_norm, d.eps)
             up_norm = InputNorm(layer.post_norm, d.eps)
             post = Epilogue("rmsnorm", self.normed, self.tickets, layer.post_norm, d.eps)
             act = Epilogue("silu_mul", self.act, self.tickets)
-            inputs = "input_norm" in fuse
+            up_fits = "gate_up_norm" in fuse and not layer.gate_up.norm_unfit(self.hidden, up_norm)
+            o_fits = "norm_epilogue" in fuse and not up_fits and not layer.o.epilogue_unfit(self.attn, post)
+            act_fits = "silu_epilogue" in fuse and not layer.gate_up.epilogue_unfit(self.normed, act)
+            qkv_fits = "qkv_norm" in fuse and not layer.qkv.norm_unfit(self.hidden, qkv_norm)
             fusions.append(
                 LayerFusion(
-                    qkv_norm=qkv_norm if inputs and not layer.qkv.norm_unfit(self.hidden, qkv_norm) else None,
-                    o_tail=post
-                    if "rmsnorm" in fuse and not layer.o.epilogue_unfit(self.attn, post)
-                    else None,
-                    up_norm=up_norm
-                    if inputs and not layer.gate_up.norm_unfit(self.hidden, up_norm)
-                    else None,
-                    act_tail=act
-                    if "silu_mul" in fuse and not layer.gate_up.epilogue_unfit(self.normed, act)
-                    else None,
+                    qkv_norm=qkv_norm if qkv_fits else None,
+                    o_tail=post if o_fits else None,
+                    up_norm=up_norm if up_fits else None,
+                    act_tail=act if act_fits else None,
                     down_tail=None,
                 )
             )
-        for i, layer in enumerate(
-            self.layers
-        ):  # down writes the next norm unless the next q/k/v reads hidden
-            f = fusions[i]
+        for i, layer in enumerate(self.layers):  # down writes the next norm unless the next q/k/v does
             after = Epilogue("rmsnorm", self.normed, self.tickets, self._norm_after(i), d.eps)
             next_reads_normed = i + 1 == len(self.layers) or fusions[i + 1].qkv_norm is None
-            down = next_reads_normed and "rmsnorm" in fuse and not layer.down.epilogue_unfit(self.act, after)
-            o_tail = None if f.up_norm is not None else f.o_tail  # gate/up normalises: o need not
-            fusions[i] = replace(f, o_tail=o_tail, down_tail=after if down else None)
+            fits = "norm_epilogue" in fuse and not layer.down.epilogue_unfit(self.act, after)
+            fusions[i] = replace(fusions[i], down_tail=after if next_reads_normed and fits else None)
         return fusions
 
     def _norm_after(self, i: int) -> torch.Tensor:

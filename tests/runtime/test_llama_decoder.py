@@ -6,7 +6,7 @@ import torch
 from bitalloc.errors import InvalidInput
 from bitalloc.kernels.linear import KernelFallbackWarning
 from bitalloc.kernels.registry import Registry
-from bitalloc.runtime.llama_decoder import LlamaDecoder
+from bitalloc.runtime.llama_decoder import FUSIONS, LlamaDecoder
 from tests.kernels.helpers import device
 from tests.runtime.helpers import quantize_linears, tiny_llama
 
@@ -72,13 +72,13 @@ def test_norms_and_activations_in_the_gemvs_replace_their_launches():
     ids = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(9)).to(model.device)
     with torch.no_grad():
         ref = model(ids).logits[0].float()
-    fused = LlamaDecoder(model, max_len=6, registry=Registry("none", ()))
+    fused = LlamaDecoder(model, max_len=6, registry=Registry("none", ()), fuse=FUSIONS)
     separate = LlamaDecoder(model, max_len=6, registry=Registry("none", ()), fuse=())
     assert fused.fused_norms_and_activations == 3 * 2 + 1 and separate.fused_norms_and_activations == 0
     ours = decoder_logits(fused, ids)
     assert_close(ours, ref, 1e-2)
     assert_close(ours, decoder_logits(separate, ids), 5e-3)
-    norms_only = LlamaDecoder(model, max_len=6, registry=Registry("none", ()), fuse=("rmsnorm",))
+    norms_only = LlamaDecoder(model, max_len=6, registry=Registry("none", ()), fuse=("norm_epilogue",))
     assert norms_only.fused_norms_and_activations == 2 * 2
     assert_close(decoder_logits(norms_only, ids), ref, 1e-2)
     assert not norms_only.tickets.any()
@@ -223,7 +223,7 @@ def test_other_block_variants_match_transformers(kind):
     ids = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(6)).to(device())
     with torch.no_grad():
         ref = model(ids).logits[0].float()
-    decoder = LlamaDecoder(model, max_len=5, registry=Registry("none", ()))
+    decoder = LlamaDecoder(model, max_len=5, registry=Registry("none", ()), fuse=FUSIONS)
     assert_close(decoder_logits(decoder, ids), ref, 1e-2)
     # q/k fuse their input norm (v is float16: its own norm launch); gate/up normalise their input and,
     # unless a bias comes after the GEMV, apply SiLU-and-multiply in their last programs
