@@ -38,13 +38,6 @@ from bitalloc.quantizers.quantize import quantize
 from bitalloc.runtime.latency_plan import decoder_linears, plan_under_latency
 from bitalloc.runtime.llama_decoder import LlamaDecoder
 
-FUSE_VARIANTS = {  # decoder variants timed beside the default: which steps run inside the GEMVs
-    "all fused": ("qkv_norm", "gate_up_norm", "norm_epilogue", "silu_epilogue"),
-    "q/k/v input norm": ("qkv_norm",),
-    "gate/up input norm": ("gate_up_norm",),
-    "norms by o/down": ("norm_epilogue",),
-    "SiLU by gate/up": ("silu_epilogue",),
-}
 PLAN_4 = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
 BUDGET_PALETTE = (
     "rtn-w3g128-asym",
@@ -275,19 +268,12 @@ def main() -> None:
         times[("decoder mixed", ctx)] = decoder_step_us(mixed, args.tokens, ctx)
     if args.profile:
         profiles["decoder mixed"] = profile_table(mixed)
-    launches, epilogues = mixed.launches_per_step, mixed.fused_norms_and_activations
+    launches = mixed.launches_per_step
     del mixed
-    for label, fuse in FUSE_VARIANTS.items():  # which steps run in a GEMV's last program
-        variant = LlamaDecoder(model, max_len, fuse=fuse)
-        for ctx in contexts:
-            times[(f"decoder mixed, {label}", ctx)] = decoder_step_us(variant, args.tokens, ctx)
-        del variant
-        if args.profile:
-            profiles[f"GEMV by role, no PDL, {label}"] = gemv_roles(
-                LlamaDecoder(model, max_len, pdl=False, fuse=fuse)
-            )
     if args.profile:
-        profiles["GEMV by role, no PDL, default"] = gemv_roles(LlamaDecoder(model, max_len, pdl=False))
+        profiles["decoder mixed without PDL, GEMVs by role"] = gemv_roles(
+            LlamaDecoder(model, max_len, pdl=False)
+        )
     if pdl_supported(torch.device("cuda")):  # the same without programmatic dependent launch
         plain = LlamaDecoder(model, max_len, pdl=False)
         for ctx in contexts:
@@ -299,8 +285,7 @@ def main() -> None:
     counts = ", ".join(f"{n} {c}" for c, n in sorted(Counter(plan.values()).items()))
     rows = [
         f"model: random Llama-shaped, {params / 1e9:.2f} B parameters, fp16, {torch.cuda.get_device_name()}",
-        f"plan: {counts}; decoder: {launches} weight launches per step (q/k/v and gate/up fused), "
-        f"{epilogues} norms/activations run inside GEMVs",
+        f"plan: {counts}; decoder: {launches} weight launches per step (q/k/v and gate/up fused)",
         *([budget_row] if budget_row else []),
         "",
         "| runner | context | us / token (sync each) | tokens/s | x transformers fp16 | x decoder fp16 "

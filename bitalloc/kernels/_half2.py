@@ -69,7 +69,6 @@ _ASM2X2 = tl.constexpr(word_asm(2, 4, 2))
 _ASM4X2 = tl.constexpr(word_asm(4, 16, 2))
 _ASM3X4 = tl.constexpr(word_asm(4, 16, 4, 3))  # 3-bit fields at a 4-bit stride (bit 3 ignored)
 _ASM8X2 = tl.constexpr(word_asm(8, 256, 2))
-_NORM_PAIR = tl.constexpr("mul.rn.f16x2 $0, $1, $2;\nmul.rn.f16x2 $0, $0, $3;")
 _PAIR_SUM = tl.constexpr(
     "{\n.reg .b16 lo, hi;\n.reg .f32 flo, fhi;\nmov.b32 {lo, hi}, $1;\n"
     "cvt.f32.f16 flo, lo;\ncvt.f32.f16 fhi, hi;\nadd.f32 $0, flo, fhi;\n}"
@@ -103,36 +102,6 @@ def pair_sum(p, ASM: tl.constexpr):
     else:
         lo, hi = _lanes(p)
         return lo + hi
-
-
-@triton.jit
-def _pack(lo, hi):
-    """Two float16 tensors as int32 pairs (lo in the low half)."""
-    lo16 = lo.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-    return lo16 | (hi.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) << 16)
-
-
-@triton.jit
-def half2_of(value):
-    """A float32 scalar rounded to float16 in both halves of an int32."""
-    return _pack(value, value)
-
-
-@triton.jit
-def norm_pair(p, r2, w2, ASM: tl.constexpr):
-    """RMSNorm of int32 pairs of float16 activations: ``w * round16(x * rstd)`` with ``r2`` the float16
-    ``rstd`` in both halves and ``w2`` the norm weight's pairs (two f16x2 products)."""
-    if ASM:
-        return tl.inline_asm_elementwise(
-            _NORM_PAIR, "=r,r,r,r", [p, r2, w2], dtype=tl.int32, is_pure=True, pack=1
-        )
-    else:
-        lo, hi = _lanes(p)
-        r, _ = _lanes(r2)
-        wlo, whi = _lanes(w2)
-        lo = (lo * r).to(tl.float16).to(tl.float32) * wlo
-        hi = (hi * r).to(tl.float16).to(tl.float32) * whi
-        return _pack(lo, hi)
 
 
 @triton.jit

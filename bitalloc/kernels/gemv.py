@@ -14,7 +14,7 @@ half the instructions per weight); this kernel serves bfloat16, the nested forma
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -23,7 +23,6 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from bitalloc.kernels._pdl import pdl_launch
 from bitalloc.kernels._unpack import load_group, plane_dot, plane_dot3
-from bitalloc.kernels.gemv_epilogue import NONE, Epilogue
 from bitalloc.kernels.gemv_h2 import HALF2_R, gemv_h2_kernel
 from bitalloc.kernels.layout import KernelLayout
 
@@ -117,40 +116,6 @@ def _gemv_kernel(
         tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
 
 
-def uses_half2(layout: KernelLayout, config: GemvConfig, dtype: torch.dtype) -> bool:
-    """Whether a call runs the f16x2 kernel (``gemv_h2.py``): float16 activations, 2/3/4/8-bit plain codes."""
-    return bool(config.half2) and dtype == torch.float16 and layout.a.shape[0] == 1 and layout.bits in HALF2_R
-
-
-def epilogue_unfit(
-    layout: KernelLayout, config: GemvConfig, dtype: torch.dtype, epilogue: Epilogue
-) -> str | None:
-    """None when ``gemv`` can run ``epilogue`` on this call, else why not."""
-    if not uses_half2(layout, config, dtype):
-        return f"epilogues run on the f16x2 kernel only (float16 activations, 2/3/4/8 bits; got {dtype})"
-    return epilogue.unfit_reason(layout.shape[0], config.block_n)
-
-
-@dataclass(frozen=True)
-class InputNorm:
-    """RMSNorm applied by the GEMV to its input (``x`` is the residual stream): ``w * round(x * rstd)``."""
-
-    weight: torch.Tensor = field(repr=False)  # (in,) float16, 4-byte aligned
-    eps: float
-
-
-def norm_unfit(layout: KernelLayout, config: GemvConfig, dtype: torch.dtype, norm: InputNorm) -> str | None:
-    """None when ``gemv`` can normalise its input with ``norm`` on this call, else why not."""
-    if not uses_half2(layout, config, dtype):
-        return f"input norms run on the f16x2 kernel only (float16 activations, 2/3/4/8 bits; got {dtype})"
-    weight = norm.weight
-    if weight.shape != (layout.shape[1],) or weight.dtype != torch.float16 or not weight.is_contiguous():
-        return f"the norm weight must be a contiguous float16 vector of {layout.shape[1]} values"
-    if weight.data_ptr() % 4:
-        return "the norm weight must be 4-byte aligned (read as float16 pairs)"
-    return None
-
-
 def gemv(
     x: torch.Tensor,
     layout: KernelLayout,
@@ -158,31 +123,18 @@ def gemv(
     out: torch.Tensor | None = None,
     accumulate: bool = False,
     pdl: bool = False,
-    epilogue: Epilogue | None = None,
-    norm: InputNorm | None = None,
 ) -> torch.Tensor:
     """``x (in,) or (1, in) -> (1, out)`` in x's dtype; the caller has checked the format and shapes.
 
     ``out`` (contiguous, x's dtype, ``out`` elements) receives the result when given; with ``accumulate``
     the result is added to what ``out`` holds (a fused residual add: no zeroing, no extra launch). ``pdl``:
     launched with programmatic dependent launch (``_pdl.py``; the caller checks ``pdl_supported``).
-    ``epilogue``: the last program normalises or activates the finished output (``gemv_epilogue.py``;
-    f16x2 path only, see ``epilogue_unfit``). ``norm``: ``x`` is RMS-normalised by every program before
-    use (f16x2 path only, see ``norm_unfit``).
     """
     if accumulate and out is None:
         raise ValueError("gemv: accumulate=True adds into an output, pass out=")
     out_features, in_features = layout.shape
     x = x.reshape(-1).contiguous()  # (in,)
-    h2 = uses_half2(layout, config, x.dtype)
-    if epilogue is not None:
-        reason = epilogue_unfit(layout, config, x.dtype, epilogue)
-        if reason is not None:
-            raise ValueError(f"gemv: {reason}")
-    if norm is not None:
-        reason = norm_unfit(layout, config, x.dtype, norm)
-        if reason is not None:
-            raise ValueError(f"gemv: {reason}")
+    h2 = bool(config.half2) and x.dtype == torch.float16 and layout.a.shape[0] == 1 and layout.bits in HALF2_R
     block_k = layout.chunk
     if not h2:
         block_k = max(layout.chunk, 1 << (min(config.block_k, in_features).bit_length() - 1))
@@ -203,25 +155,17 @@ def gemv(
     if h2:
         if x.data_ptr() % 4:
             x = x.clone()  # int32 pairs need 4-byte alignment
-        norm_weight = x if norm is None else norm.weight
         gemv_h2_kernel[grid](
             x,
             x.view(torch.int32),
-            norm_weight,
-            norm_weight.view(torch.int32),
             layout.a,
             b,
             layout.scales,
             mins,
             y,
-            y if epilogue is None else epilogue.out,
-            y if epilogue is None or epilogue.weight is None else epilogue.weight,
-            y if epilogue is None else epilogue.tickets,
             out_features,
             in_features,
             layout.qoff,
-            0.0 if epilogue is None else epilogue.eps,
-            0.0 if norm is None else norm.eps,
             BITS=layout.bits,
             GROUP=layout.group_size,
             HAS_MIN=layout.mins is not None,
@@ -234,10 +178,6 @@ def gemv(
             ASM=os.environ.get("TRITON_INTERPRET") != "1",
             ATOMIC=atomic,
             PDL=pdl,
-            NORM=norm is not None,
-            NORM_BLOCK=1 if norm is None else triton.next_power_of_2(in_features),
-            EPILOGUE=NONE if epilogue is None else epilogue.code(),
-            E_BLOCK=1 if epilogue is None else epilogue.block(out_features, config.block_n),
             num_warps=config.num_warps,
             num_stages=1,
             **pdl_launch(pdl),

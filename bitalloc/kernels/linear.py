@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from bitalloc.kernels.fragment_layout import FragmentLayout, to_fragment_layout
-from bitalloc.kernels.gemv_epilogue import Epilogue
-
-if TYPE_CHECKING:
-    from bitalloc.kernels.gemv import InputNorm
 from bitalloc.kernels.layout import KernelLayout, to_layout
 from bitalloc.kernels.registry import KernelChoice, Registry
 from bitalloc.quantizers.quant_linear import QuantLinear
@@ -91,54 +86,21 @@ class KernelQuantLinear(QuantLinear):
         return y.view(*x.shape[:-1], self.out_features)
 
     def forward_into(
-        self,
-        x: torch.Tensor,
-        out: torch.Tensor,
-        accumulate: bool = False,
-        pdl: bool = False,
-        epilogue: Epilogue | None = None,
-        norm: InputNorm | None = None,
+        self, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False, pdl: bool = False
     ) -> torch.Tensor:
         """``out (rows, out_features) [+]= x W^T + b`` for contiguous ``x (rows, in)`` and ``out``: batch 1 on
         the GEMV writes (or adds, for a fused residual) in place, launched with programmatic dependent launch
-        when ``pdl``, runs ``epilogue`` in its last program and normalises its input with ``norm`` (check
-        ``epilogue_unfit`` / ``norm_unfit`` first); other paths compute, then copy or add (plain launches)."""
-        from bitalloc.kernels.gemv import GemvConfig, gemv
-
-        for extra, unfit in ((epilogue, self.epilogue_unfit), (norm, self.norm_unfit)):
-            reason = None if extra is None else unfit(x, extra)
-            if reason is not None:
-                raise ValueError(f"forward_into: {reason}")
+        when ``pdl``; other paths compute, then copy or add (ordinary launches)."""
         choice = self.choice(x)
         if choice.kernel == "gemv" and x.shape[0] == 1:
-            config = GemvConfig(**choice.params)
-            gemv(x, self.layout(), config, out, accumulate, pdl, epilogue, norm)
+            from bitalloc.kernels.gemv import GemvConfig, gemv
+
+            gemv(x, self.layout(), GemvConfig(**choice.params), out=out, accumulate=accumulate, pdl=pdl)
             if self.bias is not None:
                 out.add_(self.bias.to(out.dtype))
             return out
         y = self.forward(x)
         return out.add_(y) if accumulate else out.copy_(y)
-
-    def epilogue_unfit(self, x: torch.Tensor, epilogue: Epilogue) -> str | None:
-        """None when ``forward_into(x, ..., epilogue=epilogue)`` runs the epilogue inside the GEMV, else why
-        not."""
-        from bitalloc.kernels.gemv import GemvConfig, epilogue_unfit
-
-        choice = self.choice(x)
-        if choice.kernel != "gemv" or x.shape[0] != 1:
-            return f"{x.shape[0]} rows run {choice.kernel} ({choice.reason or 'not the GEMV'})"
-        if self.bias is not None:
-            return "the bias is added after the GEMV"
-        return epilogue_unfit(self.layout(), GemvConfig(**choice.params), x.dtype, epilogue)
-
-    def norm_unfit(self, x: torch.Tensor, norm: InputNorm) -> str | None:
-        """None when ``forward_into(x, ..., norm=norm)`` normalises the input in the GEMV, else why not."""
-        from bitalloc.kernels.gemv import GemvConfig, norm_unfit
-
-        choice = self.choice(x)
-        if choice.kernel != "gemv" or x.shape[0] != 1:
-            return f"{x.shape[0]} rows run {choice.kernel} ({choice.reason or 'not the GEMV'})"
-        return norm_unfit(self.layout(), GemvConfig(**choice.params), x.dtype, norm)
 
     def _warn_once(self, reason: str) -> None:
         if reason in self._warned:

@@ -9,10 +9,7 @@ replays every step. Model types: Llama, Mistral (within its sliding window) and 
 tables come from the model's own rotary module (static rope types). Weights may be float16 ``nn.Linear``
 (cuBLAS) or ``QuantLinear`` of any candidate (the registry's kernel, or the reference path with a warning).
 On Hopper the decoder's own kernels use programmatic dependent launch (``kernels/_pdl.py``): each GEMV's
-first weights load while the kernel before it still runs. Norms and the activation can run inside the GEMVs
-instead of their own launches (``fuse``): q/k/v and gate/up normalising the residual stream themselves
-(``InputNorm``), the last program of o / down writing the next norm and that of gate/up the SiLU-and-multiply
-(``kernels/gemv_epilogue.py``). The decoder copies the weights it fuses; the
+first weights load while the kernel before it still runs. The decoder copies the weights it fuses; the
 source model can be dropped after.
 
 Prompts are fed one token per step (no batched prefill): this runner exists to measure and serve decoding.
@@ -21,8 +18,8 @@ Prompts are fed one token per step (no batched prefill): this runner exists to m
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -31,8 +28,6 @@ from bitalloc.errors import InvalidInput
 from bitalloc.kernels._pdl import pdl_supported
 from bitalloc.kernels.argmax import argmax_row
 from bitalloc.kernels.decode_attention import AttentionWorkspace, decode_attention
-from bitalloc.kernels.gemv import InputNorm
-from bitalloc.kernels.gemv_epilogue import Epilogue
 from bitalloc.kernels.registry import Registry
 from bitalloc.kernels.rmsnorm import rmsnorm
 from bitalloc.kernels.silu_mul import silu_mul
@@ -40,7 +35,6 @@ from bitalloc.runtime.projection import FusedProjection
 
 MODEL_TYPES = {"llama", "mistral", "qwen2"}  # same block: RMSNorm, rotate-half rope, GQA, SiLU-gated MLP
 STATIC_ROPE = {"default", "linear", "llama3", "yarn"}  # frequencies independent of the sequence length
-FUSIONS = ("qkv_norm", "gate_up_norm", "norm_epilogue", "silu_epilogue")  # what ``fuse`` may name
 SPARE_ROWS = 2  # cache and rope rows past max_len: capture()'s warm-up steps may run there
 
 
@@ -102,26 +96,6 @@ class DecoderDims:
 
 
 @dataclass(frozen=True)
-class LayerFusion:
-    """A layer's norms and activation run inside its GEMVs (None: its own launch): q/k/v and gate/up
-    normalising the residual stream themselves, or the last program of o (post-attention norm) and down
-    (the next norm) writing it; SiLU-and-multiply by the last programs of gate/up."""
-
-    qkv_norm: InputNorm | None
-    o_tail: Epilogue | None
-    up_norm: InputNorm | None
-    act_tail: Epilogue | None
-    down_tail: Epilogue | None
-
-    @property
-    def count(self) -> int:
-        """Launches this layer saves."""
-        return sum(
-            x is not None for x in (self.qkv_norm, self.o_tail, self.up_norm, self.act_tail, self.down_tail)
-        )
-
-
-@dataclass(frozen=True)
 class DecoderLayer:
     """One layer's norms, fused projections and KV cache ``(kv_heads, max_len, head_dim)``."""
 
@@ -151,12 +125,7 @@ class LlamaDecoder:
     """Greedy batch-1 decoding of a Llama-architecture model (float16) with fused launches."""
 
     def __init__(
-        self,
-        model: nn.Module,
-        max_len: int,
-        registry: Registry | None = None,
-        pdl: bool | None = None,
-        fuse: Collection[str] = (),
+        self, model: nn.Module, max_len: int, registry: Registry | None = None, pdl: bool | None = None
     ) -> None:
         inner = _check_model(model)
         dims = DecoderDims.of(model.config, max_len)
@@ -185,10 +154,6 @@ class LlamaDecoder:
         self.layers = [self._layer(block, registry) for block in inner.layers]
         self.cos, self.sin = self._rotary_tables(inner.rotary_emb)
         self._allocate()
-        unknown = set(fuse) - set(FUSIONS)
-        if unknown:
-            raise InvalidInput(f"fuse takes steps among {FUSIONS}; got {sorted(unknown)}")
-        self.fusions = self._fusions(fuse)
         self.position = 0  # host copy of ``pos``: the next token's position
         self._graph: torch.cuda.CUDAGraph | None = None
 
@@ -240,63 +205,18 @@ class LlamaDecoder:
         # per-layer projection outputs, zeroed by one memset per step: the kernels add into them
         self.scratch = torch.zeros(d.layers, qkv_width + 2 * d.intermediate, dtype=f16, device=dev)
         self.workspace = AttentionWorkspace.create(d.heads, self.rows, d.head_dim, dev)
-        self.tickets = torch.zeros(max(1, d.intermediate // 16), dtype=torch.int32, device=dev)  # epilogues
         self.qkv_width = qkv_width
-
-    def _fusions(self, fuse: Collection[str]) -> list[LayerFusion]:
-        """Which norms and activations each layer runs inside its GEMVs, where its projections allow:
-        ``qkv_norm`` / ``gate_up_norm`` (those GEMVs normalise the residual stream themselves; preferred),
-        else ``norm_epilogue`` (the last program of o / down writes the next norm), and ``silu_epilogue``
-        (the last programs of gate/up). What is not fused is its own launch."""
-        d, fusions = self.dims, []
-        for layer in self.layers:
-            qkv_norm = InputNorm(layer.input_norm, d.eps)
-            up_norm = InputNorm(layer.post_norm, d.eps)
-            post = Epilogue("rmsnorm", self.normed, self.tickets, layer.post_norm, d.eps)
-            act = Epilogue("silu_mul", self.act, self.tickets)
-            up_fits = "gate_up_norm" in fuse and not layer.gate_up.norm_unfit(self.hidden, up_norm)
-            o_fits = "norm_epilogue" in fuse and not up_fits and not layer.o.epilogue_unfit(self.attn, post)
-            act_fits = "silu_epilogue" in fuse and not layer.gate_up.epilogue_unfit(self.normed, act)
-            qkv_fits = "qkv_norm" in fuse and not layer.qkv.norm_unfit(self.hidden, qkv_norm)
-            fusions.append(
-                LayerFusion(
-                    qkv_norm=qkv_norm if qkv_fits else None,
-                    o_tail=post if o_fits else None,
-                    up_norm=up_norm if up_fits else None,
-                    act_tail=act if act_fits else None,
-                    down_tail=None,
-                )
-            )
-        for i, layer in enumerate(self.layers):  # down writes the next norm unless the next q/k/v does
-            after = Epilogue("rmsnorm", self.normed, self.tickets, self._norm_after(i), d.eps)
-            next_reads_normed = i + 1 == len(self.layers) or fusions[i + 1].qkv_norm is None
-            fits = "norm_epilogue" in fuse and not layer.down.epilogue_unfit(self.act, after)
-            fusions[i] = replace(fusions[i], down_tail=after if next_reads_normed and fits else None)
-        return fusions
-
-    def _norm_after(self, i: int) -> torch.Tensor:
-        """The RMSNorm weight applied to the residual stream after layer ``i``."""
-        return self.layers[i + 1].input_norm if i + 1 < len(self.layers) else self.final_norm
-
-    @property
-    def fused_norms_and_activations(self) -> int:
-        """Norms and activations per step run inside a GEMV instead of their own launch."""
-        return sum(f.count for f in self.fusions)
 
     def _forward(self) -> None:
         """One step on the static buffers: ``token``, ``pos`` -> ``logits``, next ``token``, ``pos + 1``."""
-        d, pdl, last = self.dims, self.pdl, len(self.layers) - 1
+        d, pdl = self.dims, self.pdl
         self.scratch.zero_()
         torch.index_select(self.embed, 0, self.token, out=self.hidden)
-        if not self.layers or self.fusions[0].qkv_norm is None:
-            first_norm = self.layers[0].input_norm if self.layers else self.final_norm
-            rmsnorm(self.hidden, first_norm, d.eps, self.normed, pdl)
         for i, layer in enumerate(self.layers):
-            f = self.fusions[i]
             qkv = self.scratch[i : i + 1, : self.qkv_width]  # (1, qkv_width)
             gate_up = self.scratch[i : i + 1, self.qkv_width :]  # (1, 2 * intermediate)
-            qkv_in = self.normed if f.qkv_norm is None else self.hidden
-            layer.qkv.run(qkv_in, qkv, accumulate=True, pdl=pdl, norm=f.qkv_norm)
+            rmsnorm(self.hidden, layer.input_norm, d.eps, self.normed, pdl)
+            layer.qkv.run(self.normed, qkv, accumulate=True, pdl=pdl)
             decode_attention(
                 qkv,
                 self.cos,
@@ -309,18 +229,12 @@ class LlamaDecoder:
                 self.workspace,
                 pdl=pdl,
             )
-            # residual add in the projection; its last program may normalise the result
-            layer.o.run(self.attn, self.hidden, accumulate=True, pdl=pdl, epilogue=f.o_tail)
-            if f.o_tail is None and f.up_norm is None:
-                rmsnorm(self.hidden, layer.post_norm, d.eps, self.normed, pdl)
-            up_in = self.normed if f.up_norm is None else self.hidden
-            layer.gate_up.run(up_in, gate_up, accumulate=True, pdl=pdl, epilogue=f.act_tail, norm=f.up_norm)
-            if f.act_tail is None:
-                silu_mul(gate_up, self.act, pdl=pdl)
-            layer.down.run(self.act, self.hidden, accumulate=True, pdl=pdl, epilogue=f.down_tail)
-            next_reads_normed = i == last or self.fusions[i + 1].qkv_norm is None
-            if f.down_tail is None and next_reads_normed:
-                rmsnorm(self.hidden, self._norm_after(i), d.eps, self.normed, pdl)
+            layer.o.run(self.attn, self.hidden, accumulate=True, pdl=pdl)  # residual add in the projection
+            rmsnorm(self.hidden, layer.post_norm, d.eps, self.normed, pdl)
+            layer.gate_up.run(self.normed, gate_up, accumulate=True, pdl=pdl)
+            silu_mul(gate_up, self.act, pdl=pdl)
+            layer.down.run(self.act, self.hidden, accumulate=True, pdl=pdl)
+        rmsnorm(self.hidden, self.final_norm, d.eps, self.normed)
         self.lm_head.run(self.normed, self.logits)
         argmax_row(self.logits, self.token, pdl)
         self.pos.add_(1)

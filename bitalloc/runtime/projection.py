@@ -14,8 +14,6 @@ import torch
 from torch import nn
 
 from bitalloc.errors import InvalidInput
-from bitalloc.kernels.gemv import InputNorm
-from bitalloc.kernels.gemv_epilogue import Epilogue
 from bitalloc.kernels.linear import KernelQuantLinear
 from bitalloc.kernels.registry import Registry
 from bitalloc.quantizers.quant_linear import QuantLinear
@@ -134,47 +132,11 @@ class FusedProjection:
         """How many weight launches one call takes."""
         return len(self.runs)
 
-    def epilogue_unfit(self, x: torch.Tensor, epilogue: Epilogue) -> str | None:
-        """None when ``run(x, ..., epilogue=epilogue)`` runs the epilogue in its one GEMV, else why not."""
-        if len(self.runs) != 1:
-            return f"{len(self.runs)} launches (formats differ): no one GEMV sees the whole output"
-        run = self.runs[0][2]
-        if isinstance(run, DenseRun):
-            return "float16 weights run on cuBLAS"
-        return run.linear.epilogue_unfit(x, epilogue)
-
-    def norm_unfit(self, x: torch.Tensor, norm: InputNorm) -> str | None:
-        """None when each run of ``run(x, ..., norm=norm)`` normalises its input in its GEMV, else why not."""
-        for _, _, run in self.runs:
-            if isinstance(run, DenseRun):
-                return "float16 weights run on cuBLAS"
-            reason = run.linear.norm_unfit(x, norm)
-            if reason is not None:
-                return reason
-        return None
-
     def run(
-        self,
-        x: torch.Tensor,
-        out: torch.Tensor,
-        accumulate: bool = False,
-        pdl: bool = False,
-        epilogue: Epilogue | None = None,
-        norm: InputNorm | None = None,
+        self, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False, pdl: bool = False
     ) -> torch.Tensor:
         """``out (1, out_features) [+]= x (1, in) [W_1; W_2; ...]^T`` (contiguous rows); ``pdl``: kernels that
-        support it use programmatic dependent launch; ``epilogue``: run by the GEMV's last program; ``norm``:
-        each GEMV RMS-normalises ``x`` itself (check ``epilogue_unfit`` / ``norm_unfit`` first)."""
-        reason = None if epilogue is None else self.epilogue_unfit(x, epilogue)
-        reason = reason or (None if norm is None else self.norm_unfit(x, norm))
-        if reason is not None:
-            raise InvalidInput(f"this projection cannot fuse its norm or epilogue: {reason}")
-        if epilogue is not None:
-            self.runs[0][2].linear.forward_into(x, out, accumulate, pdl, epilogue, norm)
-            return out
+        support it use programmatic dependent launch."""
         for start, stop, run in self.runs:
-            if norm is None:
-                run.run(x, out[:, start:stop], accumulate, pdl)
-            else:
-                run.linear.forward_into(x, out[:, start:stop], accumulate, pdl, norm=norm)
+            run.run(x, out[:, start:stop], accumulate, pdl)
         return out
