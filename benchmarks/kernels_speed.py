@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from bitalloc.kernels._pdl import pdl_supported
 from bitalloc.kernels.fragment_layout import FragmentLayout, to_fragment_layout
 from bitalloc.kernels.gemm import GemmConfig, gemm
 from bitalloc.kernels.gemm_swapab import SwapABConfig, swapab
@@ -152,7 +153,13 @@ def run_kernel(
     kernel: str,
     params: dict[str, int],
     frag: FragmentLayout | None = None,
+    into: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """One call of ``kernel``. ``into``: a batch-1 GEMV adds into this output, launched with programmatic
+    dependent launch where supported: one launch, as the decoder calls it (without it, split-K zeroes a fresh
+    output first: a memset launch per call)."""
+    if into is not None and kernel == "gemv":
+        return gemv(x, layout, GemvConfig(**params), out=into, accumulate=True, pdl=pdl_supported(x.device))
     if kernel == "mma":
         return mma_matmul(x, frag, MmaConfig(**params))
     if kernel == "gemv":
@@ -358,7 +365,7 @@ def latency_csv(
 ) -> None:
     """Time every (bits, group, symmetry) x shape x batch with the registry's choice; write CSV. Isolated
     calls (``bench``: L2 flushed, one call per graph) or, with ``pipelined``, calls back to back on rotating
-    weight copies (``bench_pipelined``)."""
+    weight copies (``bench_pipelined``; batch-1 GEMVs add into one output with PDL, as in the decoder)."""
     fields = [
         "format",
         "bits",
@@ -397,9 +404,11 @@ def latency_csv(
                         pairs = [(layout, frag)] + [
                             (clone_tensors(layout), frag and clone_tensors(frag)) for _ in range(copies - 1)
                         ]
+                        into = torch.zeros(1, shape[0], dtype=x.dtype, device=x.device)  # the decoder's way
+                        c = choice
                         us = bench_pipelined(
                             [
-                                lambda p=p, c=choice, x=x: run_kernel(x, p[0], c.kernel, c.params, p[1])
+                                lambda p=p, c=c, x=x, o=into: run_kernel(x, p[0], c.kernel, c.params, p[1], o)
                                 for p in pairs
                             ]
                         )
