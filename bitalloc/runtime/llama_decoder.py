@@ -7,7 +7,8 @@ projection added into the residual; then the final norm, the LM head and the gre
 is allocated once and the position lives on the device (incremented by the step), so one captured CUDA graph
 replays every step. Model types: Llama, Mistral (within its sliding window) and Qwen2 (q/k/v biases); the rope
 tables come from the model's own rotary module (static rope types). Weights may be float16 ``nn.Linear``
-(cuBLAS) or ``QuantLinear`` of any candidate (the registry's kernel, or the reference path with a warning).
+(cuBLAS), ``QuantLinear`` of any candidate (the registry's kernel, or the reference path with a warning) or
+``PackedLinear`` (its own torch forward, with a warning: k-means, nested, lookup-table, W8A8/W4A4 formats).
 On Hopper the decoder's own kernels use programmatic dependent launch (``kernels/_pdl.py``): each GEMV's
 first weights load while the kernel before it still runs. The decoder copies the weights it fuses; the
 source model can be dropped after.

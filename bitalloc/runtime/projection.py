@@ -3,10 +3,12 @@
 Consecutive members of one format (all float16 ``nn.Linear``, or ``QuantLinear`` of one candidate) are
 concatenated along the outputs into one weight, so a decoder layer's q/k/v or gate/up take one launch when the
 plan ties their formats (as vLLM and llama.cpp require). Each run writes its slice of one output row.
+``PackedLinear`` members (formats no kernel reads) run alone on their own torch forward, with one warning.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,8 +16,9 @@ import torch
 from torch import nn
 
 from bitalloc.errors import InvalidInput
-from bitalloc.kernels.linear import KernelQuantLinear
+from bitalloc.kernels.linear import KernelFallbackWarning, KernelQuantLinear
 from bitalloc.kernels.registry import Registry
+from bitalloc.quantizers.packed_linear import PackedLinear
 from bitalloc.quantizers.quant_linear import QuantLinear
 from bitalloc.quantizers.quantized_weight import QuantizedWeight
 
@@ -49,12 +52,29 @@ class QuantRun:
         self.linear.forward_into(x, out, accumulate, pdl)
 
 
+@dataclass(frozen=True)
+class ReferenceRun:
+    """A ``PackedLinear`` (k-means, nested, lookup-table and weight-activation formats): no kernel reads its
+    layout, so its own torch forward runs (dequantizing every call: correct, slow)."""
+
+    module: PackedLinear
+
+    def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool, pdl: bool = False) -> None:
+        """``out (1, out) [+]= module(x)`` (ordinary launches whatever ``pdl`` says)."""
+        y = self.module(x)
+        out.add_(y) if accumulate else out.copy_(y)
+
+
 def _format(module: nn.Module) -> str:
     if isinstance(module, QuantLinear):
         return module.candidate.name
+    if isinstance(module, PackedLinear):
+        return f"packed-{id(module)}"  # runs alone
     if isinstance(module, nn.Linear):
         return f"dense-{module.weight.dtype}"
-    raise InvalidInput(f"a decoder projection must be nn.Linear or QuantLinear, got {type(module).__name__}")
+    raise InvalidInput(
+        f"a decoder projection must be nn.Linear, QuantLinear or PackedLinear, got {type(module).__name__}"
+    )
 
 
 def _concat_quant(members: Sequence[QuantLinear]) -> QuantizedWeight:
@@ -99,7 +119,7 @@ class FusedProjection:
         if len(in_features) != 1:
             raise InvalidInput(f"fused linears must share the input size, got {sorted(in_features)}")
         self.in_features = in_features.pop()
-        self.runs: list[tuple[int, int, DenseRun | QuantRun]] = []
+        self.runs: list[tuple[int, int, DenseRun | QuantRun | ReferenceRun]] = []
         start = 0
         i = 0
         while i < len(linears):
@@ -114,8 +134,16 @@ class FusedProjection:
         self.out_features = start
 
     @staticmethod
-    def _build(members: Sequence[nn.Module], registry: Registry) -> DenseRun | QuantRun:
+    def _build(members: Sequence[nn.Module], registry: Registry) -> DenseRun | QuantRun | ReferenceRun:
         first = members[0]
+        if isinstance(first, PackedLinear):
+            warnings.warn(
+                f"{first.candidate.name} weight of shape ({first.out_features}, {first.in_features}) runs on "
+                "the torch reference path in the decoder (slow): no kernel reads its layout",
+                KernelFallbackWarning,
+                stacklevel=4,
+            )
+            return ReferenceRun(first)
         if isinstance(first, QuantLinear):
             if len(members) == 1:
                 source = first

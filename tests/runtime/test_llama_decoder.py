@@ -87,6 +87,30 @@ def test_unsupported_format_falls_back_with_one_warning():
     assert_close(ours, ref, 1e-2)
 
 
+def test_packed_linear_runs_its_own_forward_with_one_warning():
+    """A PackedLinear (here bit-nested codes, as ``bitalloc apply`` writes them) has no kernel in the decoder:
+    its own forward runs in its slot of the fused projection, warned about once, and the logits stay right."""
+    from bitalloc.quantizers import nested
+    from bitalloc.quantizers.candidate import Candidate
+    from bitalloc.quantizers.packed_linear import PackedLinear
+
+    model = tiny_llama(seed=10, layers=1)
+    quantize_linears(model, {k: v for k, v in MIXED.items() if k != "v_proj"})
+    attn = model.model.layers[0].self_attn
+    packed = nested.quantize_many(
+        attn.v_proj.weight.detach().float().cpu(), [Candidate.parse("nest-w4g32-asym")], None
+    )
+    attn.v_proj = PackedLinear.from_linear(attn.v_proj, packed[0]).to(model.device)
+    ids = torch.randint(0, 256, (1, 4), generator=torch.Generator().manual_seed(10)).to(model.device)
+    with torch.no_grad():
+        ref = model(ids).logits[0].float()
+    with pytest.warns(KernelFallbackWarning, match="nest-w4g32-asym") as caught:
+        decoder = LlamaDecoder(model, max_len=4)
+    assert sum(issubclass(w.category, KernelFallbackWarning) for w in caught) == 1
+    assert decoder.layers[0].qkv.launches == 2  # q/k fused on the kernel, v on its own forward
+    assert_close(decoder_logits(decoder, ids), ref, 1e-2)
+
+
 def test_generate_is_greedy_and_refuses_overlong_sequences():
     model = tiny_llama(seed=3, layers=1)
     decoder = LlamaDecoder(model, max_len=7)
