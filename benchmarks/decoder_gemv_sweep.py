@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from kernels_e2e import llama_1b, mixed_plan, quantize_plan
+from kernels_e2e import decoder_step_us, llama_1b, mixed_plan, quantize_plan
 
 from bitalloc.kernels.registry import Registry, TunedEntry, default_table
 from bitalloc.runtime.llama_decoder import LlamaDecoder
@@ -43,18 +42,9 @@ def use_registry(decoder: LlamaDecoder, registry: Registry) -> None:
 
 
 def step_us(decoder: LlamaDecoder, registry: Registry, tokens: int) -> float:
-    """Mean decode step (us) of ``decoder`` captured with ``registry``, back to back."""
+    """Mean decode step (us) of ``decoder`` captured with ``registry``, back to back after 4 positions."""
     use_registry(decoder, registry)
-    decoder.reset()
-    decoder.capture()
-    for _ in range(4):
-        decoder.step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(tokens):
-        decoder.step()
-    torch.cuda.synchronize()
-    return 1e6 * (time.perf_counter() - start) / tokens
+    return decoder_step_us(decoder, tokens, context=4)[1]
 
 
 def with_entry(registry: Registry, bits: int, shape: tuple[int, int], params: dict[str, int]) -> Registry:
