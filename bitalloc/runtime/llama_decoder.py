@@ -13,7 +13,8 @@ On Hopper the decoder's own kernels use programmatic dependent launch (``kernels
 first weights load while the kernel before it still runs. The decoder copies the weights it fuses; the
 source model can be dropped after.
 
-Prompts are fed one token per step (no batched prefill): this runner exists to measure and serve decoding.
+A prompt goes in one ``prefill`` pass (batched projections on the registry's kernels for that many rows,
+causal attention in torch), then decoding continues one step (one graph replay) per token.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from bitalloc.kernels.decode_attention import AttentionWorkspace, decode_attenti
 from bitalloc.kernels.registry import Registry
 from bitalloc.kernels.rmsnorm import rmsnorm
 from bitalloc.kernels.silu_mul import silu_mul
+from bitalloc.runtime.prefill_attention import prefill_attention
 from bitalloc.runtime.projection import FusedProjection
 
 MODEL_TYPES = {"llama", "mistral", "qwen2"}  # same block: RMSNorm, rotate-half rope, GQA, SiLU-gated MLP
@@ -294,8 +296,48 @@ class LlamaDecoder:
         self.position += 1
         return self.logits
 
+    def prefill(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Feed ``tokens`` in one pass from the current position: batched projections (the registry's kernel
+        for that many rows), causal attention over the cache (``prefill_attention``), their keys and values
+        cached. Returns the last token's ``(1, vocab)`` logits (its greedy choice in ``token``, as after a
+        step) and advances the position by ``len(tokens)``; ``step`` (and a captured graph) go on from it."""
+        if not tokens:
+            raise InvalidInput("prefill needs at least one token")
+        start, count = self.position, len(tokens)
+        if start + count > self.max_len:
+            raise InvalidInput(
+                f"position {start} + {count} prompt tokens exceed max_len={self.max_len}; build the decoder "
+                f"with max_len >= {start + count}"
+            )
+        bad = [t for t in tokens if not 0 <= int(t) < self.embed.shape[0]]
+        if bad:
+            raise InvalidInput(
+                f"token ids {bad[:5]} are outside the vocabulary (0 .. {self.embed.shape[0] - 1})"
+            )
+        d = self.dims
+        with torch.no_grad():
+            hidden = self.embed[torch.tensor([int(t) for t in tokens], device=self.device)]  # (T, hidden)
+            normed = torch.empty_like(hidden)
+            act = torch.empty(count, d.intermediate, dtype=hidden.dtype, device=self.device)
+            for layer in self.layers:
+                rmsnorm(hidden, layer.input_norm, d.eps, normed)
+                qkv = layer.qkv.forward(normed)  # (T, qkv_width)
+                attn = prefill_attention(
+                    qkv, d.heads, d.kv_heads, self.cos, self.sin, layer.k_cache, layer.v_cache, start
+                )
+                hidden += layer.o.forward(attn)
+                rmsnorm(hidden, layer.post_norm, d.eps, normed)
+                silu_mul(layer.gate_up.forward(normed), act)
+                hidden += layer.down.forward(act)
+            rmsnorm(hidden[-1:], self.final_norm, d.eps, self.normed)
+            self.lm_head.run(self.normed, self.logits)
+            argmax_row(self.logits, self.token)
+            self.pos.fill_(start + count)
+        self.position = start + count
+        return self.logits
+
     def generate(self, prompt: Sequence[int], new_tokens: int) -> list[int]:
-        """Greedy continuation of ``prompt`` (fed one token per step) by ``new_tokens`` tokens."""
+        """Greedy continuation of ``prompt`` (fed in one ``prefill`` pass) by ``new_tokens`` tokens."""
         if not prompt:
             raise InvalidInput("generate needs a prompt of at least one token")
         if new_tokens < 1:
@@ -306,8 +348,7 @@ class LlamaDecoder:
                 f"build the decoder with max_len >= {len(prompt) + new_tokens}"
             )
         self.reset()
-        for tok in prompt:
-            self.step(int(tok))
+        self.prefill(prompt)
         out = [int(self.token.item())]
         for _ in range(new_tokens - 1):
             self.step()

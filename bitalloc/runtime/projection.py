@@ -40,6 +40,10 @@ class DenseRun:
         if self.bias is not None:
             out.add_(self.bias)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (rows, in) -> (rows, out)``."""
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
 
 @dataclass(frozen=True)
 class QuantRun:
@@ -50,6 +54,10 @@ class QuantRun:
     def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool, pdl: bool = False) -> None:
         """``out (1, out) [+]= x (1, in) W^T + b`` on the kernel the registry picks."""
         self.linear.forward_into(x, out, accumulate, pdl)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (rows, in) -> (rows, out)`` on the kernel the registry picks for that many rows."""
+        return self.linear(x)
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,10 @@ class ReferenceRun:
         """``out (1, out) [+]= module(x)`` (ordinary launches whatever ``pdl`` says)."""
         y = self.module(x)
         out.add_(y) if accumulate else out.copy_(y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (rows, in) -> (rows, out)``."""
+        return self.module(x)
 
 
 def _format(module: nn.Module) -> str:
@@ -168,3 +180,8 @@ class FusedProjection:
         for start, stop, run in self.runs:
             run.run(x, out[:, start:stop], accumulate, pdl)
         return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (rows, in) -> (rows, out_features)`` for any number of rows (a prompt's batched pass)."""
+        outputs = [run.forward(x) for _, _, run in self.runs]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
