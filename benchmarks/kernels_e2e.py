@@ -1,6 +1,6 @@
 """End-to-end decoding speed: a random-initialised ~1B Llama-shaped model, fp16 vs a mixed 4/3-bit plan.
 
-    python benchmarks/kernels_e2e.py [--tokens 64] [--context 0,512] \
+    python benchmarks/kernels_e2e.py [--tokens 64] [--context 0,512] [--prompt 512] \
         [--latency bitalloc/kernels/configs/latency_h100.csv]
 
 Every decoder Linear is quantized with RTN (attention and down projections 4-bit, gate/up 3-bit, group
@@ -142,6 +142,31 @@ def decoder_step_us(decoder: LlamaDecoder, tokens: int, context: int) -> tuple[f
     return 1e6 * times[len(times) // 2], 1e6 * mean
 
 
+def prompt_ms(decoder: LlamaDecoder, prompt: int) -> tuple[float, float]:
+    """A prompt of ``prompt`` tokens: (median ms of one ``prefill`` pass, ms fed one captured step per
+    token)."""
+    ids = [1 + i % 1000 for i in range(prompt)]
+    decoder.capture()
+    times = []
+    for _ in range(5):
+        decoder.reset()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        decoder.prefill(ids)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    decoder.reset()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for token in ids:
+        decoder.step(token)
+    torch.cuda.synchronize()
+    stepped = time.perf_counter() - start
+    decoder.reset()
+    times.sort()
+    return 1e3 * times[len(times) // 2], 1e3 * stepped
+
+
 def logits_error(model: nn.Module, decoder: LlamaDecoder, steps: int = 8) -> tuple[float, float]:
     """Decoder vs transformers on the same random prompt: (max relative logit error over the steps, share of
     steps with the same greedy token)."""
@@ -225,6 +250,7 @@ def main() -> None:
     parser.add_argument("--context", default="0", help="comma-separated positions decoding starts at")
     parser.add_argument("--latency", type=Path, default=None, help="latency table to predict the step time")
     parser.add_argument("--profile", action="store_true", help="GPU time per kernel of the decoder steps")
+    parser.add_argument("--prompt", type=int, default=0, help="also time a prompt of this many tokens")
     parser.add_argument(
         "--latency-budget",
         type=float,
@@ -237,7 +263,8 @@ def main() -> None:
     if args.latency_budget is not None and args.latency is None:
         sys.exit("--latency-budget prices the plan with a latency table: give --latency")
     contexts = [int(c) for c in args.context.split(",")]
-    max_len = max(contexts) + args.tokens + 16
+    max_len = max(max(contexts) + args.tokens + 16, args.prompt)
+    prompts: dict[str, tuple[float, float]] = {}
     model = llama_1b()
     params = sum(p.numel() for p in model.parameters())
     times: dict[tuple[str, int], tuple[float, float]] = {}
@@ -249,6 +276,8 @@ def main() -> None:
     for ctx in contexts:
         times[("decoder fp16", ctx)] = decoder_step_us(dense, args.tokens, ctx)
     profiles = {"decoder fp16": profile_table(dense)} if args.profile else {}
+    if args.prompt:
+        prompts["decoder fp16"] = prompt_ms(dense, args.prompt)
     del dense
     if args.latency_budget is not None:  # a plan made by the allocator under a latency budget
         table = LatencyTable.load(args.latency)
@@ -266,6 +295,8 @@ def main() -> None:
     checks["decoder mixed"] = logits_error(model, mixed)
     for ctx in contexts:
         times[("decoder mixed", ctx)] = decoder_step_us(mixed, args.tokens, ctx)
+    if args.prompt:
+        prompts["decoder mixed"] = prompt_ms(mixed, args.prompt)
     if args.profile:
         profiles["decoder mixed"] = profile_table(mixed)
     launches = mixed.launches_per_step
@@ -300,6 +331,11 @@ def main() -> None:
             f"| {mean:.0f} | {1e6 / mean:.0f} |".replace("| nan | nan |", "| - | - |")
         )
     rows.append("")
+    for name, (once, stepped) in prompts.items():
+        rows.append(
+            f"{name}, prompt of {args.prompt} tokens: one prefill pass {once:.1f} ms, one step per token "
+            f"{stepped:.1f} ms ({stepped / once:.1f}x)"
+        )
     for name, (err, same) in checks.items():
         rows.append(
             f"{name} vs transformers (same weights, 8 steps): max relative logit error {err:.2e}, "
