@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -12,6 +14,9 @@ from bitalloc.kernels.fragment_layout import FragmentLayout, to_fragment_layout
 from bitalloc.kernels.layout import KernelLayout, to_layout
 from bitalloc.kernels.registry import KernelChoice, Registry
 from bitalloc.quantizers.quant_linear import QuantLinear
+from bitalloc.quantizers.quantized_weight import QuantizedWeight
+
+LayoutT = TypeVar("LayoutT", KernelLayout, FragmentLayout)
 
 
 class KernelFallbackWarning(UserWarning):
@@ -24,31 +29,31 @@ class KernelQuantLinear(QuantLinear):
     def __init__(self, source: QuantLinear, registry: Registry) -> None:
         super().__init__(source.qweight, source.bias)
         self.registry = registry
-        self._layout: KernelLayout | None = None
-        self._layout_key: tuple[int, ...] | None = None
-        self._fragments: FragmentLayout | None = None
-        self._fragments_key: tuple[int, ...] | None = None
+        self._layouts: dict[
+            str, tuple[tuple[int, ...], KernelLayout | FragmentLayout]
+        ] = {}  # kind -> (key, layout)
         self._warned: set[str] = set()
 
     def _buffers_key(self) -> tuple[int, ...]:
         """Identifies the current buffers: a layout built from other buffers is rebuilt."""
         return (self.codes.data_ptr(), self.scales.data_ptr(), self.codes.device.index or 0)
 
+    def _cached(self, kind: str, build: Callable[[QuantizedWeight], LayoutT]) -> LayoutT:
+        """The ``kind`` layout of the current buffers, built at first use and rebuilt when they move."""
+        key = self._buffers_key()
+        hit = self._layouts.get(kind)
+        if hit is None or hit[0] != key:
+            hit = (key, build(self.qweight))
+            self._layouts[kind] = hit
+        return hit[1]
+
     def layout(self) -> KernelLayout:
         """The bit-plane layout of the current buffers (rebuilt when they move or change)."""
-        key = self._buffers_key()
-        if self._layout is None or self._layout_key != key:
-            self._layout = to_layout(self.qweight)
-            self._layout_key = key
-        return self._layout
+        return self._cached("planes", to_layout)
 
     def fragments(self) -> FragmentLayout:
         """The tensor-core kernel's layout of the current buffers (built at the first batch of 2-16)."""
-        key = self._buffers_key()
-        if self._fragments is None or self._fragments_key != key:
-            self._fragments = to_fragment_layout(self.qweight)
-            self._fragments_key = key
-        return self._fragments
+        return self._cached("fragments", to_fragment_layout)
 
     def choice(self, x: torch.Tensor) -> KernelChoice:
         """Which path a call with activations ``x (..., in)`` takes."""

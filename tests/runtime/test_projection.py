@@ -54,5 +54,5 @@ def test_fused_projection_rejects_mismatched_inputs():
     gen = torch.Generator().manual_seed(3)
     with pytest.raises(InvalidInput, match="share the input size"):
         FusedProjection([linear(32, 64, None, gen), linear(32, 128, None, gen)], Registry.load())
-    with pytest.raises(InvalidInput, match=r"nn\.Linear or QuantLinear"):
+    with pytest.raises(InvalidInput, match=r"nn\.Linear, QuantLinear or PackedLinear"):
         FusedProjection([nn.Conv1d(4, 4, 1)], Registry.load())
