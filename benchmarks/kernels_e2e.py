@@ -236,6 +236,8 @@ def gemv_roles(decoder: LlamaDecoder, steps: int = 4) -> str:
         (e for e in prof.events() if e.device_type.name == "CUDA" and e.name.startswith("gemv")),
         key=lambda e: e.time_range.start,
     )
+    if len(gemvs) != len(roles) * decoder.dims.layers * steps:  # a fallback or another kernel shifts roles
+        return f"(GEMV roles need {len(roles)} f16x2 GEMVs per layer; the profile holds {len(gemvs)})"
     per_role = [0.0] * len(roles)
     for i, event in enumerate(gemvs):
         per_role[i % len(roles)] += event.device_time / steps / decoder.dims.layers

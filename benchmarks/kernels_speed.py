@@ -365,7 +365,8 @@ def latency_csv(
 ) -> None:
     """Time every (bits, group, symmetry) x shape x batch with the registry's choice; write CSV. Isolated
     calls (``bench``: L2 flushed, one call per graph) or, with ``pipelined``, calls back to back on rotating
-    weight copies (``bench_pipelined``; batch-1 GEMVs add into one output with PDL, as in the decoder)."""
+    weight copies (``bench_pipelined``; batch-1 GEMVs add into one output with PDL, as in the decoder; the
+    float16 column stays a plain ``F.linear`` per call)."""
     fields = [
         "format",
         "bits",

@@ -47,6 +47,11 @@ class KernelQuantLinear(QuantLinear):
             self._layouts[kind] = hit
         return hit[1]
 
+    @property
+    def built_layouts(self) -> tuple[str, ...]:
+        """The layouts held in memory: ``planes`` (GEMV/GEMM), ``fragments`` (tensor-core kernel)."""
+        return tuple(self._layouts)
+
     def layout(self) -> KernelLayout:
         """The bit-plane layout of the current buffers (rebuilt when they move or change)."""
         return self._cached("planes", to_layout)
@@ -63,9 +68,15 @@ class KernelQuantLinear(QuantLinear):
         interpret = os.environ.get("TRITON_INTERPRET") == "1"
         return self.registry.choose_call(cand, shape, rows, x.dtype, x.device, interpret)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (..., in) -> (..., out)`` on a kernel, or on the reference path for unsupported calls."""
+    def forward(self, x: torch.Tensor, fragments: bool = True) -> torch.Tensor:
+        """``x (..., in) -> (..., out)`` on a kernel, or on the reference path for unsupported calls.
+        ``fragments=False``: never the tensor-core kernel's fragment layout (a second copy of the codes,
+        kept once built), but the kernel that reads the bit-plane layout (for a one-off call such as a
+        prompt pass)."""
         choice = self.choice(x)
+        if choice.kernel == "mma" and not fragments:
+            rows = x.numel() // self.in_features
+            choice = self.registry.choose(self.candidate.bits, (self.out_features, self.in_features), rows)
         if choice.kernel == "reference":
             self._warn_once(choice.reason or "unknown")
             return super().forward(x)

@@ -301,6 +301,7 @@ class LlamaDecoder:
         for that many rows), causal attention over the cache (``prefill_attention``), their keys and values
         cached. Returns the last token's ``(1, vocab)`` logits (its greedy choice in ``token``, as after a
         step) and advances the position by ``len(tokens)``; ``step`` (and a captured graph) go on from it."""
+        tokens = [int(t) for t in tokens]  # a list, tuple or tensor of ids
         if not tokens:
             raise InvalidInput("prefill needs at least one token")
         start, count = self.position, len(tokens)
@@ -309,24 +310,26 @@ class LlamaDecoder:
                 f"position {start} + {count} prompt tokens exceed max_len={self.max_len}; build the decoder "
                 f"with max_len >= {start + count}"
             )
-        bad = [t for t in tokens if not 0 <= int(t) < self.embed.shape[0]]
+        bad = [t for t in tokens if not 0 <= t < self.embed.shape[0]]
         if bad:
             raise InvalidInput(
                 f"token ids {bad[:5]} are outside the vocabulary (0 .. {self.embed.shape[0] - 1})"
             )
         d = self.dims
         with torch.no_grad():
-            hidden = self.embed[torch.tensor([int(t) for t in tokens], device=self.device)]  # (T, hidden)
-            normed = torch.empty_like(hidden)
-            act = torch.empty(count, d.intermediate, dtype=hidden.dtype, device=self.device)
-            for layer in self.layers:
+            hidden = self.embed[torch.tensor(tokens, device=self.device)]  # (T, hidden)
+            for i, layer in enumerate(self.layers):
+                normed = torch.empty_like(hidden)
                 rmsnorm(hidden, layer.input_norm, d.eps, normed)
                 qkv = layer.qkv.forward(normed)  # (T, qkv_width)
                 attn = prefill_attention(
                     qkv, d.heads, d.kv_heads, self.cos, self.sin, layer.k_cache, layer.v_cache, start
                 )
+                if i == len(self.layers) - 1:  # every key and value is cached: only the last row goes on
+                    attn, hidden, normed = attn[-1:], hidden[-1:].contiguous(), normed[-1:]
                 hidden += layer.o.forward(attn)
                 rmsnorm(hidden, layer.post_norm, d.eps, normed)
+                act = torch.empty(hidden.shape[0], d.intermediate, dtype=hidden.dtype, device=self.device)
                 silu_mul(layer.gate_up.forward(normed), act)
                 hidden += layer.down.forward(act)
             rmsnorm(hidden[-1:], self.final_norm, d.eps, self.normed)

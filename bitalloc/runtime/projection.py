@@ -56,25 +56,46 @@ class QuantRun:
         self.linear.forward_into(x, out, accumulate, pdl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (rows, in) -> (rows, out)`` on the kernel the registry picks for that many rows."""
-        return self.linear(x)
+        """``x (rows, in) -> (rows, out)`` on the kernel the registry picks for that many rows, never building
+        the tensor-core fragment layout (a second copy of the codes: the decoder's steps read the GEMV's)."""
+        return self.linear(x, fragments=False)
 
 
 @dataclass(frozen=True)
 class ReferenceRun:
     """A ``PackedLinear`` (k-means, nested, lookup-table and weight-activation formats): no kernel reads its
-    layout, so its own torch forward runs (dequantizing every call: correct, slow)."""
+    layout, so its weight is dequantized once (``weight (out, in)`` in the activations' dtype, as its own
+    forward does per call) and runs on cuBLAS: the reference's numbers, no per-step dequantization (some
+    dequantizers synchronise with the host, which a CUDA graph cannot capture); the dense copy costs the
+    memory the packing saved. Weight-activation formats fake-quantize the input first, as their forward
+    does."""
 
     module: PackedLinear
+    weight: torch.Tensor
+    bias: torch.Tensor | None
 
-    def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool, pdl: bool = False) -> None:
-        """``out (1, out) [+]= module(x)`` (ordinary launches whatever ``pdl`` says)."""
-        y = self.module(x)
-        out.add_(y) if accumulate else out.copy_(y)
+    @classmethod
+    def of(cls, module: PackedLinear, dtype: torch.dtype) -> ReferenceRun:
+        """Dequantize ``module`` once into ``dtype``."""
+        weight = module.qweight.dequantize(torch.float32).to(dtype)  # (out, in)
+        return cls(module, weight, None if module.bias is None else module.bias.to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (rows, in) -> (rows, out)``."""
-        return self.module(x)
+        from bitalloc.quantizers.registry import spec_of
+
+        prepare = spec_of(self.module.candidate).prepare_input
+        if prepare is not None:
+            x = prepare(x, self.module.qweight)
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
+    def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool, pdl: bool = False) -> None:
+        """``out (1, out) [+]= forward(x)`` (ordinary launches whatever ``pdl`` says)."""
+        y = self.forward(x)
+        if accumulate:
+            out.add_(y)
+        else:
+            out.copy_(y)
 
 
 def _format(module: nn.Module) -> str:
@@ -151,11 +172,11 @@ class FusedProjection:
         if isinstance(first, PackedLinear):
             warnings.warn(
                 f"{first.candidate.name} weight of shape ({first.out_features}, {first.in_features}) runs on "
-                "the torch reference path in the decoder (slow): no kernel reads its layout",
+                "the reference path in the decoder (dequantized once to float16): no kernel reads its layout",
                 KernelFallbackWarning,
                 stacklevel=4,
             )
-            return ReferenceRun(first)
+            return ReferenceRun.of(first, torch.float16)  # the decoder runs float16 models
         if isinstance(first, QuantLinear):
             if len(members) == 1:
                 source = first

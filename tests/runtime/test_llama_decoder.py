@@ -182,6 +182,14 @@ def test_cuda_graph_steps_equal_eager_steps(pdl):
     assert err.max() < 5e-3, f"relative error per step {err.tolist()}"
     eager_decoder = LlamaDecoder(model, max_len=80, pdl=False)
     assert decoder.generate([1, 2, 3], 3) == eager_decoder.generate([1, 2, 3], 3)
+    # the 3-token prompt pass ran the batch-2-16 kernel on the GEMV's layout: no second copy of the codes
+    runs = [
+        run
+        for layer in decoder.layers
+        for p in (layer.qkv, layer.o, layer.gate_up, layer.down)
+        for *_, run in p.runs
+    ]
+    assert all(run.linear.built_layouts == ("planes",) for run in runs if hasattr(run, "linear"))
     # capturing at the last position: the warm-up steps run in the spare rows, nothing valid is overwritten
     short = LlamaDecoder(model, max_len=6, pdl=pdl)
     for t in ids[0, :5]:

@@ -6,10 +6,13 @@ import pytest
 import torch
 
 from bitalloc.errors import InvalidInput
+from bitalloc.kernels.decode_attention import decode_attention
+from bitalloc.kernels.linear import KernelFallbackWarning
 from bitalloc.runtime.llama_decoder import LlamaDecoder
 from bitalloc.runtime.prefill_attention import prefill_attention
+from tests.kernels.helpers import device
 from tests.runtime.helpers import quantize_linears, tiny_llama
-from tests.runtime.test_llama_decoder import MIXED, assert_close, decoder_logits
+from tests.runtime.test_llama_decoder import MIXED, MIXED_MLP, assert_close, decoder_logits
 
 
 @pytest.mark.parametrize("plan", [{}, MIXED])
@@ -67,3 +70,70 @@ def test_prefill_refuses_what_it_cannot_feed():
     with pytest.raises(InvalidInput, match=r"\[256\] are outside the vocabulary"):
         decoder.prefill([1, 256])
     assert decoder.position == 0
+
+
+@pytest.mark.parametrize(("heads", "kv_heads"), [(8, 2), (4, 4), (6, 3)])
+def test_prefill_attention_equals_the_decode_kernel_token_by_token(heads, kv_heads):
+    """Same cache rows written, same outputs as ``decode_attention`` run for each position in turn (GQA)."""
+    gen = torch.Generator().manual_seed(heads + kv_heads)
+    d, rows, tokens, start = 16, 12, 5, 3
+    cos = torch.randn(rows, d, generator=gen).cos().to(device())
+    sin = torch.randn(rows, d, generator=gen).sin().to(device())
+    cached = torch.randn(kv_heads, rows, d, generator=gen).half().to(device())
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * d, generator=gen).half().to(device())
+    k1, v1 = cached.clone(), (cached * 0.5).clone()
+    ours = prefill_attention(qkv, heads, kv_heads, cos, sin, k1, v1, start)
+    k2, v2 = cached.clone(), (cached * 0.5).clone()
+    ref = []
+    for t in range(tokens):
+        out = torch.full((heads * d,), float("nan"), dtype=torch.float16, device=device())
+        pos = torch.tensor([start + t], dtype=torch.int32, device=device())
+        decode_attention(qkv[t].contiguous(), cos, sin, k2, v2, pos, out, heads)
+        ref.append(out)
+    assert torch.equal(k1, k2) and torch.equal(v1, v2)
+    assert torch.allclose(ours.float(), torch.stack(ref).float(), atol=2e-3)
+    with pytest.raises(InvalidInput, match="outside the cache"):
+        prefill_attention(qkv, heads, kv_heads, cos, sin, k1, v1, rows - 2)
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "llama-biases"])
+def test_prefill_with_biases_and_a_packed_linear(kind):
+    """q/k/v biases (Qwen2) or every projection biased (Llama), and a PackedLinear v: prompt pass + steps."""
+    import transformers
+
+    from bitalloc.quantizers import nested
+    from bitalloc.quantizers.candidate import Candidate
+    from bitalloc.quantizers.packed_linear import PackedLinear
+
+    name = {"qwen2": "Qwen2", "llama-biases": "Llama"}[kind]
+    extra = {"attention_bias": True, "mlp_bias": True} if kind == "llama-biases" else {}
+    config = getattr(transformers, f"{name}Config")(
+        **extra,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+        max_position_embeddings=64,
+        initializer_range=0.1,
+    )
+    torch.manual_seed(16)
+    model = getattr(transformers, f"{name}ForCausalLM")(config).half().eval().to(device())
+    with torch.no_grad():
+        for proj in model.model.layers.modules():
+            if isinstance(proj, torch.nn.Linear) and proj.bias is not None:
+                proj.bias.normal_(0, 0.5)
+    quantize_linears(model, {"q_proj": "rtn-w4g32-asym", "k_proj": "rtn-w4g32-asym", **MIXED_MLP})
+    attn = model.model.layers[1].self_attn
+    weight = attn.v_proj.weight.detach().float().cpu()
+    packed = nested.quantize_many(weight, [Candidate.parse("nest-w4g32-asym")], None)[0]
+    attn.v_proj = PackedLinear.from_linear(attn.v_proj, packed).to(model.device)
+    ids = torch.randint(0, 256, (1, 7), generator=torch.Generator().manual_seed(16)).to(device())
+    with torch.no_grad():
+        ref = model(ids).logits[0].float()
+    with pytest.warns(KernelFallbackWarning, match="nest-w4g32-asym"):
+        decoder = LlamaDecoder(model, max_len=8)
+    first = decoder.prefill(ids[0, :5])[0].float().clone()  # a tensor of ids
+    after = torch.stack([decoder.step(int(t))[0].float() for t in ids[0, 5:]])
+    assert_close(torch.cat([first[None], after]), ref[4:], 1e-2)
