@@ -44,7 +44,8 @@ for bits in (2, 3, 4, 8):
                           PREFETCH=True, XS_ROWS=xs_rows, ASM=True, ATOMIC=True, PDL=pdl)
             text = ptx(gemv_h2_kernel, gemv_sig, consts)
             out[f"gemv{bits}-{int(xs_rows)}-{int(pdl)}"] = before_wait(text)
-            out.setdefault("gemv-atomics", []).extend(t for t in text.split() if t.startswith(("red.", "atom.")))
+            atomics = [t for t in text.split() if t.startswith(("red.", "atom."))]
+            out.setdefault("gemv-atomics", []).extend(atomics)
 attn = ptx(_decode_attention_kernel,
     {"qkv_ptr": "*fp16", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "k_cache_ptr": "*fp16",
      "v_cache_ptr": "*fp16", "pos_ptr": "*i32", "out_ptr": "*fp16", "m_ws_ptr": "*fp32",
