@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from bitalloc.models.random_llama import random_llama
@@ -36,3 +37,30 @@ def quantize_linears(model: nn.Module, plan: dict[str, str]) -> None:
             if isinstance(child, nn.Linear) and name in plan:
                 qweight = quantize(child.weight.detach().float(), Candidate.parse(plan[name]))
                 setattr(parent, name, QuantLinear.from_linear(child, qweight))
+
+
+def block_variant(kind: str, seed: int) -> nn.Module:
+    """A tiny float16 Qwen2 (q/k/v biases), Mistral or Llama with attention and MLP biases
+    (``llama-biases``); biases drawn nonzero (transformers initialises them to zero)."""
+    import transformers
+
+    name = {"qwen2": "Qwen2", "mistral": "Mistral", "llama-biases": "Llama"}[kind]
+    extra = {"attention_bias": True, "mlp_bias": True} if kind == "llama-biases" else {}
+    config = getattr(transformers, f"{name}Config")(
+        **extra,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+        max_position_embeddings=64,
+        initializer_range=0.1,
+    )
+    torch.manual_seed(seed)
+    model = getattr(transformers, f"{name}ForCausalLM")(config).half().eval().to(device())
+    with torch.no_grad():
+        for proj in model.model.layers.modules():
+            if isinstance(proj, nn.Linear) and proj.bias is not None:
+                proj.bias.normal_(0, 0.5)
+    return model

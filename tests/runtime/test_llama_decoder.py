@@ -7,7 +7,7 @@ from bitalloc.errors import InvalidInput
 from bitalloc.kernels.linear import KernelFallbackWarning
 from bitalloc.runtime.llama_decoder import LlamaDecoder
 from tests.kernels.helpers import device
-from tests.runtime.helpers import quantize_linears, tiny_llama
+from tests.runtime.helpers import block_variant, quantize_linears, tiny_llama
 
 MIXED = {
     "q_proj": "rtn-w4g32-asym",
@@ -203,27 +203,7 @@ def test_cuda_graph_steps_equal_eager_steps(pdl):
 def test_other_block_variants_match_transformers(kind):
     """Qwen2 (q/k/v biases, here nonzero), Mistral (within its sliding window) and Llama with attention and
     MLP biases run the same block."""
-    import transformers
-
-    name = {"qwen2": "Qwen2", "mistral": "Mistral", "llama-biases": "Llama"}[kind]
-    extra = {"attention_bias": True, "mlp_bias": True} if kind == "llama-biases" else {}
-    config = getattr(transformers, f"{name}Config")(
-        **extra,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=256,
-        max_position_embeddings=64,
-        initializer_range=0.1,
-    )
-    torch.manual_seed(6)
-    model = getattr(transformers, f"{name}ForCausalLM")(config).half().eval().to(device())
-    with torch.no_grad():  # transformers initialises biases to zero: make them matter
-        for proj in model.model.layers.modules():
-            if isinstance(proj, torch.nn.Linear) and proj.bias is not None:
-                proj.bias.normal_(0, 0.5)
+    model = block_variant(kind, seed=6)
     # q/k fused and quantized, v dense; Llama's o/gate/up/down quantized with their biases
     quantize_linears(model, {"q_proj": "rtn-w4g32-asym", "k_proj": "rtn-w4g32-asym", **MIXED_MLP})
     ids = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(6)).to(device())

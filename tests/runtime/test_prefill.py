@@ -11,7 +11,7 @@ from bitalloc.kernels.linear import KernelFallbackWarning
 from bitalloc.runtime.llama_decoder import LlamaDecoder
 from bitalloc.runtime.prefill_attention import prefill_attention
 from tests.kernels.helpers import device
-from tests.runtime.helpers import quantize_linears, tiny_llama
+from tests.runtime.helpers import block_variant, quantize_linears, tiny_llama
 from tests.runtime.test_llama_decoder import MIXED, MIXED_MLP, assert_close, decoder_logits
 
 
@@ -99,31 +99,11 @@ def test_prefill_attention_equals_the_decode_kernel_token_by_token(heads, kv_hea
 @pytest.mark.parametrize("kind", ["qwen2", "llama-biases"])
 def test_prefill_with_biases_and_a_packed_linear(kind):
     """q/k/v biases (Qwen2) or every projection biased (Llama), and a PackedLinear v: prompt pass + steps."""
-    import transformers
-
     from bitalloc.quantizers import nested
     from bitalloc.quantizers.candidate import Candidate
     from bitalloc.quantizers.packed_linear import PackedLinear
 
-    name = {"qwen2": "Qwen2", "llama-biases": "Llama"}[kind]
-    extra = {"attention_bias": True, "mlp_bias": True} if kind == "llama-biases" else {}
-    config = getattr(transformers, f"{name}Config")(
-        **extra,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=256,
-        max_position_embeddings=64,
-        initializer_range=0.1,
-    )
-    torch.manual_seed(16)
-    model = getattr(transformers, f"{name}ForCausalLM")(config).half().eval().to(device())
-    with torch.no_grad():
-        for proj in model.model.layers.modules():
-            if isinstance(proj, torch.nn.Linear) and proj.bias is not None:
-                proj.bias.normal_(0, 0.5)
+    model = block_variant(kind, seed=16)
     quantize_linears(model, {"q_proj": "rtn-w4g32-asym", "k_proj": "rtn-w4g32-asym", **MIXED_MLP})
     attn = model.model.layers[1].self_attn
     weight = attn.v_proj.weight.detach().float().cpu()
