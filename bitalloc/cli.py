@@ -301,10 +301,9 @@ def generate(
     seconds = time.perf_counter() - start
     Console().print(escape(prompt) + f"[bold]{escape(tokenizer.decode(new))}[/bold]")
     where = "GPU kernels, CUDA graph" if on_gpu else "Triton interpreter on the CPU"
-    steps = len(ids) + tokens - 1  # the prompt is fed one token per step
     console.print(
-        f"{steps} decode steps ({len(ids)} prompt tokens) in {seconds:.2f} s ({steps / seconds:.1f} steps/s, "
-        f"{where}); plan {chosen.bpw:.3f} bpw"
+        f"{len(ids)} prompt tokens in one prefill pass and {tokens - 1} decode steps in {seconds:.2f} s "
+        f"({tokens / seconds:.1f} new tokens/s, {where}); plan {chosen.bpw:.3f} bpw"
     )
 
 

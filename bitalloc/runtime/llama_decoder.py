@@ -283,10 +283,7 @@ class LlamaDecoder:
                 f"the sequence reached max_len={self.max_len}; build the decoder with a larger one"
             )
         if token is not None:
-            if not 0 <= token < self.embed.shape[0]:
-                raise InvalidInput(
-                    f"token id {token} is outside the vocabulary (0 .. {self.embed.shape[0] - 1})"
-                )
+            self._check_ids([token])
             self.token.fill_(token)
         if self._graph is not None:
             self._graph.replay()
@@ -295,6 +292,14 @@ class LlamaDecoder:
                 self._forward()
         self.position += 1
         return self.logits
+
+    def _check_ids(self, tokens: Sequence[int]) -> None:
+        """Raise InvalidInput naming the ids outside the vocabulary."""
+        bad = [t for t in tokens if not 0 <= t < self.embed.shape[0]]
+        if bad:
+            raise InvalidInput(
+                f"token ids {bad[:5]} are outside the vocabulary (0 .. {self.embed.shape[0] - 1})"
+            )
 
     def prefill(self, tokens: Sequence[int]) -> torch.Tensor:
         """Feed ``tokens`` in one pass from the current position: batched projections (the registry's kernel
@@ -310,26 +315,22 @@ class LlamaDecoder:
                 f"position {start} + {count} prompt tokens exceed max_len={self.max_len}; build the decoder "
                 f"with max_len >= {start + count}"
             )
-        bad = [t for t in tokens if not 0 <= t < self.embed.shape[0]]
-        if bad:
-            raise InvalidInput(
-                f"token ids {bad[:5]} are outside the vocabulary (0 .. {self.embed.shape[0] - 1})"
-            )
+        self._check_ids(tokens)
         d = self.dims
         with torch.no_grad():
             hidden = self.embed[torch.tensor(tokens, device=self.device)]  # (T, hidden)
+            normed = torch.empty_like(hidden)
+            act = torch.empty(count, d.intermediate, dtype=hidden.dtype, device=self.device)
             for i, layer in enumerate(self.layers):
-                normed = torch.empty_like(hidden)
                 rmsnorm(hidden, layer.input_norm, d.eps, normed)
                 qkv = layer.qkv.forward(normed)  # (T, qkv_width)
                 attn = prefill_attention(
                     qkv, d.heads, d.kv_heads, self.cos, self.sin, layer.k_cache, layer.v_cache, start
                 )
                 if i == len(self.layers) - 1:  # every key and value is cached: only the last row goes on
-                    attn, hidden, normed = attn[-1:], hidden[-1:].contiguous(), normed[-1:]
+                    attn, hidden, normed, act = attn[-1:], hidden[-1:].contiguous(), normed[-1:], act[-1:]
                 hidden += layer.o.forward(attn)
                 rmsnorm(hidden, layer.post_norm, d.eps, normed)
-                act = torch.empty(hidden.shape[0], d.intermediate, dtype=hidden.dtype, device=self.device)
                 silu_mul(layer.gate_up.forward(normed), act)
                 hidden += layer.down.forward(act)
             rmsnorm(hidden[-1:], self.final_norm, d.eps, self.normed)

@@ -3,13 +3,13 @@
 Consecutive members of one format (all float16 ``nn.Linear``, or ``QuantLinear`` of one candidate) are
 concatenated along the outputs into one weight, so a decoder layer's q/k/v or gate/up take one launch when the
 plan ties their formats (as vLLM and llama.cpp require). Each run writes its slice of one output row.
-``PackedLinear`` members (formats no kernel reads) run alone on their own torch forward, with one warning.
+``PackedLinear`` members (formats no kernel reads) run alone, dequantized once to float16, with one warning.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +18,7 @@ from torch import nn
 from bitalloc.errors import InvalidInput
 from bitalloc.kernels.linear import KernelFallbackWarning, KernelQuantLinear
 from bitalloc.kernels.registry import Registry
+from bitalloc.quantizers.packed import PackedWeight
 from bitalloc.quantizers.packed_linear import PackedLinear
 from bitalloc.quantizers.quant_linear import QuantLinear
 from bitalloc.quantizers.quantized_weight import QuantizedWeight
@@ -73,20 +74,21 @@ class ReferenceRun:
     module: PackedLinear
     weight: torch.Tensor
     bias: torch.Tensor | None
+    prepare: Callable[[torch.Tensor, PackedWeight], torch.Tensor] | None  # the format's input fake-quant
 
     @classmethod
     def of(cls, module: PackedLinear, dtype: torch.dtype) -> ReferenceRun:
         """Dequantize ``module`` once into ``dtype``."""
+        from bitalloc.quantizers.registry import spec_of
+
         weight = module.qweight.dequantize(torch.float32).to(dtype)  # (out, in)
-        return cls(module, weight, None if module.bias is None else module.bias.to(dtype))
+        bias = None if module.bias is None else module.bias.to(dtype)
+        return cls(module, weight, bias, spec_of(module.candidate).prepare_input)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (rows, in) -> (rows, out)``."""
-        from bitalloc.quantizers.registry import spec_of
-
-        prepare = spec_of(self.module.candidate).prepare_input
-        if prepare is not None:
-            x = prepare(x, self.module.qweight)
+        if self.prepare is not None:
+            x = self.prepare(x, self.module.qweight)
         return torch.nn.functional.linear(x, self.weight, self.bias)
 
     def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool, pdl: bool = False) -> None:
