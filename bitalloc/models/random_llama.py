@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -19,11 +21,14 @@ def random_llama(
     max_positions: int = 4096,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    family: str = "Llama",
+    config_extra: Mapping[str, object] | None = None,
 ) -> nn.Module:
-    """A ``LlamaForCausalLM`` with seeded random weights, in float16, in eval mode, on ``device``."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A ``<family>ForCausalLM`` (``Llama``, ``Qwen2``, ``Mistral``: the same block) with seeded random
+    weights, in float16, in eval mode, on ``device``; ``config_extra`` adds config fields (biases, ...)."""
+    import transformers
 
-    config = LlamaConfig(
+    config = getattr(transformers, f"{family}Config")(
         hidden_size=hidden,
         intermediate_size=intermediate,
         num_hidden_layers=layers,
@@ -33,7 +38,8 @@ def random_llama(
         max_position_embeddings=max_positions,
         tie_word_embeddings=tied,
         initializer_range=initializer_range,
+        **(config_extra or {}),
     )
     torch.manual_seed(seed)
     with torch.device(device):
-        return LlamaForCausalLM(config).half().eval()
+        return getattr(transformers, f"{family}ForCausalLM")(config).half().eval()

@@ -12,9 +12,15 @@ from bitalloc.quantizers.quantize import quantize
 from tests.kernels.helpers import device
 
 
-def tiny_llama(seed: int = 0, layers: int = 2, tied: bool = False) -> nn.Module:
+def tiny_llama(
+    seed: int = 0,
+    layers: int = 2,
+    tied: bool = False,
+    family: str = "Llama",
+    config_extra: dict[str, object] | None = None,
+) -> nn.Module:
     """hidden 64, 4 query / 2 KV heads of 16, intermediate 128, vocab 256; weights large enough that
-    attention is not uniform (initializer_range 0.1)."""
+    attention is not uniform (initializer_range 0.1); ``family``/``config_extra`` as ``random_llama``."""
     return random_llama(
         hidden=64,
         intermediate=128,
@@ -27,6 +33,8 @@ def tiny_llama(seed: int = 0, layers: int = 2, tied: bool = False) -> nn.Module:
         max_positions=128,
         seed=seed,
         device=device(),
+        family=family,
+        config_extra=config_extra,
     )
 
 
@@ -42,23 +50,9 @@ def quantize_linears(model: nn.Module, plan: dict[str, str]) -> None:
 def block_variant(kind: str, seed: int) -> nn.Module:
     """A tiny float16 Qwen2 (q/k/v biases), Mistral or Llama with attention and MLP biases
     (``llama-biases``); biases drawn nonzero (transformers initialises them to zero)."""
-    import transformers
-
-    name = {"qwen2": "Qwen2", "mistral": "Mistral", "llama-biases": "Llama"}[kind]
+    family = {"qwen2": "Qwen2", "mistral": "Mistral", "llama-biases": "Llama"}[kind]
     extra = {"attention_bias": True, "mlp_bias": True} if kind == "llama-biases" else {}
-    config = getattr(transformers, f"{name}Config")(
-        **extra,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=256,
-        max_position_embeddings=64,
-        initializer_range=0.1,
-    )
-    torch.manual_seed(seed)
-    model = getattr(transformers, f"{name}ForCausalLM")(config).half().eval().to(device())
+    model = tiny_llama(seed, family=family, config_extra=extra)
     with torch.no_grad():
         for proj in model.model.layers.modules():
             if isinstance(proj, nn.Linear) and proj.bias is not None:
