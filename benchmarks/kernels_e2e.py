@@ -24,6 +24,7 @@ import argparse
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ from torch import nn
 from bitalloc.kernels._pdl import pdl_supported
 from bitalloc.kernels.latency import LatencyTable
 from bitalloc.kernels.linear import use_kernels
+from bitalloc.kernels.registry import Registry
 from bitalloc.models.random_llama import random_llama
 from bitalloc.quantizers.candidate import Candidate
 from bitalloc.quantizers.quant_linear import QuantLinear
@@ -261,6 +263,11 @@ def main() -> None:
         "the launch that many places ahead",
     )
     parser.add_argument(
+        "--l2-slice",
+        action="store_true",
+        help="also time the mixed decoder whose GEMVs ask L2 for their whole slice before the PDL wait",
+    )
+    parser.add_argument(
         "--latency-budget",
         type=float,
         default=None,
@@ -317,6 +324,19 @@ def main() -> None:
             times[(name, ctx)] = decoder_step_us(fetching, args.tokens, ctx)
         if args.profile:
             profiles[name] = profile_table(fetching)
+        del fetching
+    if args.l2_slice:
+        registry = Registry.load()
+        sliced = Registry(
+            registry.device,
+            tuple(
+                replace(e, params={**e.params, "l2_slice": 1}) if e.kernel == "gemv" else e
+                for e in registry.entries
+            ),
+        )
+        fetching = LlamaDecoder(model, max_len, registry=sliced)
+        for ctx in contexts:
+            times[("decoder mixed, L2 slice", ctx)] = decoder_step_us(fetching, args.tokens, ctx)
         del fetching
     if args.profile:
         profiles["decoder mixed without PDL, GEMVs by role"] = gemv_roles(

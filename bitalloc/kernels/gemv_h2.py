@@ -11,7 +11,8 @@ outputs); the result is ``R * sum(acc) + acc_off``. With PREFETCH the next step'
 and ``xs`` are loaded before this step's arithmetic. SPLIT_K > 1 adds partial results atomically
 (relaxed reductions: only later kernels read the sums, so no per-element ordering is paid for). With PDL
 (``_pdl.py``) the first step's words load while the previous kernel still runs. With PF_RANGES > 0 each
-program then asks L2 for its share of a later launch's weights (``l2_prefetch.py``).
+program then asks L2 for its share of a later launch's weights (``l2_prefetch.py``); with SELF_L2 it asks for
+the rest of its own slice right after the first step's loads (before the PDL wait).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from bitalloc.kernels._half2 import dot2x2, dot3x4, dot4x2, dot8x2, pair_sum
 from bitalloc.kernels._unpack import load_words, merge3_loose
-from bitalloc.kernels.l2_prefetch import prefetch_ranges
+from bitalloc.kernels.l2_prefetch import prefetch_ranges, prefetch_tile
 
 HALF2_R = {2: 4, 3: 16, 4: 16, 8: 256}  # bits -> R: codes / R are exact float16 far from overflow
 
@@ -55,6 +56,21 @@ def _load_step(
     if not XS_ROWS:  # one sum over all threads of the program
         xs = tl.sum(tl.load(x_ptr + k0 + tl.arange(0, CHUNK)).to(tl.float32), axis=0)
     return u0, u1, u2, scale, offset, xs
+
+
+@triton.jit
+def _prefetch_slice(a_ptr, b_ptr, s_ptr, m_ptr, n0, N, kb0, kb1, BITS, GROUP, HAS_MIN, CHUNK, BLOCK_N):
+    """Ask L2 for the words, scales and offsets of steps ``kb0 .. kb1 - 1`` of this program's outputs."""
+    for kb in range(kb0, kb1):
+        k0 = kb * CHUNK
+        if BITS == 3:
+            prefetch_tile(a_ptr, k0 // 16, CHUNK // 16, n0, BLOCK_N, N)
+            prefetch_tile(b_ptr, k0 // 32, CHUNK // 32, n0, BLOCK_N, N)
+        else:
+            prefetch_tile(a_ptr, k0 * BITS // 32, CHUNK * BITS // 32, n0, BLOCK_N, N)
+        prefetch_tile(s_ptr, k0 // GROUP, 1, n0, BLOCK_N, N)
+        if HAS_MIN:
+            prefetch_tile(m_ptr, k0 // GROUP, 1, n0, BLOCK_N, N)
 
 
 @triton.jit
@@ -189,6 +205,7 @@ def gemv_h2_kernel(
     pf_a3,
     pf_n3,
     PF_RANGES: tl.constexpr,
+    SELF_L2: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -220,6 +237,22 @@ def gemv_h2_kernel(
             CHUNK,
             XS_ROWS or PDL,  # with PDL the activations are read only after the wait
         )
+        if SELF_L2:  # the rest of the slice on its way to L2 while the previous kernel finishes
+            _prefetch_slice(
+                a_ptr,
+                b_ptr,
+                s_ptr,
+                m_ptr,
+                pid_n * BLOCK_N,
+                N,
+                kb_start + 1,
+                kb_end,
+                BITS,
+                GROUP,
+                HAS_MIN,
+                CHUNK,
+                BLOCK_N,
+            )
         if PDL:  # the first step's words are on their way: wait for the previous kernel's activations
             gdc_wait()
             if not XS_ROWS:

@@ -67,6 +67,24 @@ NO_PREFETCH = PrefetchRanges()
 
 
 @triton.jit
+def _ask_l2(ptrs):
+    """``prefetch.global.L2`` of the line holding each address (a tensor of pointers or int64 addresses)."""
+    tl.inline_asm_elementwise(
+        "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
+    )
+
+
+@triton.jit
+def prefetch_tile(ptr, row0, ROWS: tl.constexpr, col0, COLS: tl.constexpr, N):
+    """Ask L2 for rows ``row0 + [0, ROWS)`` of columns ``col0 + [0, COLS)`` of a row-major ``(*, N)`` tensor:
+    one address per line (columns clamped to the row)."""
+    STEP: tl.constexpr = LINE // ptr.dtype.element_ty.primitive_bitwidth * 8
+    LINES: tl.constexpr = COLS // STEP if COLS > STEP else 1
+    cols = tl.minimum(col0 + tl.arange(0, LINES) * STEP, N - 1)  # (LINES,)
+    _ask_l2(ptr + (row0 + tl.arange(0, ROWS))[:, None] * N + cols[None, :])  # (ROWS, LINES)
+
+
+@triton.jit
 def _prefetch_share(address, nbytes, program, programs):
     """This program's contiguous share of one span's lines (the last line of the share repeats to fill a
     pass: a second request for a line in flight costs nothing)."""
@@ -75,14 +93,7 @@ def _prefetch_share(address, nbytes, program, programs):
     hi = (program + 1) * lines // programs
     for first in range(lo, hi, PASS):
         line = tl.minimum(first + tl.arange(0, PASS).to(tl.int64), hi - 1)  # (PASS,)
-        tl.inline_asm_elementwise(
-            "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;",
-            "=r,l",
-            [address + line * LINE],
-            dtype=tl.int32,
-            is_pure=False,
-            pack=1,
-        )
+        _ask_l2(address + line * LINE)
 
 
 @triton.jit

@@ -46,6 +46,9 @@ def test_prefetching_gemv_gives_the_same_numbers(bits, dtype):
     plain = gemv(x, layout, config)
     fetched = gemv(x, layout, config, prefetch=spans)
     assert torch.equal(plain, fetched)
+    for pdl in (False, True):  # the rest of each program's own slice asked for before the first step
+        sliced = gemv(x, layout, GemvConfig(block_n=64, split_k=1, l2_slice=1), pdl=pdl)
+        assert torch.equal(plain, sliced)
     if dtype != torch.float16:
         return  # bfloat16 adds in a float32 buffer: rounded once, not twice
     acc = torch.ones(1, 512, dtype=dtype, device="cuda")

@@ -42,17 +42,24 @@ for bits in (2, 3, 4, 8):
     for xs_rows in (False, True):
         for pdl in (False, True):
             consts = dict(BITS=bits, GROUP=128, HAS_MIN=True, CHUNK=128, BLOCK_N=256, R=HALF2_R[bits],
-                          PREFETCH=True, XS_ROWS=xs_rows, ASM=True, ATOMIC=True, PDL=pdl, PF_RANGES=0)
+                          PREFETCH=True, XS_ROWS=xs_rows, ASM=True, ATOMIC=True, PDL=pdl, PF_RANGES=0,
+                          SELF_L2=False)
             text = ptx(gemv_h2_kernel, gemv_sig, consts)
             out[f"gemv{bits}-{int(xs_rows)}-{int(pdl)}"] = before_wait(text)
             atomics = [t for t in text.split() if t.startswith(("red.", "atom."))]
             out.setdefault("gemv-atomics", []).extend(atomics)
 consts = dict(BITS=4, GROUP=128, HAS_MIN=True, CHUNK=128, BLOCK_N=256, R=16, PREFETCH=True,
-              XS_ROWS=False, ASM=True, ATOMIC=True, PDL=True, PF_RANGES=4)
+              XS_ROWS=False, ASM=True, ATOMIC=True, PDL=True, PF_RANGES=4, SELF_L2=False)
 lines = ptx(gemv_h2_kernel, gemv_sig, consts).splitlines()
 marks = [i for i, line in enumerate(lines) if "prefetch.global.L2" in line]
-reductions = [i for i, line in enumerate(lines) if "red.global" in line]
+reductions = [i for i, line in enumerate(lines) if any(t.startswith(("red.", "atom.")) for t in line.split())]
 out["prefetch"] = [len(marks), min(marks) > max(reductions)]
+for bits in (3, 4):
+    consts.update(BITS=bits, R=HALF2_R[bits], PF_RANGES=0, SELF_L2=True)
+    lines = ptx(gemv_h2_kernel, gemv_sig, consts).splitlines()
+    marks = [i for i, line in enumerate(lines) if "prefetch.global.L2" in line]
+    wait = next(i for i, line in enumerate(lines) if "griddepcontrol.wait" in line)
+    out[f"slice{bits}"] = [len(marks), max(marks) < wait]
 attn = ptx(_decode_attention_kernel,
     {"qkv_ptr": "*fp16", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "k_cache_ptr": "*fp16",
      "v_cache_ptr": "*fp16", "pos_ptr": "*i32", "out_ptr": "*fp16", "m_ws_ptr": "*fp32",
@@ -85,6 +92,8 @@ def test_decoder_kernels_wait_before_reading_activations():
         assert got[f"gemv{bits}-0-1"] == weights_first  # and the activation sum does not
     # four spans, four lines per thread each, asked for after the program's own result is on its way
     assert got["prefetch"] == [16, True]
+    # the rest of the slice asked for before the wait: words (a and b planes at 3 bits), scales, mins
+    assert got["slice4"] == [3, True] and got["slice3"] == [4, True]
     # split-K sums add by relaxed reductions (PTX's default without a .sem): no ordering per element
     ordered = (".acq_rel", ".release", ".acquire")
     assert got["gemv-atomics"] and not any(o in op for op in got["gemv-atomics"] for o in ordered)
