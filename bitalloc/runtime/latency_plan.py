@@ -2,8 +2,10 @@
 
 Each decoder linear gets the candidate of ``palette`` that minimises the summed relative weight error
 ``||W - Q(W)||^2 / ||W||^2`` while the summed latency-table time of the linears stays within the budget.
-q/k/v and gate/up are tied (one candidate per group), so the decoder fuses them into one launch each. The
-allocator solves it (exact MILP for a model of this size); the tabled time of the plan is its prediction.
+q/k/v and gate/up are tied (one candidate per group), so the decoder fuses them into one launch each, and a
+group is priced as that launch: the table's time for the stacked shape, shared among the members by rows (a
+2048x2048 launch costs less than two 1024x2048 ones). The allocator solves it (exact MILP for a model of this
+size); the tabled time of the plan is its prediction (``tabled_us``).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from torch import nn
 
 from bitalloc.allocator.problem import AllocationProblem, Budget
 from bitalloc.allocator.solve import solve
+from bitalloc.errors import InvalidInput
 from bitalloc.kernels.latency import LatencyTable
 from bitalloc.quantizers.candidate import Candidate
+from bitalloc.quantizers.quant_linear import QuantLinear
 from bitalloc.quantizers.quantize import quantize
 
 FUSED = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "gate_proj": "gate_up", "up_proj": "gate_up"}
@@ -35,30 +39,56 @@ class LatencyPlan:
     solver: str
 
 
-def decoder_linears(model: nn.Module) -> list[tuple[str, nn.Linear, str]]:
-    """``(name, linear, tie key)`` of every Linear in the decoder layers (names as ``named_modules`` gives
-    them under ``model.model.layers``); the tie key groups what the decoder fuses."""
+def decoder_linears(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """``(name, linear, tie key)`` of every Linear (float or ``QuantLinear``) in the decoder layers (names as
+    ``named_modules`` gives them under ``model.model.layers``); the tie key groups what the decoder fuses."""
     out = []
     for layer_name, layer in model.model.layers.named_children():
         for name, module in layer.named_modules():
-            if isinstance(module, nn.Linear):
+            if isinstance(module, (nn.Linear, QuantLinear)):
                 leaf = name.rpartition(".")[2]
                 out.append((f"{layer_name}.{name}", module, f"{layer_name}.{FUSED.get(leaf, leaf)}"))
     return out
 
 
+def launch_shares(linears: Sequence[tuple[str, nn.Module, str]]) -> list[tuple[tuple[int, int], float]]:
+    """Per linear: the weight shape of the launch its tie group runs as (members' rows stacked) and its share
+    of that launch's time (its rows over the launch's rows)."""
+    rows: dict[str, int] = {}
+    for _, linear, tie in linears:
+        rows[tie] = rows.get(tie, 0) + linear.out_features
+    return [((rows[tie], linear.in_features), linear.out_features / rows[tie]) for _, linear, tie in linears]
+
+
+def tabled_us(
+    table: LatencyTable, model: nn.Module, assignment: dict[str, str] | None, batch: int = 1
+) -> float:
+    """Tabled time of the decoder linears under ``assignment`` (linear name -> candidate; None: float16),
+    tie groups priced as one fused launch (their members must share a candidate, as the decoder fuses)."""
+    linears = decoder_linears(model)
+    total = 0.0
+    for (name, _, _), (shape, share) in zip(linears, launch_shares(linears), strict=True):
+        if assignment is None:
+            total += share * table.predict_fp16(shape, batch)
+        else:
+            total += share * table.predict(Candidate.parse(assignment[name]), shape, batch)
+    return total
+
+
 def plan_under_latency(
     model: nn.Module, table: LatencyTable, palette: Sequence[str], budget_us: float, *, batch: int = 1
 ) -> LatencyPlan:
-    """The least-weight-error plan of the decoder linears whose tabled latency fits ``budget_us``."""
+    """The least-weight-error plan of the float decoder linears whose tabled latency fits ``budget_us``."""
     linears = decoder_linears(model)
+    if any(isinstance(m, QuantLinear) for _, m, _ in linears):
+        raise InvalidInput("plan_under_latency quantizes the float weights itself: pass the float model")
     cands = [Candidate.parse(c) for c in palette]
     n, k = len(linears), len(cands)
     loss = np.zeros((n, k))
     nbytes = np.zeros((n, k), dtype=np.int64)
     latency = np.zeros((n, k))
     feasible = np.zeros((n, k), dtype=bool)
-    for u, (_, linear, _) in enumerate(linears):
+    for u, ((_, linear, _), (launch, share)) in enumerate(zip(linears, launch_shares(linears), strict=True)):
         weight = linear.weight.detach().float()  # (out, in)
         shape = tuple(weight.shape)
         for c, cand in enumerate(cands):
@@ -67,7 +97,7 @@ def plan_under_latency(
             restored = quantize(weight, cand).dequantize(torch.float32)
             loss[u, c] = float((weight - restored).square().sum() / weight.square().sum())
             nbytes[u, c] = cand.nbytes(shape)
-            latency[u, c] = table.predict(cand, shape, batch)
+            latency[u, c] = share * table.predict(cand, launch, batch)
             feasible[u, c] = True
     ties = {key: i for i, key in enumerate(dict.fromkeys(t for _, _, t in linears))}
     problem = AllocationProblem(

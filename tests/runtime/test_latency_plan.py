@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import pytest
 
-from bitalloc.errors import InfeasibleBudget
-from bitalloc.kernels.latency import LatencyTable, shipped_table
+from bitalloc.errors import InfeasibleBudget, InvalidInput
+from bitalloc.kernels.latency import LatencyRow, LatencyTable, shipped_table
 from bitalloc.quantizers.candidate import Candidate
-from bitalloc.runtime.latency_plan import decoder_linears, plan_under_latency
-from tests.runtime.helpers import tiny_llama
+from bitalloc.runtime.latency_plan import decoder_linears, launch_shares, plan_under_latency, tabled_us
+from tests.runtime.helpers import quantize_linears, tiny_llama
 
 PALETTE = ("rtn-w3g32-asym", "rtn-w4g32-asym", "rtn-w8g32-asym")
 
@@ -35,3 +35,25 @@ def test_plans_fit_their_latency_budgets_and_keep_fused_groups_together():
     assert plans[0].weight_error > unlimited.weight_error  # a tighter budget costs accuracy
     with pytest.raises(InfeasibleBudget):
         plan_under_latency(model, table, PALETTE, budget_us=0.5 * fastest)
+
+
+def test_tied_groups_are_priced_as_one_fused_launch():
+    """q/k/v (64+32+32 rows) and gate/up (128+128 rows) cost what their stacked launch costs in the table,
+    not the sum of their members' launches."""
+    model = tiny_llama(seed=9)  # q 64x64, k/v 32x64, o 64x64, gate/up 128x64, down 64x128
+    times = {(64, 64): 10.0, (32, 64): 8.0, (128, 64): 12.0, (256, 64): 14.0, (64, 128): 9.0}
+    table = LatencyTable(tuple(LatencyRow(4, 32, False, o, i, 1, us, 3 * us) for (o, i), us in times.items()))
+    linears = decoder_linears(model)
+    shares = dict(zip([name for name, _, _ in linears], launch_shares(linears), strict=True))
+    assert shares["0.self_attn.q_proj"] == ((128, 64), 0.5)
+    assert shares["0.self_attn.k_proj"] == ((128, 64), 0.25)
+    assert shares["0.mlp.up_proj"] == ((256, 64), 0.5)
+    assert shares["0.mlp.down_proj"] == ((64, 128), 1.0)
+    fused_layer = 12 + 10 + 14 + 9  # q/k/v, o, gate/up, down launches
+    assert tabled_us(table, model, None) == pytest.approx(2 * 3 * fused_layer)
+    plan = plan_under_latency(model, table, ("rtn-w4g32-asym",), budget_us=1e9)
+    assert plan.latency_us == pytest.approx(2 * fused_layer)  # per linear it would be 2 * 69
+    quantize_linears(model, {n.rpartition(".")[2]: "rtn-w4g32-asym" for n in plan.assignment})
+    assert tabled_us(table, model, plan.assignment) == pytest.approx(plan.latency_us)
+    with pytest.raises(InvalidInput, match="float model"):
+        plan_under_latency(model, table, ("rtn-w4g32-asym",), budget_us=1e9)
