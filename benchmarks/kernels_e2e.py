@@ -1,14 +1,14 @@
 """End-to-end decoding speed: a random-initialised ~1B Llama-shaped model, fp16 vs a mixed 4/3-bit plan.
 
-    python benchmarks/kernels_e2e.py [--tokens 64] [--context 0,512] [--prompt 512] [--l2-ahead 1,2] \
+    python benchmarks/kernels_e2e.py [--tokens 64] [--context 0,512] [--prompt 512] [--l2-slice] \
         [--latency bitalloc/kernels/configs/latency_h100.csv]
 
 Every decoder Linear is quantized with RTN (attention and down projections 4-bit, gate/up 3-bit, group
 128, asymmetric). Four runners decode batch 1, each step one CUDA graph, side by side in one process:
 transformers' model with a static cache (fp16, and mixed with ``use_kernels``) and ``LlamaDecoder`` (fused
 launches; fp16 on cuBLAS, mixed on the kernels; on Hopper its own kernels use programmatic dependent
-launch, and the mixed decoder is also timed without it, and with ``--l2-ahead K`` with its GEMVs asking L2 for
-the weights of the launch K places ahead).
+launch, and the mixed decoder is also timed without it, and with ``--l2-slice`` with every batch-1 GEMV asking
+L2 for its whole slice before the PDL wait).
 Times: the median step with a sync after each step, and
 the mean step of back-to-back replays. Correctness: the decoder's logits against transformers' on the same
 weights (the mixed reference dequantizes in torch). With a latency table, the decoder's mixed step is also
@@ -257,12 +257,6 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="GPU time per kernel of the decoder steps")
     parser.add_argument("--prompt", type=int, default=0, help="also time a prompt of this many tokens")
     parser.add_argument(
-        "--l2-ahead",
-        default="",
-        help="comma-separated lookaheads: also time the mixed decoder whose GEMVs ask L2 for the weights of "
-        "the launch that many places ahead",
-    )
-    parser.add_argument(
         "--l2-slice",
         action="store_true",
         help="also time the mixed decoder whose GEMVs ask L2 for their whole slice before the PDL wait",
@@ -317,14 +311,6 @@ def main() -> None:
         profiles["decoder mixed"] = profile_table(mixed)
     launches = mixed.launches_per_step
     del mixed
-    for ahead in [int(a) for a in args.l2_ahead.split(",") if a]:
-        name = f"decoder mixed, L2 prefetch {ahead} ahead"
-        fetching = LlamaDecoder(model, max_len, l2_ahead=ahead)
-        for ctx in contexts:
-            times[(name, ctx)] = decoder_step_us(fetching, args.tokens, ctx)
-        if args.profile:
-            profiles[name] = profile_table(fetching)
-        del fetching
     if args.l2_slice:
         registry = Registry.load()
         sliced = Registry(

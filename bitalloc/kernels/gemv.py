@@ -24,10 +24,8 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from bitalloc.kernels._pdl import pdl_launch
 from bitalloc.kernels._unpack import load_group, plane_dot, plane_dot3
 from bitalloc.kernels.gemv_h2 import HALF2_R, gemv_h2_kernel
-from bitalloc.kernels.l2_prefetch import NO_PREFETCH, PrefetchRanges, prefetch_ranges
 from bitalloc.kernels.layout import KernelLayout
 
-_PF_NAMES = ("pf_a0", "pf_n0", "pf_a1", "pf_n1", "pf_a2", "pf_n2", "pf_a3", "pf_n3")
 FP32_MAX_BLOCK_N = 64  # the float32-path kernel spills beyond (configs tuned for the f16x2 kernel go wider)
 
 
@@ -72,15 +70,6 @@ def _gemv_kernel(
     SPLIT_K,
     ATOMIC: tl.constexpr,
     PDL: tl.constexpr,
-    pf_a0,
-    pf_n0,
-    pf_a1,
-    pf_n1,
-    pf_a2,
-    pf_n2,
-    pf_a3,
-    pf_n3,
-    PF_RANGES: tl.constexpr,
 ):
     if PDL:
         gdc_launch_dependents()
@@ -126,7 +115,6 @@ def _gemv_kernel(
         tl.atomic_add(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n, sem="relaxed")
     else:
         tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
-    prefetch_ranges(pf_a0, pf_n0, pf_a1, pf_n1, pf_a2, pf_n2, pf_a3, pf_n3, PF_RANGES)
 
 
 def gemv(
@@ -136,15 +124,12 @@ def gemv(
     out: torch.Tensor | None = None,
     accumulate: bool = False,
     pdl: bool = False,
-    prefetch: PrefetchRanges = NO_PREFETCH,
 ) -> torch.Tensor:
     """``x (in,) or (1, in) -> (1, out)`` in x's dtype; the caller has checked the format and shapes.
 
     ``out`` (contiguous, x's dtype, ``out`` elements) receives the result when given; with ``accumulate``
     the result is added to what ``out`` holds (a fused residual add: no zeroing, no extra launch). ``pdl``:
     launched with programmatic dependent launch (``_pdl.py``; the caller checks ``pdl_supported``).
-    ``prefetch``: spans the programs ask L2 for after their own work (``l2_prefetch.py``; ignored under the
-    interpreter).
     """
     if accumulate and out is None:
         raise ValueError("gemv: accumulate=True adds into an output, pass out=")
@@ -169,8 +154,6 @@ def gemv(
     block_n = config.block_n if h2 else min(config.block_n, FP32_MAX_BLOCK_N)
     grid = (triton.cdiv(out_features, block_n), split_k)
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    spans = NO_PREFETCH if interpret else prefetch
-    pf = {"PF_RANGES": len(spans.spans), **dict(zip(_PF_NAMES, spans.kernel_args(), strict=True))}
     if h2:
         if x.data_ptr() % 4:
             x = x.clone()  # int32 pairs need 4-byte alignment
@@ -200,7 +183,6 @@ def gemv(
             PDL=pdl,
             num_warps=config.num_warps,
             num_stages=1,
-            **pf,
             **pdl_launch(pdl),
         )
         return result.view(1, out_features)
@@ -231,7 +213,6 @@ def gemv(
         PDL=pdl,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
-        **pf,
         **pdl_launch(pdl),
     )
     if y.data_ptr() != result.data_ptr():

@@ -10,9 +10,8 @@ and ``acc_off (BLOCK_N,) += offset * xs`` with ``xs`` the chunk's activation sum
 outputs); the result is ``R * sum(acc) + acc_off``. With PREFETCH the next step's words, scales, offsets
 and ``xs`` are loaded before this step's arithmetic. SPLIT_K > 1 adds partial results atomically
 (relaxed reductions: only later kernels read the sums, so no per-element ordering is paid for). With PDL
-(``_pdl.py``) the first step's words load while the previous kernel still runs. With PF_RANGES > 0 each
-program then asks L2 for its share of a later launch's weights (``l2_prefetch.py``); with SELF_L2 it asks for
-the rest of its own slice right after the first step's loads (before the PDL wait).
+(``_pdl.py``) the first step's words load while the previous kernel still runs. With SELF_L2 each program asks
+L2 for the rest of its slice right after the first step's loads, before the PDL wait (``l2_prefetch.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from bitalloc.kernels._half2 import dot2x2, dot3x4, dot4x2, dot8x2, pair_sum
 from bitalloc.kernels._unpack import load_words, merge3_loose
-from bitalloc.kernels.l2_prefetch import prefetch_ranges, prefetch_tile
+from bitalloc.kernels.l2_prefetch import prefetch_tile
 
 HALF2_R = {2: 4, 3: 16, 4: 16, 8: 256}  # bits -> R: codes / R are exact float16 far from overflow
 
@@ -196,15 +195,6 @@ def gemv_h2_kernel(
     ASM: tl.constexpr,
     ATOMIC: tl.constexpr,
     PDL: tl.constexpr,
-    pf_a0,
-    pf_n0,
-    pf_a1,
-    pf_n1,
-    pf_a2,
-    pf_n2,
-    pf_a3,
-    pf_n3,
-    PF_RANGES: tl.constexpr,
     SELF_L2: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -313,4 +303,3 @@ def gemv_h2_kernel(
         tl.atomic_add(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n, sem="relaxed")
     else:
         tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
-    prefetch_ranges(pf_a0, pf_n0, pf_a1, pf_n1, pf_a2, pf_n2, pf_a3, pf_n3, PF_RANGES)  # a later launch's

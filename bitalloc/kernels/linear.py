@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from bitalloc.kernels.fragment_layout import FragmentLayout, to_fragment_layout
-from bitalloc.kernels.l2_prefetch import NO_PREFETCH, PrefetchRanges
 from bitalloc.kernels.layout import KernelLayout, to_layout
 from bitalloc.kernels.registry import KernelChoice, Registry
 from bitalloc.quantizers.quant_linear import QuantLinear
@@ -103,23 +102,16 @@ class KernelQuantLinear(QuantLinear):
         return y.view(*x.shape[:-1], self.out_features)
 
     def forward_into(
-        self,
-        x: torch.Tensor,
-        out: torch.Tensor,
-        accumulate: bool = False,
-        pdl: bool = False,
-        prefetch: PrefetchRanges = NO_PREFETCH,
+        self, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False, pdl: bool = False
     ) -> torch.Tensor:
         """``out (rows, out_features) [+]= x W^T + b`` for contiguous ``x (rows, in)`` and ``out``: batch 1 on
         the GEMV writes (or adds, for a fused residual) in place, launched with programmatic dependent launch
-        when ``pdl``, then asks L2 for the ``prefetch`` spans; other paths compute, then copy or add
-        (ordinary launches, no prefetch)."""
+        when ``pdl``; other paths compute, then copy or add (ordinary launches)."""
         choice = self.choice(x)
         if choice.kernel == "gemv" and x.shape[0] == 1:
             from bitalloc.kernels.gemv import GemvConfig, gemv
 
-            config = GemvConfig(**choice.params)
-            gemv(x, self.layout(), config, out=out, accumulate=accumulate, pdl=pdl, prefetch=prefetch)
+            gemv(x, self.layout(), GemvConfig(**choice.params), out=out, accumulate=accumulate, pdl=pdl)
             if self.bias is not None:
                 out.add_(self.bias.to(out.dtype))
             return out

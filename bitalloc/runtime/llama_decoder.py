@@ -10,10 +10,8 @@ tables come from the model's own rotary module (static rope types). Weights may 
 (cuBLAS), ``QuantLinear`` of any candidate (the registry's kernel, or the reference path with a warning) or
 ``PackedLinear`` (its own torch forward, with a warning: k-means, nested, lookup-table, W8A8/W4A4 formats).
 On Hopper the decoder's own kernels use programmatic dependent launch (``kernels/_pdl.py``): each GEMV's
-first weights load while the kernel before it still runs. With ``l2_ahead = k`` each of its GEMVs then asks
-L2 for the weights of the launch ``k`` places further down the step (``kernels/l2_prefetch.py``), so DRAM
-streams ahead of the chain of dependent launches. The decoder copies the weights it fuses; the source model
-can be dropped after.
+first weights load while the kernel before it still runs. The decoder copies the weights it fuses; the
+source model can be dropped after.
 
 A prompt goes in one ``prefill`` pass (batched projections on the registry's kernels for that many rows,
 causal attention in torch), then decoding continues one step (one graph replay) per token.
@@ -32,7 +30,6 @@ from bitalloc.errors import InvalidInput
 from bitalloc.kernels._pdl import pdl_supported
 from bitalloc.kernels.argmax import argmax_row
 from bitalloc.kernels.decode_attention import AttentionWorkspace, decode_attention
-from bitalloc.kernels.l2_prefetch import PrefetchRanges
 from bitalloc.kernels.registry import Registry
 from bitalloc.kernels.rmsnorm import rmsnorm
 from bitalloc.kernels.silu_mul import silu_mul
@@ -42,7 +39,6 @@ from bitalloc.runtime.projection import FusedProjection
 MODEL_TYPES = {"llama", "mistral", "qwen2"}  # same block: RMSNorm, rotate-half rope, GQA, SiLU-gated MLP
 STATIC_ROPE = {"default", "linear", "llama3", "yarn"}  # frequencies independent of the sequence length
 SPARE_ROWS = 2  # cache and rope rows past max_len: capture()'s warm-up steps may run there
-L2_PREFETCH_CAP = 24 << 20  # bytes one launch asks L2 for: half of an H100's / H200's 50 MB
 
 
 @dataclass(frozen=True)
@@ -132,12 +128,7 @@ class LlamaDecoder:
     """Greedy batch-1 decoding of a Llama-architecture model (float16) with fused launches."""
 
     def __init__(
-        self,
-        model: nn.Module,
-        max_len: int,
-        registry: Registry | None = None,
-        pdl: bool | None = None,
-        l2_ahead: int = 0,
+        self, model: nn.Module, max_len: int, registry: Registry | None = None, pdl: bool | None = None
     ) -> None:
         inner = _check_model(model)
         dims = DecoderDims.of(model.config, max_len)
@@ -154,8 +145,6 @@ class LlamaDecoder:
             )
         if max_len < 1:
             raise InvalidInput(f"max_len must be at least 1, got {max_len}")
-        if l2_ahead < 0:
-            raise InvalidInput(f"l2_ahead counts launches ahead (0: no prefetch), got {l2_ahead}")
         registry = Registry.load() if registry is None else registry
         self.dims = dims
         self.max_len = max_len
@@ -167,8 +156,6 @@ class LlamaDecoder:
         self.lm_head = FusedProjection([model.lm_head], registry)
         self.layers = [self._layer(block, registry) for block in inner.layers]
         self.cos, self.sin = self._rotary_tables(inner.rotary_emb)
-        self.l2_ahead = l2_ahead
-        self.prefetching_launches = self._schedule_prefetch(l2_ahead) if l2_ahead else 0
         self._allocate()
         self.position = 0  # host copy of ``pos``: the next token's position
         self._graph: torch.cuda.CUDAGraph | None = None
@@ -189,23 +176,6 @@ class LlamaDecoder:
             k_cache=cache,
             v_cache=cache.clone(),
         )
-
-    def launch_order(self) -> list[tuple[FusedProjection, int]]:
-        """Every weight launch of a step in order: (projection, index of its run)."""
-        projections = [p for layer in self.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)]
-        return [(p, i) for p in [*projections, self.lm_head] for i in range(p.launches)]
-
-    def _schedule_prefetch(self, ahead: int) -> int:
-        """Launch ``n`` asks L2 for launch ``n + ahead``'s weights (the last ones for the next step's first,
-        the step being replayed), at most ``L2_PREFETCH_CAP`` bytes; returns how many launches can (our
-        GEMVs: cuBLAS launches cannot)."""
-        order = self.launch_order()
-        count = 0
-        for n, (projection, i) in enumerate(order):
-            target, j = order[(n + ahead) % len(order)]
-            spans = PrefetchRanges.of(target.runs[j][2].weights(), L2_PREFETCH_CAP)
-            count += projection.prefetch_after(i, spans)
-        return count
 
     def _rotary_tables(self, rotary: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """``cos``, ``sin (max_len + SPARE_ROWS, head_dim)`` float32 from the model's rotary module."""
@@ -275,7 +245,10 @@ class LlamaDecoder:
     @property
     def launches_per_step(self) -> int:
         """Weight launches per step (norms, attention, activation and bookkeeping come on top)."""
-        return len(self.launch_order())
+        per_layer = sum(
+            p.launches for layer in self.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)
+        )
+        return per_layer + self.lm_head.launches
 
     def reset(self) -> None:
         """Start a new sequence at position 0 (the cache is overwritten as positions are reached)."""

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from bitalloc.errors import InvalidInput
-from bitalloc.kernels.l2_prefetch import NO_PREFETCH, PrefetchRanges
 from bitalloc.kernels.linear import KernelFallbackWarning, KernelQuantLinear
 from bitalloc.kernels.registry import Registry
 from bitalloc.quantizers.packed import PackedWeight
@@ -46,26 +45,16 @@ class DenseRun:
         """``x (rows, in) -> (rows, out)``."""
         return torch.nn.functional.linear(x, self.weight, self.bias)
 
-    def weights(self) -> tuple[torch.Tensor, ...]:
-        """The tensors one call reads, largest first."""
-        return (self.weight,)
-
 
 @dataclass(frozen=True)
 class QuantRun:
     """Quantized weights of consecutive members with one candidate, concatenated into one kernel linear."""
 
     linear: KernelQuantLinear
-    prefetch: PrefetchRanges = NO_PREFETCH  # a later launch's weights, asked of L2 by a batch-1 GEMV
 
     def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool, pdl: bool = False) -> None:
         """``out (1, out) [+]= x (1, in) W^T + b`` on the kernel the registry picks."""
-        self.linear.forward_into(x, out, accumulate, pdl, self.prefetch)
-
-    def weights(self) -> tuple[torch.Tensor, ...]:
-        """The tensors a batch-1 call reads (the kernel layout's planes, scales, mins), largest first."""
-        layout = self.linear.layout()
-        return tuple(t for t in (layout.a, layout.b, layout.scales, layout.mins) if t is not None)
+        self.linear.forward_into(x, out, accumulate, pdl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (rows, in) -> (rows, out)`` on the kernel the registry picks for that many rows, never building
@@ -101,10 +90,6 @@ class ReferenceRun:
         if self.prepare is not None:
             x = self.prepare(x, self.module.qweight)
         return torch.nn.functional.linear(x, self.weight, self.bias)
-
-    def weights(self) -> tuple[torch.Tensor, ...]:
-        """The tensors one call reads."""
-        return (self.weight,)
 
     def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool, pdl: bool = False) -> None:
         """``out (1, out) [+]= forward(x)`` (ordinary launches whatever ``pdl`` says)."""
@@ -209,15 +194,6 @@ class FusedProjection:
     def launches(self) -> int:
         """How many weight launches one call takes."""
         return len(self.runs)
-
-    def prefetch_after(self, launch: int, spans: PrefetchRanges) -> bool:
-        """Have run ``launch`` ask L2 for ``spans`` after its own work; False when that run cannot (cuBLAS
-        and reference runs are not ours)."""
-        start, stop, run = self.runs[launch]
-        if not isinstance(run, QuantRun):
-            return False
-        self.runs[launch] = (start, stop, replace(run, prefetch=spans))
-        return True
 
     def run(
         self, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False, pdl: bool = False

@@ -4,10 +4,8 @@ import pytest
 import torch
 
 from bitalloc.errors import InvalidInput
-from bitalloc.kernels.l2_prefetch import NO_PREFETCH, PrefetchRanges
 from bitalloc.kernels.linear import KernelFallbackWarning
-from bitalloc.runtime.llama_decoder import L2_PREFETCH_CAP, LlamaDecoder
-from bitalloc.runtime.projection import QuantRun
+from bitalloc.runtime.llama_decoder import LlamaDecoder
 from tests.kernels.helpers import device
 from tests.runtime.helpers import block_variant, quantize_linears, tiny_llama
 
@@ -165,32 +163,6 @@ def test_decoder_rejects_what_it_cannot_run(monkeypatch):
         LlamaDecoder(model, max_len=4)
 
 
-@pytest.mark.parametrize(("plan", "ahead", "prefetching"), [(MIXED, 1, 8), (MIXED, 3, 8), (MIXED_MLP, 2, 4)])
-def test_each_gemv_prefetches_the_launch_ahead_of_it(plan, ahead, prefetching):
-    """Launch n of a step asks L2 for launch n + ahead's weights (the LM head's for the next step's first);
-    cuBLAS launches (float16 projections, the LM head) cannot ask."""
-    model = tiny_llama(seed=3)
-    quantize_linears(model, plan)
-    decoder = LlamaDecoder(model, max_len=4, l2_ahead=ahead)
-    order = decoder.launch_order()
-    assert len(order) == decoder.launches_per_step == 2 * 4 + 1
-    assert decoder.prefetching_launches == prefetching
-    for n, (projection, i) in enumerate(order):
-        run = projection.runs[i][2]
-        target = order[(n + ahead) % len(order)]
-        weights = target[0].runs[target[1]][2].weights()
-        if isinstance(run, QuantRun):
-            assert run.prefetch == PrefetchRanges.of(weights, L2_PREFETCH_CAP)
-            assert run.prefetch.nbytes == sum(t.numel() * t.element_size() for t in weights)
-        else:
-            assert not hasattr(run, "prefetch")
-    plain = LlamaDecoder(model, max_len=4)
-    assert plain.prefetching_launches == 0
-    assert all(getattr(p.runs[i][2], "prefetch", NO_PREFETCH) == NO_PREFETCH for p, i in plain.launch_order())
-    with pytest.raises(InvalidInput, match="l2_ahead"):
-        LlamaDecoder(model, max_len=4, l2_ahead=-1)
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("pdl", [False, True])
@@ -225,13 +197,6 @@ def test_cuda_graph_steps_equal_eager_steps(pdl):
     short.capture()
     last = short.step(int(ids[0, 5]))[0].float()
     assert ((last - eager[5]).norm() / eager[5].norm()).item() < 5e-3
-    # GEMVs asking L2 for later launches' weights: the same numbers
-    prefetching = LlamaDecoder(model, max_len=80, pdl=pdl, l2_ahead=2)
-    assert prefetching.prefetching_launches == 2 * 4
-    prefetching.capture()
-    fetched = decoder_logits(prefetching, ids)
-    err = (eager - fetched).norm(dim=-1) / eager.norm(dim=-1)
-    assert err.max() < 5e-3, f"relative error per step {err.tolist()}"
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "mistral", "llama-biases"])
