@@ -11,7 +11,7 @@ outputs); the result is ``R * sum(acc) + acc_off``. With PREFETCH the next step'
 and ``xs`` are loaded before this step's arithmetic. SPLIT_K > 1 adds partial results atomically
 (relaxed reductions: only later kernels read the sums, so no per-element ordering is paid for). With PDL
 (``_pdl.py``) the first step's words load while the previous kernel still runs. With SELF_L2 each program asks
-L2 for the rest of its slice right after the first step's loads, before the PDL wait (``l2_prefetch.py``).
+L2 for the rest of its slice (without PREFETCH: all of it) before the PDL wait (``l2_prefetch.py``).
 """
 
 from __future__ import annotations
@@ -273,6 +273,22 @@ def gemv_h2_kernel(
                 acc_off += offset * xs
             u0, u1, u2, scale, offset, xs = n0, n1, n2, n_scale, n_offset, n_xs
     else:
+        if SELF_L2:  # the whole slice on its way to L2 while the previous kernel finishes
+            _prefetch_slice(
+                a_ptr,
+                b_ptr,
+                s_ptr,
+                m_ptr,
+                pid_n * BLOCK_N,
+                N,
+                kb_start,
+                kb_end,
+                BITS,
+                GROUP,
+                HAS_MIN,
+                CHUNK,
+                BLOCK_N,
+            )
         if PDL:
             gdc_wait()
         for kb in range(kb_start, kb_end):

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 _SCRIPT = """
+import itertools
 import json
 import triton
 from triton.backends.compiler import GPUTarget
@@ -48,12 +49,12 @@ for bits in (2, 3, 4, 8):
             out.setdefault("gemv-atomics", []).extend(atomics)
 consts = dict(BITS=4, GROUP=128, HAS_MIN=True, CHUNK=128, BLOCK_N=256, R=16, PREFETCH=True,
               XS_ROWS=False, ASM=True, ATOMIC=True, PDL=True, SELF_L2=True)
-for bits in (3, 4):
-    consts.update(BITS=bits, R=HALF2_R[bits])
+for bits, preload in itertools.product((3, 4), (True, False)):
+    consts.update(BITS=bits, R=HALF2_R[bits], PREFETCH=preload)
     lines = ptx(gemv_h2_kernel, gemv_sig, consts).splitlines()
     marks = [i for i, line in enumerate(lines) if "prefetch.global.L2" in line]
     wait = next(i for i, line in enumerate(lines) if "griddepcontrol.wait" in line)
-    out[f"slice{bits}"] = [len(marks), max(marks) < wait]
+    out[f"slice{bits}-{int(preload)}"] = [len(marks), max(marks) < wait]
 attn = ptx(_decode_attention_kernel,
     {"qkv_ptr": "*fp16", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "k_cache_ptr": "*fp16",
      "v_cache_ptr": "*fp16", "pos_ptr": "*i32", "out_ptr": "*fp16", "m_ws_ptr": "*fp32",
@@ -85,7 +86,8 @@ def test_decoder_kernels_wait_before_reading_activations():
         assert weights_first > 0  # the first step's words, scales and offsets load before the wait
         assert got[f"gemv{bits}-0-1"] == weights_first  # and the activation sum does not
     # the rest of the slice asked for before the wait: words (a and b planes at 3 bits), scales, mins
-    assert got["slice4"] == [3, True] and got["slice3"] == [4, True]
+    for preload in (0, 1):  # after the first step's loads, or (no preload) before any
+        assert got[f"slice4-{preload}"] == [3, True] and got[f"slice3-{preload}"] == [4, True]
     # split-K sums add by relaxed reductions (PTX's default without a .sem): no ordering per element
     ordered = (".acq_rel", ".release", ".acquire")
     assert got["gemv-atomics"] and not any(o in op for op in got["gemv-atomics"] for o in ordered)
