@@ -1,14 +1,14 @@
 """End-to-end decoding speed: a random-initialised ~1B Llama-shaped model, fp16 vs a mixed 4/3-bit plan.
 
-    python benchmarks/kernels_e2e.py [--tokens 64] [--context 0,512] [--prompt 512] [--l2-slice] \
+    python benchmarks/kernels_e2e.py [--tokens 64] [--context 0,512] [--prompt 512] [--no-l2-slice] \
         [--latency bitalloc/kernels/configs/latency_h100.csv]
 
 Every decoder Linear is quantized with RTN (attention and down projections 4-bit, gate/up 3-bit, group
 128, asymmetric). Four runners decode batch 1, each step one CUDA graph, side by side in one process:
 transformers' model with a static cache (fp16, and mixed with ``use_kernels``) and ``LlamaDecoder`` (fused
 launches; fp16 on cuBLAS, mixed on the kernels; on Hopper its own kernels use programmatic dependent
-launch, and the mixed decoder is also timed without it, and with ``--l2-slice`` with every batch-1 GEMV asking
-L2 for its whole slice before the PDL wait).
+launch, and the mixed decoder is also timed without it, and with ``--no-l2-slice`` without the GEMVs asking L2
+for their slice before the PDL wait, ``GemvConfig.l2_slice``).
 Times: the median step with a sync after each step, and
 the mean step of back-to-back replays. Correctness: the decoder's logits against transformers' on the same
 weights (the mixed reference dequantizes in torch). With a latency table, the decoder's mixed step is also
@@ -257,15 +257,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="GPU time per kernel of the decoder steps")
     parser.add_argument("--prompt", type=int, default=0, help="also time a prompt of this many tokens")
     parser.add_argument(
-        "--l2-slice",
+        "--no-l2-slice",
         action="store_true",
-        help="also time the mixed decoder whose GEMVs ask L2 for their whole slice before the PDL wait",
-    )
-    parser.add_argument(
-        "--latency-budget",
-        type=float,
-        default=None,
-        help="plan with the allocator under this fraction of the float16 linears' tabled time (--latency)",
+        help="also time the mixed decoder with every batch-1 GEMV's L2 slice prefetch off",
     )
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -311,23 +305,19 @@ def main() -> None:
         profiles["decoder mixed"] = profile_table(mixed)
     launches = mixed.launches_per_step
     del mixed
-    if args.l2_slice:
+    if args.no_l2_slice:
         registry = Registry.load()
-        sliced = Registry(
+        plain = Registry(
             registry.device,
             tuple(
-                replace(e, params={**e.params, "l2_slice": 1}) if e.kernel == "gemv" else e
+                replace(e, params={**e.params, "l2_slice": 0}) if e.kernel == "gemv" else e
                 for e in registry.entries
             ),
         )
-        fetching = LlamaDecoder(model, max_len, registry=sliced)
+        unfetched = LlamaDecoder(model, max_len, registry=plain)
         for ctx in contexts:
-            times[("decoder mixed, L2 slice", ctx)] = decoder_step_us(fetching, args.tokens, ctx)
-        del fetching
-    if args.profile:
-        profiles["decoder mixed without PDL, GEMVs by role"] = gemv_roles(
-            LlamaDecoder(model, max_len, pdl=False)
-        )
+            times[("decoder mixed, no L2 slice prefetch", ctx)] = decoder_step_us(unfetched, args.tokens, ctx)
+        del unfetched
     if pdl_supported(torch.device("cuda")):  # the same without programmatic dependent launch
         plain = LlamaDecoder(model, max_len, pdl=False)
         for ctx in contexts:

@@ -41,7 +41,9 @@ class GemvConfig:
     half2: int = 1  # float16 activations at 2/3/4/8 bits take the f16x2 kernel (gemv_h2.py)
     prefetch: int = 1  # f16x2 kernel: load the next step before this step's arithmetic
     xs_rows: int = 0  # f16x2 kernel: activation sums per thread's rows (no cross-warp sum per step)
-    l2_slice: int = 0  # f16x2 kernel: ask L2 for the program's slice before the PDL wait (l2_prefetch.py)
+    l2_slice: int = (
+        0  # f16x2 kernel with PDL: ask L2 for the program's slice before the wait (l2_prefetch.py)
+    )
 
 
 @triton.jit
@@ -178,7 +180,7 @@ def gemv(
             PREFETCH=bool(config.prefetch),
             XS_ROWS=bool(config.xs_rows),
             ASM=not interpret,
-            SELF_L2=bool(config.l2_slice) and not interpret,
+            SELF_L2=bool(config.l2_slice) and pdl,  # fills the wait for the previous kernel
             ATOMIC=atomic,
             PDL=pdl,
             num_warps=config.num_warps,
