@@ -261,6 +261,12 @@ def main() -> None:
         action="store_true",
         help="also time the mixed decoder with every batch-1 GEMV's L2 slice prefetch off",
     )
+    parser.add_argument(
+        "--latency-budget",
+        type=float,
+        default=None,
+        help="plan with the allocator under this fraction of the float16 linears' tabled time (--latency)",
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("kernels_e2e needs a CUDA GPU")
