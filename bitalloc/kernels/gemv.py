@@ -27,6 +27,9 @@ from bitalloc.kernels.gemv_h2 import HALF2_R, gemv_h2_kernel
 from bitalloc.kernels.layout import KernelLayout
 
 FP32_MAX_BLOCK_N = 64  # the float32-path kernel spills beyond (configs tuned for the f16x2 kernel go wider)
+# l2_slice only for weights that L2 (50 MB on H100/H200) holds beside what else is in flight: on the H200 the
+# slice prefetch gained up to 12 % at <= 16.5 MB and lost 8-36 % at >= 17 MB (BENCHMARKS.md, session 19)
+L2_SLICE_MAX_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -41,9 +44,7 @@ class GemvConfig:
     half2: int = 1  # float16 activations at 2/3/4/8 bits take the f16x2 kernel (gemv_h2.py)
     prefetch: int = 1  # f16x2 kernel: load the next step before this step's arithmetic
     xs_rows: int = 0  # f16x2 kernel: activation sums per thread's rows (no cross-warp sum per step)
-    l2_slice: int = (
-        0  # f16x2 kernel with PDL: ask L2 for the program's slice before the wait (l2_prefetch.py)
-    )
+    l2_slice: int = 0  # f16x2 kernel with PDL, weights <= 16 MiB: ask L2 for the slice before the wait
 
 
 @triton.jit
@@ -180,7 +181,7 @@ def gemv(
             PREFETCH=bool(config.prefetch),
             XS_ROWS=bool(config.xs_rows),
             ASM=not interpret,
-            SELF_L2=bool(config.l2_slice) and pdl,  # fills the wait for the previous kernel
+            SELF_L2=bool(config.l2_slice) and pdl and layout.nbytes <= L2_SLICE_MAX_BYTES,
             ATOMIC=atomic,
             PDL=pdl,
             num_warps=config.num_warps,
