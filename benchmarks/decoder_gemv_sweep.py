@@ -28,7 +28,13 @@ from bitalloc.runtime.llama_decoder import LlamaDecoder
 from bitalloc.runtime.projection import QuantRun
 
 ROLES = {"qkv": (4, 3072, 2048), "o": (4, 2048, 2048), "gate_up": (3, 16384, 2048), "down": (4, 2048, 8192)}
-GRID = {"block_n": (128, 256, 512), "split_k": (4, 8, 16, 32, 64), "prefetch": (0, 1), "xs_rows": (0, 1)}
+GRID = {
+    "block_n": (128, 256, 512),
+    "split_k": (4, 8, 16, 32, 64),
+    "prefetch": (0, 1),
+    "xs_rows": (0, 1),
+    "l2_slice": (0, 1),
+}
 
 
 def use_registry(decoder: LlamaDecoder, registry: Registry) -> None:

@@ -28,7 +28,7 @@ from bitalloc.kernels.layout import KernelLayout
 
 FP32_MAX_BLOCK_N = 64  # the float32-path kernel spills beyond (configs tuned for the f16x2 kernel go wider)
 # l2_slice only for weights that L2 (50 MB on H100/H200) holds beside what else is in flight: on the H200 the
-# slice prefetch gained up to 12 % at <= 16.5 MB and lost 8-36 % at >= 17 MB (BENCHMARKS.md, session 19)
+# slice prefetch took 0.85-1.07x the time at <= 16.5 MB (median 0.95), 1.08-1.36x at >= 17 MB (BENCHMARKS.md)
 L2_SLICE_MAX_BYTES = 16 << 20
 
 
