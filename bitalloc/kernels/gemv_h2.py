@@ -209,7 +209,7 @@ def gemv_h2_kernel(
     acc_off = tl.zeros((BLOCK_N,), dtype=tl.float32)
     if PDL:
         gdc_launch_dependents()
-    if PREFETCH:
+    if PREFETCH:  # the first step's words, scales and offsets (with PDL: while the previous kernel runs)
         u0, u1, u2, scale, offset, xs = _load_step(
             x_ptr,
             a_ptr,
@@ -227,26 +227,27 @@ def gemv_h2_kernel(
             CHUNK,
             XS_ROWS or PDL,  # with PDL the activations are read only after the wait
         )
-        if SELF_L2:  # the rest of the slice on its way to L2 while the previous kernel finishes
-            _prefetch_slice(
-                a_ptr,
-                b_ptr,
-                s_ptr,
-                m_ptr,
-                pid_n * BLOCK_N,
-                N,
-                kb_start + 1,
-                kb_end,
-                BITS,
-                GROUP,
-                HAS_MIN,
-                CHUNK,
-                BLOCK_N,
-            )
-        if PDL:  # the first step's words are on their way: wait for the previous kernel's activations
-            gdc_wait()
-            if not XS_ROWS:
-                xs = tl.sum(tl.load(x_ptr + kb_start * CHUNK + tl.arange(0, CHUNK)).to(tl.float32), axis=0)
+    if SELF_L2:  # the rest of the slice on its way to L2 while the previous kernel finishes
+        _prefetch_slice(
+            a_ptr,
+            b_ptr,
+            s_ptr,
+            m_ptr,
+            pid_n * BLOCK_N,
+            N,
+            kb_start + PREFETCH,
+            kb_end,
+            BITS,
+            GROUP,
+            HAS_MIN,
+            CHUNK,
+            BLOCK_N,
+        )
+    if PDL:  # wait for the previous kernel's activations
+        gdc_wait()
+    if PREFETCH:
+        if PDL and not XS_ROWS:
+            xs = tl.sum(tl.load(x_ptr + kb_start * CHUNK + tl.arange(0, CHUNK)).to(tl.float32), axis=0)
         for kb in range(kb_start, kb_end):
             nxt = tl.minimum(kb + 1, kb_end - 1)  # the last step re-reads itself (cache hit)
             n0, n1, n2, n_scale, n_offset, n_xs = _load_step(
@@ -273,24 +274,6 @@ def gemv_h2_kernel(
                 acc_off += offset * xs
             u0, u1, u2, scale, offset, xs = n0, n1, n2, n_scale, n_offset, n_xs
     else:
-        if SELF_L2:  # the whole slice on its way to L2 while the previous kernel finishes
-            _prefetch_slice(
-                a_ptr,
-                b_ptr,
-                s_ptr,
-                m_ptr,
-                pid_n * BLOCK_N,
-                N,
-                kb_start,
-                kb_end,
-                BITS,
-                GROUP,
-                HAS_MIN,
-                CHUNK,
-                BLOCK_N,
-            )
-        if PDL:
-            gdc_wait()
         for kb in range(kb_start, kb_end):
             u0, u1, u2, scale, offset, xs = _load_step(
                 x_ptr,
