@@ -313,17 +313,21 @@ def main() -> None:
     del mixed
     if args.no_l2_slice:
         registry = Registry.load()
-        plain = Registry(
+        unsliced = Registry(
             registry.device,
             tuple(
                 replace(e, params={**e.params, "l2_slice": 0}) if e.kernel == "gemv" else e
                 for e in registry.entries
             ),
         )
-        unfetched = LlamaDecoder(model, max_len, registry=plain)
+        unfetched = LlamaDecoder(model, max_len, registry=unsliced)
         for ctx in contexts:
             times[("decoder mixed, no L2 slice prefetch", ctx)] = decoder_step_us(unfetched, args.tokens, ctx)
         del unfetched
+    if args.profile:
+        profiles["decoder mixed without PDL, GEMVs by role"] = gemv_roles(
+            LlamaDecoder(model, max_len, pdl=False)
+        )
     if pdl_supported(torch.device("cuda")):  # the same without programmatic dependent launch
         plain = LlamaDecoder(model, max_len, pdl=False)
         for ctx in contexts:

@@ -180,6 +180,7 @@ def gemv_space() -> list[dict[str, int]]:
             "num_stages": 3,
             "prefetch": pf,
             "xs_rows": xr,
+            "l2_slice": 1,  # acts only with PDL (the decoder), not in isolated calls: kernels_e2e measures it
         }
         for (bn, warps, splits), pf, xr in itertools.product(
             [(64, 2, (4, 8, 16)), (128, 4, (4, 8, 16)), (256, 4, (8, 16, 32, 64)), (512, 4, (8, 16, 32, 64))],

@@ -120,6 +120,12 @@ def _gemv_kernel(
         tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
 
 
+def slice_prefetch_on(config: GemvConfig, pdl: bool, weight_bytes: int) -> bool:
+    """Whether the f16x2 GEMV asks L2 for each program's slice before the PDL wait: asked for, launched with
+    PDL (no wait to fill otherwise) and weights that L2 holds (``L2_SLICE_MAX_BYTES``)."""
+    return bool(config.l2_slice) and pdl and weight_bytes <= L2_SLICE_MAX_BYTES
+
+
 def gemv(
     x: torch.Tensor,
     layout: KernelLayout,
@@ -181,7 +187,7 @@ def gemv(
             PREFETCH=bool(config.prefetch),
             XS_ROWS=bool(config.xs_rows),
             ASM=not interpret,
-            SELF_L2=bool(config.l2_slice) and pdl and layout.nbytes <= L2_SLICE_MAX_BYTES,
+            SELF_L2=slice_prefetch_on(config, pdl, layout.nbytes),
             ATOMIC=atomic,
             PDL=pdl,
             num_warps=config.num_warps,

@@ -4,10 +4,8 @@ With programmatic dependent launch a batch-1 GEMV starts while the kernel before
 first step's words and then waits. ``GemvConfig.l2_slice`` fills that wait: each program asks L2 for the rest
 of its own slice (words, scales, offsets), so the later steps find their lines in L2 or on their way. A
 prefetch is a hint: it moves nothing into registers, blocks nothing and cannot change a result. Not under the
-Triton interpreter (no PTX there).
-
-Measured and dropped (BENCHMARKS.md, session 19): a GEMV asking, after its own work, for the weights of the
-launch one to three places further down the decode step made the step 12-19 % slower.
+Triton interpreter (no PTX there). Asking for a later launch's weights instead was measured slower
+(BENCHMARKS.md, session 19).
 """
 
 from __future__ import annotations
@@ -29,7 +27,9 @@ def _ask_l2(ptrs):
 @triton.jit
 def prefetch_tile(ptr, row0, ROWS: tl.constexpr, col0, COLS: tl.constexpr, N):
     """Ask L2 for rows ``row0 + [0, ROWS)`` of columns ``col0 + [0, COLS)`` of a row-major ``(*, N)`` tensor:
-    one address per line (columns clamped to the row)."""
+    one address per 128 bytes from ``col0`` (columns clamped to the row), so a tile that does not start on a
+    line boundary leaves its last line to the demand load. A tile narrower than a line is asked for by every
+    thread holding a copy (repeats of a line in flight cost an issue slot, nothing more)."""
     STEP: tl.constexpr = LINE // ptr.dtype.element_ty.primitive_bitwidth * 8
     LINES: tl.constexpr = COLS // STEP if COLS > STEP else 1
     cols = tl.minimum(col0 + tl.arange(0, LINES) * STEP, N - 1)  # (LINES,)

@@ -51,23 +51,35 @@ def decoder_linears(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
     return out
 
 
-def launch_shares(linears: Sequence[tuple[str, nn.Module, str]]) -> list[tuple[tuple[int, int], float]]:
-    """Per linear: the weight shape of the launch its tie group runs as (members' rows stacked) and its share
-    of that launch's time (its rows over the launch's rows)."""
-    rows: dict[str, int] = {}
-    for _, linear, tie in linears:
-        rows[tie] = rows.get(tie, 0) + linear.out_features
-    return [((rows[tie], linear.in_features), linear.out_features / rows[tie]) for _, linear, tie in linears]
+def launch_shares(
+    linears: Sequence[tuple[str, nn.Module, str]], formats: Sequence[str] | None = None
+) -> list[tuple[tuple[int, int], float]]:
+    """Per linear: the weight shape of the launch it runs in and its share of that launch's time (its rows
+    over the launch's rows). Consecutive members of a tie group with one format (``formats``, one per linear;
+    None: a tie group shares its format) run as one launch of their stacked rows, as the decoder fuses."""
+    keys = [(tie, None if formats is None else formats[u]) for u, (_, _, tie) in enumerate(linears)]
+    shares: list[tuple[tuple[int, int], float]] = []
+    start = 0
+    while start < len(linears):
+        stop = start + 1
+        while stop < len(linears) and keys[stop] == keys[start]:
+            stop += 1
+        members = [linear for _, linear, _ in linears[start:stop]]
+        rows = sum(m.out_features for m in members)
+        shares += [((rows, m.in_features), m.out_features / rows) for m in members]
+        start = stop
+    return shares
 
 
 def tabled_us(
     table: LatencyTable, model: nn.Module, assignment: dict[str, str] | None, batch: int = 1
 ) -> float:
     """Tabled time of the decoder linears under ``assignment`` (linear name -> candidate; None: float16),
-    tie groups priced as one fused launch (their members must share a candidate, as the decoder fuses)."""
+    each launch the decoder runs priced once (``launch_shares``)."""
     linears = decoder_linears(model)
+    formats = None if assignment is None else [assignment[name] for name, _, _ in linears]
     total = 0.0
-    for (name, _, _), (shape, share) in zip(linears, launch_shares(linears), strict=True):
+    for (name, _, _), (shape, share) in zip(linears, launch_shares(linears, formats), strict=True):
         if assignment is None:
             total += share * table.predict_fp16(shape, batch)
         else:

@@ -16,8 +16,13 @@ def test_plans_fit_their_latency_budgets_and_keep_fused_groups_together():
     table = LatencyTable.load(shipped_table("measured-h200_pipelined"))
     unlimited = plan_under_latency(model, table, PALETTE, budget_us=1e9)
     assert set(unlimited.assignment.values()) == {"rtn-w8g32-asym"}  # least error when time is free
-    shapes = [tuple(m.weight.shape) for _, m, _ in decoder_linears(model)]
-    fastest = sum(min(table.predict(Candidate.parse(c), s, 1) for c in PALETTE) for s in shapes)
+    linears = decoder_linears(model)
+    by_group: dict[str, dict[str, float]] = {}  # tie group -> candidate -> its fused launch's tabled time
+    for (_, _, tie), (launch, share) in zip(linears, launch_shares(linears), strict=True):
+        group = by_group.setdefault(tie, {})
+        for c in PALETTE:
+            group[c] = group.get(c, 0.0) + share * table.predict(Candidate.parse(c), launch, 1)
+    fastest = sum(min(group.values()) for group in by_group.values())
     assert fastest < unlimited.latency_us
     budgets = [fastest + f * (unlimited.latency_us - fastest) for f in (0.3, 0.7)]
     plans = [plan_under_latency(model, table, PALETTE, budget_us=b) for b in budgets]
@@ -42,7 +47,13 @@ def test_tied_groups_are_priced_as_one_fused_launch():
     not the sum of their members' launches."""
     model = tiny_llama(seed=9)  # q 64x64, k/v 32x64, o 64x64, gate/up 128x64, down 64x128
     times = {(64, 64): 10.0, (32, 64): 8.0, (128, 64): 12.0, (256, 64): 14.0, (64, 128): 9.0}
-    table = LatencyTable(tuple(LatencyRow(4, 32, False, o, i, 1, us, 3 * us) for (o, i), us in times.items()))
+    table = LatencyTable(  # 8-bit launches take twice the 4-bit time, float16 three times
+        tuple(
+            LatencyRow(bits, 32, False, o, i, 1, bits // 4 * us, 3 * us)
+            for (o, i), us in times.items()
+            for bits in (4, 8)
+        )
+    )
     linears = decoder_linears(model)
     shares = dict(zip([name for name, _, _ in linears], launch_shares(linears), strict=True))
     assert shares["0.self_attn.q_proj"] == ((128, 64), 0.5)
@@ -55,5 +66,8 @@ def test_tied_groups_are_priced_as_one_fused_launch():
     assert plan.latency_us == pytest.approx(2 * fused_layer)  # per linear it would be 2 * 69
     quantize_linears(model, {n.rpartition(".")[2]: "rtn-w4g32-asym" for n in plan.assignment})
     assert tabled_us(table, model, plan.assignment) == pytest.approx(plan.latency_us)
+    # members of a group with different formats run (and are priced) as separate launches
+    split = plan.assignment | {f"{i}.self_attn.{p}_proj": "rtn-w8g32-asym" for i in (0, 1) for p in "kv"}
+    assert tabled_us(table, model, split) == pytest.approx(2 * (10 + 2 * 10 + 10 + 14 + 9))  # q; k+v 8-bit
     with pytest.raises(InvalidInput, match="float model"):
         plan_under_latency(model, table, ("rtn-w4g32-asym",), budget_us=1e9)
