@@ -97,9 +97,7 @@ class KernelQuantLinear(QuantLinear):
             from bitalloc.kernels.gemm import GemmConfig, gemm
 
             y = gemm(x2, self.layout(), GemmConfig(**choice.params))
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y.view(*x.shape[:-1], self.out_features)
+        return self._add_bias(y).view(*x.shape[:-1], self.out_features)
 
     def forward_into(
         self, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False, pdl: bool = False
@@ -112,11 +110,13 @@ class KernelQuantLinear(QuantLinear):
             from bitalloc.kernels.gemv import GemvConfig, gemv
 
             gemv(x, self.layout(), GemvConfig(**choice.params), out=out, accumulate=accumulate, pdl=pdl)
-            if self.bias is not None:
-                out.add_(self.bias.to(out.dtype))
-            return out
+            return self._add_bias(out)
         y = self.forward(x)
         return out.add_(y) if accumulate else out.copy_(y)
+
+    def _add_bias(self, y: torch.Tensor) -> torch.Tensor:
+        """``y (rows, out) += b`` in place (a kernel's fresh result, or the output it wrote or added into)."""
+        return y if self.bias is None else y.add_(self.bias.to(y.dtype))
 
     def _warn_once(self, reason: str) -> None:
         if reason in self._warned:
