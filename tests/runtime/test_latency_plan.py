@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
 
 from bitalloc.errors import InfeasibleBudget, InvalidInput
 from bitalloc.kernels.latency import LatencyRow, LatencyTable, shipped_table
@@ -71,3 +74,31 @@ def test_tied_groups_are_priced_as_one_fused_launch():
     assert tabled_us(table, model, split) == pytest.approx(2 * (10 + 2 * 10 + 10 + 14 + 9))  # q; k+v 8-bit
     with pytest.raises(InvalidInput, match="float model"):
         plan_under_latency(model, table, ("rtn-w4g32-asym",), budget_us=1e9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abc"), st.integers(1, 64), st.sampled_from(["w4", "w8"])),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_launch_shares_split_each_launch_by_rows(members):
+    """Each launch (a run of neighbours with one tie key and one format) is priced once: its members' shares
+    sum to 1, each share is the member's rows over the launch's stacked rows, and its shape stacks them."""
+    linears = [(f"l{i}", nn.Linear(32, out, device="meta"), tie) for i, (tie, out, _) in enumerate(members)]
+    formats = [fmt for _, _, fmt in members]
+    shares = launch_shares(linears, formats)
+    start = 0
+    while start < len(members):
+        stop = start + 1
+        while stop < len(members) and members[stop][::2] == members[start][::2]:
+            stop += 1
+        rows = sum(out for _, out, _ in members[start:stop])
+        assert sum(share for _, share in shares[start:stop]) == pytest.approx(1.0)
+        for (_, out, _), (shape, share) in zip(members[start:stop], shares[start:stop], strict=True):
+            assert shape == (rows, 32) and share == pytest.approx(out / rows)
+        start = stop
+    # without formats a tie group's neighbours share one launch, as when they share one format
+    assert launch_shares(linears) == launch_shares(linears, ["w4"] * len(members))
