@@ -9,9 +9,10 @@ replays every step. Model types: Llama, Mistral (within its sliding window) and 
 tables come from the model's own rotary module (static rope types). Weights may be float16 ``nn.Linear``
 (cuBLAS), ``QuantLinear`` of any candidate (the registry's kernel, or the reference path with a warning) or
 ``PackedLinear`` (its own torch forward, with a warning: k-means, nested, lookup-table, W8A8/W4A4 formats).
-On Hopper the decoder's own kernels use programmatic dependent launch (``kernels/_pdl.py``): each GEMV's
-first weights load while the kernel before it still runs. The decoder copies the weights it fuses; the
-source model can be dropped after.
+On Hopper the decoder's own kernels use programmatic dependent launch (``kernels/_pdl.py``): while the kernel
+before it still runs, each GEMV loads its first weights or, where its tuned entry says ``l2_slice``, asks L2
+for its whole slice (``kernels/l2_prefetch.py``). The decoder copies the weights it fuses; the source model
+can be dropped after.
 
 A prompt goes in one ``prefill`` pass (batched projections on the registry's kernels for that many rows,
 causal attention in torch), then decoding continues one step (one graph replay) per token.
