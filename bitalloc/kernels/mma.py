@@ -8,6 +8,10 @@ field pairs become the float16x2 registers of the mma's left operand by one LOP3
 ``acc += scale * (q W-tile @ x^T)`` per output row, plus ``min * sum(x of the group)`` for asymmetric codes
 (the sums: one small torch reduction before the launch; an mma with a tile of ones doubled the tensor-core
 work, which bounds batch 9-16). Symmetric codes fold ``qoff`` into the FMA.
+``MmaConfig.offset_codes`` drops that FMA: one LOP3 per pair makes the float16 ``2**(10 - s) + q`` (``s`` the
+field's bit), the float32 accumulators keep the exact sum, and the step subtracts the offsets' dot with the
+group's activations (``code_offsets``; two row classes per tile) computed before the launch with the sums:
+about half the dequantization instructions. CPU-checked on the emulator and compiled for sm_90; not yet timed.
 The next step's words are loaded before this step's arithmetic; SPLIT_K > 1 adds partial results atomically
 into a zeroed output.
 
@@ -19,6 +23,7 @@ the GPU tests check it against the torch reference.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,11 +48,20 @@ class MmaConfig:
     num_warps: int = 4
     split_k: int = 0
     wgmma: bool = False  # Hopper warpgroup mma for 9-16 rows (needs 4 or 8 warps)
+    offset_codes: bool = False  # one LOP3 per pair, offsets subtracted per group (``code_offsets``)
 
 
-def codes_asm(bits: int, qoff: float) -> str:
+def _field_shift(bits: int, pair: int) -> int:
+    """Bit of field ``pair`` in the half it is read from (fields from bit 8 on: from the word >> 8)."""
+    pos = bits * pair
+    return pos if pos < 8 else pos - 8
+
+
+def codes_asm(bits: int, qoff: float, offset: bool = False) -> str:
     """PTX: the ``E = 32 / bits`` float16 ``code + qoff`` of one word (input ``$E/2``; it arrives E times),
-    as E/2 float16x2 outputs ``$0..``: pair ``p`` = field ``p`` of the low and the high half."""
+    as E/2 float16x2 outputs ``$0..``: pair ``p`` = field ``p`` of the low and the high half. With ``offset``
+    one LOP3 per pair gives ``2**(10 - s) + code`` instead (the exponent chosen so that the code has unit
+    weight; ``s`` the field's bit), exact in float16; ``code_offsets`` gives each input's offset."""
     per_word = 32 // bits
     pairs = per_word // 2
     lines = ["{", ".reg .b32 hw, v, c1, c2;"]
@@ -55,9 +69,13 @@ def codes_asm(bits: int, qoff: float) -> str:
     if bits * (pairs - 1) >= 8:
         lines.append(f"shr.u32 hw, {word}, 8;")
     for p in range(pairs):
-        pos = bits * p
-        src, s = (word, pos) if pos < 8 else ("hw", pos - 8)
+        s = _field_shift(bits, p)
+        src = word if bits * p < 8 else "hw"
         mask = ((1 << bits) - 1) << s
+        if offset:  # exponent 25 - s: the float16 2**(10 - s) * (1 + q 2**(s - 10)) = 2**(10 - s) + q
+            exp = (25 - s) << 10
+            lines.append(f"lop3.b32 ${p}, {src}, 0x{mask:04X}{mask:04X}, 0x{exp:04X}{exp:04X}, 0xEA;")
+            continue
         lines += [
             f"lop3.b32 v, {src}, 0x{mask:04X}{mask:04X}, 0x64006400, 0xEA;",
             f"mov.b32 c1, {_f16x2(2.0**-s)};",
@@ -66,6 +84,23 @@ def codes_asm(bits: int, qoff: float) -> str:
         ]
     lines.append("}")
     return "\n".join(lines)
+
+
+@functools.cache
+def code_offsets(bits: int, group_size: int) -> torch.Tensor:
+    """``(2, group)`` float32: the offset ``codes_asm(offset=True)`` adds to the code of input ``i`` of a
+    group, for the rows ``0-7`` and ``8-15`` of a 16-row tile (the two rows a lane holds sit in neighbouring
+    fields). Lane ``4 g + t`` element ``e`` (over the group's words) is row ``g + 8 ((e % 8) // 2 % 2)``, mma
+    k-tile ``e // 8``, position ``2 t + e % 2 + 8 ((e % 8) // 4)``, input ``4 (group / 16) t + 4 (e // 8) +
+    2 ((e % 8) // 4) + e % 2`` (the contiguous runs ``_load_x`` reads), field ``(e % (32 / bits)) // 2``."""
+    per_word = 32 // bits
+    offsets = torch.zeros(2, group_size)
+    for t, e in itertools.product(range(4), range(group_size // 2)):
+        r = e % 8
+        row_class = (r // 2) % 2
+        inp = 4 * (group_size // 16) * t + 4 * (e // 8) + 2 * (r // 4) + r % 2
+        offsets[row_class, inp] = 2.0 ** (10 - _field_shift(bits, (e % per_word) // 2))
+    return offsets
 
 
 def _bits_of(n: int) -> list[int]:
@@ -226,6 +261,8 @@ def _mma_kernel(
     BN: gl.constexpr,
     SPLIT_K: gl.constexpr,
     WGMMA: gl.constexpr,
+    OFFSET: gl.constexpr,
+    QOFF: gl.constexpr,
     L6: gl.constexpr,
     LW: gl.constexpr,
     LX: gl.constexpr,
@@ -281,12 +318,31 @@ def _mma_kernel(
             part = gl.nvidia.hopper.warpgroup_mma(a, xbuf, zero, use_acc=False)
         else:
             part = gl.nvidia.ampere.mma_v2(a, xb, zero)
-        acc += gl.expand_dims(scale.to(gl.float32), 1) * part
-        if HAS_MIN:  # + min * (the group's activation sum, from the host)
-            next_mins = gl.load(m_ptr + nxt * N + rows)
-            xs = gl.load(xs_ptr + cols * xs_stride + step, mask=cols < M, other=0.0)
-            acc += gl.expand_dims(mins.to(gl.float32), 1) * gl.expand_dims(xs, 0)
-            mins = next_mins
+        # offset codes: part = sum (offset + q) x; less the row class's offsets . x, plus (min + qoff s) sum x
+        if OFFSET:
+            sums = xs_ptr + cols * xs_stride + 3 * step  # the host's [sum x, c0, c1 - c0], c = offsets . x
+            live = cols < M
+            xs = gl.expand_dims(gl.load(sums, mask=live, other=0.0), 0)  # (1, BN)
+            c0 = gl.expand_dims(gl.load(sums + 1, mask=live, other=0.0), 0)
+            dc = gl.expand_dims(gl.load(sums + 2, mask=live, other=0.0), 0)
+            sc = scale.to(gl.float32)  # (BM,)
+            shift = sc * QOFF
+            if HAS_MIN:
+                next_mins = gl.load(m_ptr + nxt * N + rows)
+                shift += mins.to(gl.float32)
+                mins = next_mins
+            upper = sc * ((rows % 16) >= 8).to(gl.float32)  # the scale on rows 8-15 of a tile, else 0
+            acc += gl.expand_dims(sc, 1) * part
+            acc += gl.expand_dims(shift, 1) * xs
+            acc -= gl.expand_dims(sc, 1) * c0
+            acc -= gl.expand_dims(upper, 1) * dc
+        else:
+            acc += gl.expand_dims(scale.to(gl.float32), 1) * part
+            if HAS_MIN:  # + min * (the group's activation sum, from the host)
+                next_mins = gl.load(m_ptr + nxt * N + rows)
+                xs = gl.load(xs_ptr + cols * xs_stride + step, mask=cols < M, other=0.0)
+                acc += gl.expand_dims(mins.to(gl.float32), 1) * gl.expand_dims(xs, 0)
+                mins = next_mins
         words = next_words
         xb = next_xb
         scale = next_scale
@@ -314,7 +370,14 @@ def auto_split_k(row_programs: int, steps: int, device: torch.device) -> int:
 
 @functools.cache
 def kernel_constants(
-    bits: int, group_size: int, qoff: float, has_min: bool, tiles_per_warp: int, num_warps: int, bn: int
+    bits: int,
+    group_size: int,
+    qoff: float,
+    has_min: bool,
+    tiles_per_warp: int,
+    num_warps: int,
+    bn: int,
+    offset: bool = False,
 ) -> Mapping[str, object]:
     """The kernel's compile-time arguments for one format and launch shape (all but SPLIT_K and WGMMA);
     cached, so that a call does not rebuild the layouts and the PTX on the host."""
@@ -323,7 +386,9 @@ def kernel_constants(
     atoms = group_size // atom
     return MappingProxyType(
         {
-            "ASM": codes_asm(bits, qoff),
+            "ASM": codes_asm(bits, qoff, offset),
+            "OFFSET": offset,
+            "QOFF": qoff,
             "BITS": bits,
             "GROUP": group_size,
             "ATOM": atom,
@@ -350,7 +415,9 @@ def compile_offline(
 
     qoff = -float(1 << (bits - 1)) if symmetric else 0.0
     tpw, warps = config.tiles_per_warp, config.num_warps
-    consts = dict(kernel_constants(bits, group_size, qoff, not symmetric, tpw, warps, bn))
+    consts = dict(
+        kernel_constants(bits, group_size, qoff, not symmetric, tpw, warps, bn, config.offset_codes)
+    )
     consts.update(SPLIT_K=max(1, config.split_k), WGMMA=config.wgmma and bn == 16)
     args = [
         "x_ptr",
@@ -402,10 +469,21 @@ def mma_matmul(
         y.zero_()
     bn = 8 if rows <= 8 else 16
     mins = layout.mins if layout.mins is not None else layout.scales
-    # asymmetric codes: each group's activation sum, (M, in / group) float32
-    xs = x.view(rows, -1, layout.group_size).sum(-1, dtype=torch.float32) if layout.mins is not None else x
     has_min = layout.mins is not None
-    consts = kernel_constants(layout.bits, layout.group_size, layout.qoff, has_min, tpw, warps, bn)
+    groups = x.view(rows, -1, layout.group_size)  # (M, in / group, group)
+    if (
+        config.offset_codes
+    ):  # per group [sum x, c0, c1 - c0], c = offsets . x per row class: (M, in / group, 3)
+        offsets = code_offsets(layout.bits, layout.group_size).to(x.device)  # (2, group)
+        weights = torch.stack(
+            [torch.ones_like(offsets[0]), offsets[0], offsets[1] - offsets[0]]
+        )  # (3, group)
+        xs = (groups.float().unsqueeze(2) * weights).sum(-1)  # float32 products and sums (never TF32)
+    else:  # asymmetric codes: each group's activation sum, (M, in / group) float32
+        xs = groups.sum(-1, dtype=torch.float32) if has_min else x
+    consts = kernel_constants(
+        layout.bits, layout.group_size, layout.qoff, has_min, tpw, warps, bn, config.offset_codes
+    )
     _mma_kernel[(row_programs, split_k)](
         x,
         layout.words,
