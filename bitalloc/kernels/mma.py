@@ -86,7 +86,6 @@ def codes_asm(bits: int, qoff: float, offset: bool = False) -> str:
     return "\n".join(lines)
 
 
-@functools.cache
 def code_offsets(bits: int, group_size: int) -> torch.Tensor:
     """``(2, group)`` float32: the offset ``codes_asm(offset=True)`` adds to the code of input ``i`` of a
     group, for the rows ``0-7`` and ``8-15`` of a 16-row tile (the two rows a lane holds sit in neighbouring
@@ -101,6 +100,15 @@ def code_offsets(bits: int, group_size: int) -> torch.Tensor:
         inp = 4 * (group_size // 16) * t + 4 * (e // 8) + 2 * (r // 4) + r % 2
         offsets[row_class, inp] = 2.0 ** (10 - _field_shift(bits, (e % per_word) // 2))
     return offsets
+
+
+@functools.cache
+def offset_weights(bits: int, group_size: int, device: torch.device) -> torch.Tensor:
+    """``(3, group)`` float32 on ``device``: ones, the rows-0-7 offsets, and rows 8-15 minus rows 0-7; the
+    host's per-group ``[sum x, c0, c1 - c0]`` are their dots with the activations. Built once per device, at
+    the first call (a host-to-device copy cannot run inside a CUDA-graph capture)."""
+    offsets = code_offsets(bits, group_size)  # (2, group)
+    return torch.stack([torch.ones(group_size), offsets[0], offsets[1] - offsets[0]]).to(device)
 
 
 def _bits_of(n: int) -> list[int]:
@@ -471,14 +479,9 @@ def mma_matmul(
     mins = layout.mins if layout.mins is not None else layout.scales
     has_min = layout.mins is not None
     groups = x.view(rows, -1, layout.group_size)  # (M, in / group, group)
-    if (
-        config.offset_codes
-    ):  # per group [sum x, c0, c1 - c0], c = offsets . x per row class: (M, in / group, 3)
-        offsets = code_offsets(layout.bits, layout.group_size).to(x.device)  # (2, group)
-        weights = torch.stack(
-            [torch.ones_like(offsets[0]), offsets[0], offsets[1] - offsets[0]]
-        )  # (3, group)
-        xs = (groups.float().unsqueeze(2) * weights).sum(-1)  # float32 products and sums (never TF32)
+    if config.offset_codes:  # per group [sum x, c0, c1 - c0], c = offsets . x per row class
+        weights = offset_weights(layout.bits, layout.group_size, x.device)  # (3, group)
+        xs = (groups.float().unsqueeze(2) * weights).sum(-1)  # (M, in / group, 3), float32 (never TF32)
     else:  # asymmetric codes: each group's activation sum, (M, in / group) float32
         xs = groups.sum(-1, dtype=torch.float32) if has_min else x
     consts = kernel_constants(
