@@ -8,10 +8,10 @@ field pairs become the float16x2 registers of the mma's left operand by one LOP3
 ``acc += scale * (q W-tile @ x^T)`` per output row, plus ``min * sum(x of the group)`` for asymmetric codes
 (the sums: one small torch reduction before the launch; an mma with a tile of ones doubled the tensor-core
 work, which bounds batch 9-16). Symmetric codes fold ``qoff`` into the FMA.
-``MmaConfig.offset_codes`` drops that FMA: one LOP3 per pair makes the float16 ``2**(10 - s) + q`` (``s`` the
-field's bit), the float32 accumulators keep the exact sum, and the step subtracts the offsets' dot with the
-group's activations (``code_offsets``; two row classes per tile) computed before the launch with the sums:
-about half the dequantization instructions. CPU-checked on the emulator and compiled for sm_90; not yet timed.
+``MmaConfig.offset_codes`` drops that FMA: one LOP3 per pair makes the float16 ``offset + q w`` (offset
+``2**(10 - s)``, ``w`` 1 or ``upper_weight``), the float32 accumulators keep the exact sum, and the step
+subtracts the offsets' dot with the group's activations (``code_offsets``, computed before the launch with the
+sums) and scales rows 8-15 by ``1 / w``. CPU-checked on the emulator and compiled for sm_90; not yet timed.
 The next step's words are loaded before this step's arithmetic; SPLIT_K > 1 adds partial results atomically
 into a zeroed output.
 
@@ -60,8 +60,10 @@ def _field_shift(bits: int, pair: int) -> int:
 def codes_asm(bits: int, qoff: float, offset: bool = False) -> str:
     """PTX: the ``E = 32 / bits`` float16 ``code + qoff`` of one word (input ``$E/2``; it arrives E times),
     as E/2 float16x2 outputs ``$0..``: pair ``p`` = field ``p`` of the low and the high half. With ``offset``
-    one LOP3 per pair gives ``2**(10 - s) + code`` instead (the exponent chosen so that the code has unit
-    weight; ``s`` the field's bit), exact in float16; ``code_offsets`` gives each input's offset."""
+    one LOP3 per pair gives ``2**(10 - s) + code * 2**(s_p - s)`` instead, exact in float16 (``s_p`` the
+    field's bit, ``s`` that of the even field of its pair: the exponent is chosen so that fields ``2m`` and
+    ``2m + 1``, a lane's rows ``g`` and ``g + 8`` at the same inputs, carry the same offset; ``code_offsets``
+    gives it per input, and rows 8-15 of a tile carry their codes times ``upper_weight``)."""
     per_word = 32 // bits
     pairs = per_word // 2
     lines = ["{", ".reg .b32 hw, v, c1, c2;"]
@@ -72,8 +74,8 @@ def codes_asm(bits: int, qoff: float, offset: bool = False) -> str:
         s = _field_shift(bits, p)
         src = word if bits * p < 8 else "hw"
         mask = ((1 << bits) - 1) << s
-        if offset:  # exponent 25 - s: the float16 2**(10 - s) * (1 + q 2**(s - 10)) = 2**(10 - s) + q
-            exp = (25 - s) << 10
+        if offset:  # exponent 25 - s0: 2**(10 - s0) * (1 + q 2**(s - 10)) = 2**(10 - s0) + q 2**(s - s0)
+            exp = (25 - _field_shift(bits, p - p % 2)) << 10
             lines.append(f"lop3.b32 ${p}, {src}, 0x{mask:04X}{mask:04X}, 0x{exp:04X}{exp:04X}, 0xEA;")
             continue
         lines += [
@@ -86,29 +88,36 @@ def codes_asm(bits: int, qoff: float, offset: bool = False) -> str:
     return "\n".join(lines)
 
 
+def upper_weight(bits: int) -> float:
+    """What ``codes_asm(offset=True)`` multiplies the codes of rows 8-15 of a tile by (an odd field's bit over
+    its even partner's: the same for every pair)."""
+    steps = {_field_shift(bits, p + 1) - _field_shift(bits, p) for p in range(0, 16 // bits, 2)}
+    assert len(steps) == 1, steps
+    return 2.0 ** steps.pop()
+
+
 def code_offsets(bits: int, group_size: int) -> torch.Tensor:
-    """``(2, group)`` float32: the offset ``codes_asm(offset=True)`` adds to the code of input ``i`` of a
-    group, for the rows ``0-7`` and ``8-15`` of a 16-row tile (the two rows a lane holds sit in neighbouring
-    fields). Lane ``4 g + t`` element ``e`` (over the group's words) is row ``g + 8 ((e % 8) // 2 % 2)``, mma
-    k-tile ``e // 8``, position ``2 t + e % 2 + 8 ((e % 8) // 4)``, input ``4 (group / 16) t + 4 (e // 8) +
-    2 ((e % 8) // 4) + e % 2`` (the contiguous runs ``_load_x`` reads), field ``(e % (32 / bits)) // 2``."""
+    """``(group,)`` float32: the offset ``codes_asm(offset=True)`` adds to the codes of input ``i`` of a group
+    (every row of a tile). Lane ``4 g + t`` element ``e`` (over the group's words) is row ``g + 8 ((e % 8) //
+    2 % 2)``, mma k-tile ``e // 8``, position ``2 t + e % 2 + 8 ((e % 8) // 4)``, input ``4 (group / 16) t +
+    4 (e // 8) + 2 ((e % 8) // 4) + e % 2`` (the contiguous runs ``_load_x`` reads), field ``(e % (32 / bits))
+    // 2``; the offset is ``2**(10 - s)`` with ``s`` the bit of the even field of that field's pair."""
     per_word = 32 // bits
-    offsets = torch.zeros(2, group_size)
+    offsets = torch.zeros(group_size)
     for t, e in itertools.product(range(4), range(group_size // 2)):
         r = e % 8
-        row_class = (r // 2) % 2
         inp = 4 * (group_size // 16) * t + 4 * (e // 8) + 2 * (r // 4) + r % 2
-        offsets[row_class, inp] = 2.0 ** (10 - _field_shift(bits, (e % per_word) // 2))
+        field = (e % per_word) // 2
+        offsets[inp] = 2.0 ** (10 - _field_shift(bits, field - field % 2))
     return offsets
 
 
 @functools.cache
 def offset_weights(bits: int, group_size: int, device: torch.device) -> torch.Tensor:
-    """``(3, group)`` float32 on ``device``: ones, the rows-0-7 offsets, and rows 8-15 minus rows 0-7; the
-    host's per-group ``[sum x, c0, c1 - c0]`` are their dots with the activations. Built once per device, at
-    the first call (a host-to-device copy cannot run inside a CUDA-graph capture)."""
-    offsets = code_offsets(bits, group_size)  # (2, group)
-    return torch.stack([torch.ones(group_size), offsets[0], offsets[1] - offsets[0]]).to(device)
+    """``(2, group)`` float32 on ``device``: ones and the offsets; the host's per-group ``[sum x, offsets .
+    x]`` are their dots with the activations. Built once per device, at the first call (a host-to-device copy
+    cannot run inside a CUDA-graph capture)."""
+    return torch.stack([torch.ones(group_size), code_offsets(bits, group_size)]).to(device)
 
 
 def _bits_of(n: int) -> list[int]:
@@ -271,6 +280,7 @@ def _mma_kernel(
     WGMMA: gl.constexpr,
     OFFSET: gl.constexpr,
     QOFF: gl.constexpr,
+    UPPER: gl.constexpr,
     L6: gl.constexpr,
     LW: gl.constexpr,
     LX: gl.constexpr,
@@ -326,24 +336,23 @@ def _mma_kernel(
             part = gl.nvidia.hopper.warpgroup_mma(a, xbuf, zero, use_acc=False)
         else:
             part = gl.nvidia.ampere.mma_v2(a, xb, zero)
-        # offset codes: part = sum (offset + q) x; less the row class's offsets . x, plus (min + qoff s) sum x
+        # offset codes: part = sum (offset + q w) x (w = UPPER on rows 8-15, else 1): less offsets . x, then
+        # scaled by scale / w, plus (min + scale qoff) sum x
         if OFFSET:
-            sums = xs_ptr + cols * xs_stride + 3 * step  # the host's [sum x, c0, c1 - c0], c = offsets . x
+            sums = xs_ptr + cols * xs_stride + 2 * step  # the host's [sum x, offsets . x]
             live = cols < M
             xs = gl.expand_dims(gl.load(sums, mask=live, other=0.0), 0)  # (1, BN)
-            c0 = gl.expand_dims(gl.load(sums + 1, mask=live, other=0.0), 0)
-            dc = gl.expand_dims(gl.load(sums + 2, mask=live, other=0.0), 0)
+            c = gl.expand_dims(gl.load(sums + 1, mask=live, other=0.0), 0)
             sc = scale.to(gl.float32)  # (BM,)
             shift = sc * QOFF
             if HAS_MIN:
                 next_mins = gl.load(m_ptr + nxt * N + rows)
                 shift += mins.to(gl.float32)
                 mins = next_mins
-            upper = sc * ((rows % 16) >= 8).to(gl.float32)  # the scale on rows 8-15 of a tile, else 0
-            acc += gl.expand_dims(sc, 1) * part
+            upper = ((rows % 16) >= 8).to(gl.float32)  # (BM,) rows 8-15 of a tile
+            per_code = sc * (1.0 + upper * (1.0 / UPPER - 1.0))  # exact: UPPER is a power of two
+            acc += gl.expand_dims(per_code, 1) * (part - c)
             acc += gl.expand_dims(shift, 1) * xs
-            acc -= gl.expand_dims(sc, 1) * c0
-            acc -= gl.expand_dims(upper, 1) * dc
         else:
             acc += gl.expand_dims(scale.to(gl.float32), 1) * part
             if HAS_MIN:  # + min * (the group's activation sum, from the host)
@@ -397,6 +406,7 @@ def kernel_constants(
             "ASM": codes_asm(bits, qoff, offset),
             "OFFSET": offset,
             "QOFF": qoff,
+            "UPPER": upper_weight(bits),
             "BITS": bits,
             "GROUP": group_size,
             "ATOM": atom,
@@ -479,9 +489,9 @@ def mma_matmul(
     mins = layout.mins if layout.mins is not None else layout.scales
     has_min = layout.mins is not None
     groups = x.view(rows, -1, layout.group_size)  # (M, in / group, group)
-    if config.offset_codes:  # per group [sum x, c0, c1 - c0], c = offsets . x per row class
-        weights = offset_weights(layout.bits, layout.group_size, x.device)  # (3, group)
-        xs = (groups.float().unsqueeze(2) * weights).sum(-1)  # (M, in / group, 3), float32 (never TF32)
+    if config.offset_codes:  # per group [sum x, offsets . x]
+        weights = offset_weights(layout.bits, layout.group_size, x.device)  # (2, group)
+        xs = (groups.float().unsqueeze(2) * weights).sum(-1)  # (M, in / group, 2), float32 (never TF32)
     else:  # asymmetric codes: each group's activation sum, (M, in / group) float32
         xs = groups.sum(-1, dtype=torch.float32) if has_min else x
     consts = kernel_constants(

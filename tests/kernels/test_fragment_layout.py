@@ -16,7 +16,7 @@ import torch
 
 from bitalloc.errors import UnsupportedShape
 from bitalloc.kernels.fragment_layout import fragment_supports, to_fragment_layout
-from bitalloc.kernels.mma import code_offsets, codes_asm
+from bitalloc.kernels.mma import code_offsets, codes_asm, upper_weight
 from bitalloc.kernels.reference import reference_linear
 from bitalloc.quantizers.quantized_weight import QuantizedWeight
 from tests.kernels.helpers import random_qweight
@@ -89,26 +89,27 @@ def test_lane_fragments_multiply_to_the_exact_codes_dot(bits, group, sym):
 
 @pytest.mark.parametrize(("bits", "group"), list(itertools.product((2, 4, 8), (32, 128))))
 def test_offset_codes_minus_their_offsets_give_the_codes_dot(bits, group):
-    """One LOP3 per pair: the mma multiplies ``offset + code``; subtracting ``code_offsets``' dot with the
-    group's activations (rows 0-7 and 8-15 of a tile apart) leaves exactly ``codes @ x``."""
+    """One LOP3 per pair: the mma multiplies ``offset + code * w`` (``w`` = ``upper_weight`` on rows 8-15 of a
+    tile, 1 above them); subtracting ``code_offsets``' dot with the group's activations leaves exactly
+    ``w * codes @ x``."""
     gen = torch.Generator().manual_seed(bits * 10 + group)
     shape = (32, 2 * group)
     fl = to_fragment_layout(_cpu_qweight(bits, group, False, shape, gen))
     x = torch.randint(-3, 4, (8, shape[1]), generator=gen).double()
-    offsets = code_offsets(bits, group).double()  # (2, group)
-    assert set(offsets.unique().tolist()) <= {2.0 ** (10 - s) for s in range(8)}
-    row_class = (torch.arange(16) // 8)[:, None]  # (16, 1)
+    offsets = code_offsets(bits, group).double()  # (group,)
+    assert set(offsets.unique().tolist()) <= {2.0 ** (10 - s) for s in range(8)}  # every input has one
+    weight = torch.tensor([1.0] * 8 + [upper_weight(bits)] * 8, dtype=torch.float64)[:, None]  # (16, 1)
+    asm = codes_asm(bits, 0.0, offset=True)
     codes = fl.codes().double()
     for tile, grp in itertools.product(range(shape[0] // 16), range(shape[1] // group)):
         rows = slice(16 * tile, 16 * tile + 16)
         cols = slice(grp * group, grp * group + group)
-        got = _emulated_tile(fl, codes_asm(bits, 0.0, offset=True), x, tile, grp)  # (16, 8)
-        correction = (offsets @ x[:, cols].t())[row_class.squeeze(1)]  # (16, 8): each row's class
-        want = (codes[rows, cols] @ x[:, cols].t()).numpy()
+        got = _emulated_tile(fl, asm, x, tile, grp)  # (16, 8)
+        correction = (offsets @ x[:, cols].t())[None, :]  # (1, 8): the same on every row
+        want = (weight * codes[rows, cols] @ x[:, cols].t()).numpy()
         assert np.array_equal(got - correction.numpy(), want), (tile, grp)
-    assert codes_asm(bits, 0.0, offset=True).count("lop3") == 16 // bits and "fma" not in codes_asm(
-        bits, 0.0, offset=True
-    )
+    assert asm.count("lop3") == 16 // bits and "fma" not in asm
+    assert upper_weight(bits) == {2: 4.0, 4: 16.0, 8: 1.0}[bits]
 
 
 def test_fragment_layout_holds_the_stored_bytes():
