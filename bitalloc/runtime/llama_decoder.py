@@ -238,10 +238,14 @@ class LlamaDecoder:
             layer.gate_up.run(self.normed, gate_up, accumulate=True, pdl=pdl)
             silu_mul(gate_up, self.act, pdl=pdl)
             layer.down.run(self.act, self.hidden, accumulate=True, pdl=pdl)
-        rmsnorm(self.hidden, self.final_norm, d.eps, self.normed)
+        self._head(self.hidden, pdl)
+        self.pos.add_(1)
+
+    def _head(self, hidden: torch.Tensor, pdl: bool = False) -> None:
+        """``hidden (1, hidden)`` -> the final norm, ``logits`` by the LM head, the greedy ``token``."""
+        rmsnorm(hidden, self.final_norm, self.dims.eps, self.normed)
         self.lm_head.run(self.normed, self.logits)
         argmax_row(self.logits, self.token, pdl)
-        self.pos.add_(1)
 
     @property
     def launches_per_step(self) -> int:
@@ -334,9 +338,7 @@ class LlamaDecoder:
                 rmsnorm(hidden, layer.post_norm, d.eps, normed)
                 silu_mul(layer.gate_up.forward(normed), act)
                 hidden += layer.down.forward(act)
-            rmsnorm(hidden[-1:], self.final_norm, d.eps, self.normed)
-            self.lm_head.run(self.normed, self.logits)
-            argmax_row(self.logits, self.token)
+            self._head(hidden[-1:])
             self.pos.fill_(start + count)
         self.position = start + count
         return self.logits
