@@ -7,6 +7,7 @@ from torch import nn
 
 from bitalloc.models.random_llama import random_llama
 from bitalloc.quantizers.candidate import Candidate
+from bitalloc.quantizers.packed_linear import PackedLinear
 from bitalloc.quantizers.quant_linear import QuantLinear
 from bitalloc.quantizers.quantize import quantize
 from tests.kernels.helpers import device
@@ -45,6 +46,14 @@ def quantize_linears(model: nn.Module, plan: dict[str, str]) -> None:
             if isinstance(child, nn.Linear) and name in plan:
                 qweight = quantize(child.weight.detach().float(), Candidate.parse(plan[name]))
                 setattr(parent, name, QuantLinear.from_linear(child, qweight))
+
+
+def nested_packed(linear: nn.Linear, candidate: str = "nest-w4g32-asym") -> PackedLinear:
+    """``linear`` as a bit-nested ``PackedLinear`` (a format no decoder kernel reads), on its device."""
+    from bitalloc.quantizers import nested
+
+    packed = nested.quantize_many(linear.weight.detach().float().cpu(), [Candidate.parse(candidate)], None)
+    return PackedLinear.from_linear(linear, packed[0]).to(linear.weight.device)
 
 
 def block_variant(kind: str, seed: int) -> nn.Module:

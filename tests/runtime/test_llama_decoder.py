@@ -7,7 +7,7 @@ from bitalloc.errors import InvalidInput
 from bitalloc.kernels.linear import KernelFallbackWarning
 from bitalloc.runtime.llama_decoder import LlamaDecoder
 from tests.kernels.helpers import device
-from tests.runtime.helpers import block_variant, quantize_linears, tiny_llama
+from tests.runtime.helpers import block_variant, nested_packed, quantize_linears, tiny_llama
 
 MIXED = {
     "q_proj": "rtn-w4g32-asym",
@@ -90,17 +90,10 @@ def test_unsupported_format_falls_back_with_one_warning():
 def test_packed_linear_runs_its_own_forward_with_one_warning():
     """A PackedLinear (here bit-nested codes, as ``bitalloc apply`` writes them) has no kernel in the decoder:
     its own forward runs in its slot of the fused projection, warned about once, and the logits stay right."""
-    from bitalloc.quantizers import nested
-    from bitalloc.quantizers.candidate import Candidate
-    from bitalloc.quantizers.packed_linear import PackedLinear
-
     model = tiny_llama(seed=10, layers=1)
     quantize_linears(model, {k: v for k, v in MIXED.items() if k != "v_proj"})
     attn = model.model.layers[0].self_attn
-    packed = nested.quantize_many(
-        attn.v_proj.weight.detach().float().cpu(), [Candidate.parse("nest-w4g32-asym")], None
-    )
-    attn.v_proj = PackedLinear.from_linear(attn.v_proj, packed[0]).to(model.device)
+    attn.v_proj = nested_packed(attn.v_proj)
     ids = torch.randint(0, 256, (1, 4), generator=torch.Generator().manual_seed(10)).to(model.device)
     with torch.no_grad():
         ref = model(ids).logits[0].float()

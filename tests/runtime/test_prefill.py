@@ -11,7 +11,7 @@ from bitalloc.kernels.linear import KernelFallbackWarning
 from bitalloc.runtime.llama_decoder import LlamaDecoder
 from bitalloc.runtime.prefill_attention import prefill_attention
 from tests.kernels.helpers import device
-from tests.runtime.helpers import block_variant, quantize_linears, tiny_llama
+from tests.runtime.helpers import block_variant, nested_packed, quantize_linears, tiny_llama
 from tests.runtime.test_llama_decoder import MIXED, MIXED_MLP, assert_close, decoder_logits
 
 
@@ -99,16 +99,10 @@ def test_prefill_attention_equals_the_decode_kernel_token_by_token(heads, kv_hea
 @pytest.mark.parametrize("kind", ["qwen2", "llama-biases"])
 def test_prefill_with_biases_and_a_packed_linear(kind):
     """q/k/v biases (Qwen2) or every projection biased (Llama), and a PackedLinear v: prompt pass + steps."""
-    from bitalloc.quantizers import nested
-    from bitalloc.quantizers.candidate import Candidate
-    from bitalloc.quantizers.packed_linear import PackedLinear
-
     model = block_variant(kind, seed=16)
     quantize_linears(model, {"q_proj": "rtn-w4g32-asym", "k_proj": "rtn-w4g32-asym", **MIXED_MLP})
     attn = model.model.layers[1].self_attn
-    weight = attn.v_proj.weight.detach().float().cpu()
-    packed = nested.quantize_many(weight, [Candidate.parse("nest-w4g32-asym")], None)[0]
-    attn.v_proj = PackedLinear.from_linear(attn.v_proj, packed).to(model.device)
+    attn.v_proj = nested_packed(attn.v_proj)
     ids = torch.randint(0, 256, (1, 7), generator=torch.Generator().manual_seed(16)).to(device())
     with torch.no_grad():
         ref = model(ids).logits[0].float()
