@@ -1,7 +1,9 @@
 """Attention for one decoded token, with rotary embedding and the KV-cache write in the same launch.
 
-Programs ``(query head, split)``: split ``s`` takes the cached positions ``[s CHUNK, (s+1) CHUNK)`` below
-``pos`` (flash-decoding: a long context spreads over many SMs); splits past the context return at once.
+Programs ``(query head, split)``: split ``s`` takes the chunks ``s, s + SPLITS, ...`` of ``CHUNK`` cached
+positions below ``pos`` (flash-decoding: a long context spreads over many SMs); splits past the context
+return at once. The grid does not grow with ``max_len`` (``SPLITS`` is capped): every program of a launch
+costs the step time even when it has nothing to do (measured in the decoder).
 Every program rotates its query (Llama's rotate-half form, cos/sin rows at the current position); split 0
 also rotates the new key, writes the new key and value into the cache (the first query head of each KV
 group) and scores the new token. Each split keeps an online softmax in float32; with more than one split
@@ -22,7 +24,8 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from bitalloc.kernels._pdl import pdl_launch
 
-CHUNK = 64  # cached positions per split
+CHUNK = 64  # cached positions per chunk
+PROGRAMS = 128  # programs per launch the default splits aim at (query heads x splits)
 
 
 @triton.jit
@@ -48,6 +51,7 @@ def _decode_attention_kernel(
     ticket_ptr,
     scale,
     MAX_LEN,
+    WS_SPLITS,
     HQ: tl.constexpr,
     HKV: tl.constexpr,
     D: tl.constexpr,
@@ -63,7 +67,8 @@ def _decode_attention_kernel(
         gdc_launch_dependents()
         gdc_wait()
     pos = tl.load(pos_ptr)
-    active = tl.maximum(tl.cdiv(pos, CHUNK), 1)  # splits holding cached positions (split 0 always runs)
+    chunks = tl.maximum(tl.cdiv(pos, CHUNK), 1)  # chunks holding cached positions (chunk 0 always runs)
+    active = tl.minimum(chunks, SPLITS)  # splits with work
     if split < active:
         GROUP: tl.constexpr = HQ // HKV
         kvh = h // GROUP
@@ -86,24 +91,25 @@ def _decode_attention_kernel(
             m = tl.sum(q * k_new.to(tl.float32), axis=0) * scale
             l_sum += 1.0
             acc = v_new.to(tl.float32)
-        stop = tl.minimum((split + 1) * CHUNK, pos)
-        for start in range(split * CHUNK, stop, BLOCK_S):
-            offs = start + tl.arange(0, BLOCK_S)  # (BLOCK_S,)
-            valid = offs < stop
-            tile = cache + offs[:, None] * D + d[None, :]  # (BLOCK_S, D)
-            k = tl.load(k_cache_ptr + tile, mask=valid[:, None], other=0.0).to(tl.float32)
-            v = tl.load(v_cache_ptr + tile, mask=valid[:, None], other=0.0).to(tl.float32)
-            s = tl.where(valid, tl.sum(k * q[None, :], axis=1) * scale, float("-inf"))  # (BLOCK_S,)
-            m_new = tl.maximum(m, tl.max(s, axis=0))
-            alpha = tl.exp(m - m_new)
-            p = tl.exp(s - m_new)
-            l_sum = l_sum * alpha + tl.sum(p, axis=0)
-            acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
-            m = m_new
+        for c in range(split, chunks, SPLITS):  # this split's chunks
+            stop = tl.minimum((c + 1) * CHUNK, pos)
+            for start in range(c * CHUNK, stop, BLOCK_S):
+                offs = start + tl.arange(0, BLOCK_S)  # (BLOCK_S,)
+                valid = offs < stop
+                tile = cache + offs[:, None] * D + d[None, :]  # (BLOCK_S, D)
+                k = tl.load(k_cache_ptr + tile, mask=valid[:, None], other=0.0).to(tl.float32)
+                v = tl.load(v_cache_ptr + tile, mask=valid[:, None], other=0.0).to(tl.float32)
+                s = tl.where(valid, tl.sum(k * q[None, :], axis=1) * scale, float("-inf"))  # (BLOCK_S,)
+                m_new = tl.maximum(m, tl.max(s, axis=0))
+                alpha = tl.exp(m - m_new)
+                p = tl.exp(s - m_new)
+                l_sum = l_sum * alpha + tl.sum(p, axis=0)
+                acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+                m = m_new
         if active == 1:  # one split: no partials to combine
             tl.store(out_ptr + h * D + d, (acc / l_sum).to(out_ptr.dtype.element_ty))
         else:
-            ws = h * SPLITS + split
+            ws = h * WS_SPLITS + split
             tl.store(m_ws_ptr + ws, m)
             tl.store(l_ws_ptr + ws, l_sum)
             tl.store(acc_ws_ptr + ws * D + d, acc)
@@ -112,7 +118,7 @@ def _decode_attention_kernel(
             if ticket == active - 1:  # the last split of this head combines the partials
                 ss = tl.arange(0, SPLITS_POW2)  # (SPLITS_POW2,)
                 live = ss < active
-                part = h * SPLITS + ss
+                part = h * WS_SPLITS + ss
                 ms = tl.load(m_ws_ptr + part, mask=live, other=float("-inf"), cache_modifier=".cg")
                 top = tl.max(ms, axis=0)
                 w = tl.where(live, tl.exp(ms - top), 0.0)
@@ -166,6 +172,7 @@ def decode_attention(
     chunk: int = CHUNK,
     block_s: int = 64,
     pdl: bool = False,
+    splits: int | None = None,
 ) -> torch.Tensor:
     """One token's attention output ``out (heads * D,)``.
 
@@ -173,7 +180,9 @@ def decode_attention(
     ``cos``/``sin (max_len, D)`` float32; ``k_cache``/``v_cache (kv_heads, max_len, D)`` float16 hold the
     rotated keys and the values of positions ``0 .. pos-1``; ``pos (1,)`` int32 on the device is the new
     token's position (the caller keeps it below ``max_len``). ``workspace`` (made with the same ``chunk``)
-    is allocated per call when not given. ``pdl``: launched with programmatic dependent launch (``_pdl.py``).
+    is allocated per call when not given. ``splits``: programs per query head (default about ``PROGRAMS``
+    in all, at most one per chunk of ``max_len``). ``pdl``: launched with programmatic dependent launch
+    (``_pdl.py``).
     """
     kv_heads, max_len, head_dim = k_cache.shape
     if heads % kv_heads or head_dim & (head_dim - 1) or qkv.numel() != (heads + 2 * kv_heads) * head_dim:
@@ -188,19 +197,21 @@ def decode_attention(
         "qkv, out and the caches float16": {t.dtype for t in (qkv, out, k_cache, v_cache)} == {torch.float16},
         f"out of {heads * head_dim} elements": out.numel() == heads * head_dim,
         "pos (1,) int32": pos.dtype == torch.int32 and pos.numel() == 1,
+        "splits >= 1": splits is None or splits >= 1,
     }
     failed = [name for name, ok in checks.items() if not ok]
     if failed:
         raise ValueError(f"decode_attention needs {', '.join(failed)}")
     if workspace is None:
         workspace = AttentionWorkspace.create(heads, max_len, head_dim, qkv.device, chunk)
-    splits = workspace.m.shape[1]
+    ws_splits = workspace.m.shape[1]
     if (
-        workspace.acc.shape != (heads, splits, head_dim)
-        or splits * chunk < max_len
+        workspace.acc.shape != (heads, ws_splits, head_dim)
+        or ws_splits * chunk < max_len
         or workspace.tickets.numel() < heads
     ):
         raise ValueError(f"decode_attention: workspace of {tuple(workspace.acc.shape)} does not fit")
+    splits = min(ws_splits, max(1, PROGRAMS // heads) if splits is None else splits)
     _decode_attention_kernel[(heads, splits)](
         qkv,
         cos,
@@ -215,6 +226,7 @@ def decode_attention(
         workspace.tickets,
         1.0 / math.sqrt(head_dim),
         max_len,
+        ws_splits,
         HQ=heads,
         HKV=kv_heads,
         D=head_dim,

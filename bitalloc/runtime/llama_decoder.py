@@ -4,11 +4,14 @@ A decode step is, per layer: RMSNorm, the fused q/k/v projection, attention with
 KV-cache write (``decode_attention``, split along the context), the output projection added into the
 residual stream by the GEMV itself, RMSNorm, the fused gate/up projection, SiLU-and-multiply, the down
 projection added into the residual; then the final norm, the LM head and the greedy next token. Every buffer
-is allocated once and the position lives on the device (incremented by the step), so one captured CUDA graph
-replays every step. Model types: Llama, Mistral (within its sliding window) and Qwen2 (q/k/v biases); the rope
-tables come from the model's own rotary module (static rope types). Weights may be float16 ``nn.Linear``
-(cuBLAS), ``QuantLinear`` of any candidate (the registry's kernel, or the reference path with a warning) or
-``PackedLinear`` (its own torch forward, with a warning: k-means, nested, lookup-table, W8A8/W4A4 formats).
+is allocated once and the position lives on the device (incremented by the step), so a captured CUDA graph
+replays every step. The attention launch's grid follows the context (one program per query head and chunk of
+cached positions, rounded up to a power of two: idle programs cost the step time), so ``capture`` records one
+graph per such grid and ``step`` replays the one for its position. Model types: Llama, Mistral (within
+its sliding window) and Qwen2 (q/k/v biases); the rope tables come from the model's own rotary module
+(static rope types). Weights may be float16 ``nn.Linear`` (cuBLAS), ``QuantLinear`` of any candidate (the
+registry's kernel, or the reference path with a warning) or ``PackedLinear`` (its own torch forward, with a
+warning: k-means, nested, lookup-table, W8A8/W4A4 formats).
 On Hopper the decoder's own kernels use programmatic dependent launch (``kernels/_pdl.py``): while the kernel
 before it still runs, each GEMV loads its first weights or, where its tuned entry says ``l2_slice``, asks L2
 for its whole slice (``kernels/l2_prefetch.py``). The decoder copies the weights it fuses; the source model
@@ -30,7 +33,7 @@ from torch import nn
 from bitalloc.errors import InvalidInput
 from bitalloc.kernels._pdl import pdl_supported
 from bitalloc.kernels.argmax import argmax_row
-from bitalloc.kernels.decode_attention import AttentionWorkspace, decode_attention
+from bitalloc.kernels.decode_attention import CHUNK, AttentionWorkspace, decode_attention
 from bitalloc.kernels.registry import Registry
 from bitalloc.kernels.rmsnorm import rmsnorm
 from bitalloc.kernels.silu_mul import silu_mul
@@ -159,7 +162,7 @@ class LlamaDecoder:
         self.cos, self.sin = self._rotary_tables(inner.rotary_emb)
         self._allocate()
         self.position = 0  # host copy of ``pos``: the next token's position
-        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}  # attention splits -> the step's graph
 
     def _layer(self, block: nn.Module, registry: Registry) -> DecoderLayer:
         attn, mlp, d = block.self_attn, block.mlp, self.dims
@@ -211,8 +214,15 @@ class LlamaDecoder:
         self.workspace = AttentionWorkspace.create(d.heads, self.rows, d.head_dim, dev)
         self.qkv_width = qkv_width
 
-    def _forward(self) -> None:
-        """One step on the static buffers: ``token``, ``pos`` -> ``logits``, next ``token``, ``pos + 1``."""
+    def _splits(self, position: int) -> int:
+        """Attention programs per query head for a step at ``position``: one per chunk of cached positions,
+        rounded up to a power of two, at most the workspace's."""
+        chunks = max(1, -(-position // CHUNK))
+        return min(self.workspace.m.shape[1], 1 << (chunks - 1).bit_length())
+
+    def _forward(self, splits: int) -> None:
+        """One step on the static buffers: ``token``, ``pos`` -> ``logits``, next ``token``, ``pos + 1``;
+        ``splits`` attention programs per query head (any value is exact; the position's is fastest)."""
         d, pdl = self.dims, self.pdl
         self.scratch.zero_()
         torch.index_select(self.embed, 0, self.token, out=self.hidden)
@@ -232,6 +242,7 @@ class LlamaDecoder:
                 d.heads,
                 self.workspace,
                 pdl=pdl,
+                splits=splits,
             )
             layer.o.run(self.attn, self.hidden, accumulate=True, pdl=pdl)  # residual add in the projection
             rmsnorm(self.hidden, layer.post_norm, d.eps, self.normed, pdl)
@@ -261,24 +272,27 @@ class LlamaDecoder:
         self.position = 0
 
     def capture(self) -> None:
-        """Record one step as a CUDA graph (after warm-up steps that compile and lay out every kernel). The
-        warm-up steps write positions ``position`` and ``position + 1`` (not yet valid; at most
-        ``max_len + 1``: spare rows), then the position and the next token are restored."""
+        """Record the step as CUDA graphs, one per attention grid up to ``max_len`` (after warm-up steps that
+        compile and lay out every kernel). The warm-up steps write positions ``position`` and ``position + 1``
+        (not yet valid; at most ``max_len + 1``: spare rows), then the position and the next token are
+        restored."""
         if self.device.type != "cuda":
             raise InvalidInput("CUDA graphs need the model on a CUDA device")
         saved, token = self.position, self.token.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.no_grad(), torch.cuda.stream(stream):
-            for _ in range(2):
-                self._forward()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph):
-            self._forward()
-        self._graph = graph
-        self.pos.fill_(saved)
-        self.token.copy_(token)
+        graphs = {}
+        for splits in sorted({self._splits(p) for p in range(0, self.max_len + CHUNK, CHUNK)}):
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.no_grad(), torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._forward(splits)
+            torch.cuda.current_stream().wait_stream(stream)
+            graphs[splits] = torch.cuda.CUDAGraph()
+            with torch.no_grad(), torch.cuda.graph(graphs[splits]):
+                self._forward(splits)
+            self.pos.fill_(saved)
+            self.token.copy_(token)
+        self._graphs = graphs
 
     def step(self, token: int | None = None) -> torch.Tensor:
         """Decode one position: feed ``token`` (default: the previous step's greedy choice); returns the
@@ -290,11 +304,12 @@ class LlamaDecoder:
         if token is not None:
             self._check_ids([token])
             self.token.fill_(token)
-        if self._graph is not None:
-            self._graph.replay()
+        splits = self._splits(self.position)
+        if self._graphs:
+            self._graphs[splits].replay()
         else:
             with torch.no_grad():
-                self._forward()
+                self._forward(splits)
         self.position += 1
         return self.logits
 

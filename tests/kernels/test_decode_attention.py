@@ -35,17 +35,21 @@ def reference(qkv, cos, sin, keys, values, pos, heads, kv_heads, head_dim):
 
 
 @pytest.mark.parametrize(
-    ("heads", "kv_heads", "head_dim", "pos", "chunk", "block_s"),
+    ("heads", "kv_heads", "head_dim", "pos", "chunk", "block_s", "splits"),
     [
-        (4, 2, 16, 13, 64, 4),
-        (3, 3, 64, 0, 64, 64),
-        (8, 2, 32, 40, 16, 16),
-        (4, 1, 16, 37, 8, 4),
-        (2, 2, 16, 8, 8, 8),
+        (4, 2, 16, 13, 64, 4, None),
+        (3, 3, 64, 0, 64, 64, None),
+        (8, 2, 32, 40, 16, 16, 8),
+        (4, 1, 16, 37, 8, 4, 8),
+        (2, 2, 16, 8, 8, 8, 8),
+        (4, 2, 16, 37, 8, 4, 2),  # 5 chunks on 2 splits per head
+        (4, 2, 16, 30, 8, 8, 1),  # one split walks all 4 chunks
+        (4, 4, 16, 3, 8, 8, 3),  # fewer chunks than splits: the extra ones return at once
     ],
 )
-def test_decode_attention_matches_reference(heads, kv_heads, head_dim, pos, chunk, block_s):
-    """One split, and several splits along the cache combined by the last one (up to 5; 8 = exactly one)."""
+def test_decode_attention_matches_reference(heads, kv_heads, head_dim, pos, chunk, block_s, splits):
+    """One split, several splits along the cache combined by the last one (up to 5; 8 = exactly one
+    chunk), and splits walking several chunks."""
     gen = torch.Generator().manual_seed(heads * 100 + pos)
     max_len = pos + 5
     cos, sin = rope_tables(max_len, head_dim)
@@ -72,6 +76,7 @@ def test_decode_attention_matches_reference(heads, kv_heads, head_dim, pos, chun
             workspace,
             chunk,
             block_s,
+            splits=splits,
         )
         assert torch.isfinite(out).all()
         assert (out.double().cpu() - ref).abs().max() < 2e-3 * ref.abs().max() + 1e-3
@@ -105,6 +110,7 @@ def _args(**changes):
     [
         ({"cos": torch.zeros(4, 16), "sin": torch.zeros(4, 16)}, r"cos/sin \(max_len, D\) float32"),
         ({"pos": torch.zeros(1, dtype=torch.int64)}, r"pos \(1,\) int32"),
+        ({"splits": 0}, "splits >= 1"),
         (
             {
                 "qkv": torch.zeros(10, dtype=torch.float16),

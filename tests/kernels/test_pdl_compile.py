@@ -58,8 +58,9 @@ for bits, preload in itertools.product((3, 4), (True, False)):
 attn = ptx(_decode_attention_kernel,
     {"qkv_ptr": "*fp16", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "k_cache_ptr": "*fp16",
      "v_cache_ptr": "*fp16", "pos_ptr": "*i32", "out_ptr": "*fp16", "m_ws_ptr": "*fp32",
-     "l_ws_ptr": "*fp32", "acc_ws_ptr": "*fp32", "ticket_ptr": "*i32", "scale": "fp32", "MAX_LEN": "i32"},
-    dict(HQ=32, HKV=8, D=64, CHUNK=64, BLOCK_S=64, SPLITS=18, SPLITS_POW2=32, PDL=True))
+     "l_ws_ptr": "*fp32", "acc_ws_ptr": "*fp32", "ticket_ptr": "*i32", "scale": "fp32", "MAX_LEN": "i32",
+     "WS_SPLITS": "i32"},
+    dict(HQ=32, HKV=8, D=64, CHUNK=64, BLOCK_S=64, SPLITS=4, SPLITS_POW2=4, PDL=True))
 out["attention"] = before_wait(attn)
 out["ticket"] = [line.split()[1] for line in attn.splitlines() if "atom." in line]
 out["rmsnorm"] = before_wait(ptx(_rmsnorm_kernel, {"x_ptr": "*fp16", "w_ptr": "*fp16", "y_ptr": "*fp16",

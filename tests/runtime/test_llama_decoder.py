@@ -156,6 +156,14 @@ def test_decoder_rejects_what_it_cannot_run(monkeypatch):
         LlamaDecoder(model, max_len=4)
 
 
+def test_attention_grid_follows_the_position():
+    """One attention program per query head and chunk of 64 cached positions, rounded up to a power of two
+    and capped by the workspace (302 rows: 5 chunks)."""
+    decoder = LlamaDecoder(tiny_llama(seed=1), max_len=300)
+    positions = (0, 1, 64, 65, 128, 129, 192, 256, 257, 300)
+    assert [decoder._splits(p) for p in positions] == [1, 1, 1, 2, 2, 4, 4, 4, 5, 5]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("pdl", [False, True])
@@ -170,6 +178,7 @@ def test_cuda_graph_steps_equal_eager_steps(pdl):
     decoder = LlamaDecoder(model, max_len=80, pdl=pdl)
     assert decoder.pdl == (pdl and torch.cuda.get_device_capability()[0] >= 9)
     decoder.capture()
+    assert sorted(decoder._graphs) == [1, 2]  # one graph per attention grid: the steps cross position 64
     graphed = decoder_logits(decoder, ids)
     err = (eager - graphed).norm(dim=-1) / eager.norm(dim=-1)  # (steps,) split-K atomics reorder sums
     assert err.max() < 5e-3, f"relative error per step {err.tolist()}"
