@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from unittest import mock
 
 import torch
-from kernels_e2e import decoder_step_us, llama_1b, mixed_plan, quantize_plan
+from kernels_e2e import decoder_step_us, llama_1b, mixed_plan, quantize_head, quantize_plan
 
 import bitalloc.runtime.llama_decoder as decoder_module
-from bitalloc.quantizers.candidate import Candidate
-from bitalloc.quantizers.quant_linear import QuantLinear
-from bitalloc.quantizers.quantize import quantize
 from bitalloc.runtime.llama_decoder import LlamaDecoder
 from bitalloc.runtime.projection import FusedProjection
 
@@ -72,14 +68,6 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
     "no LM head": ("head",),
     "no layer projections": ("projections",),
 }
-
-
-def quantize_head(model: torch.nn.Module, bits: int) -> Callable[[], None]:
-    """Replace the LM head by a QuantLinear of RTN ``bits``, group 128, asymmetric; returns the undo."""
-    dense = model.lm_head
-    qweight = quantize(dense.weight.detach().float(), Candidate.parse(f"rtn-w{bits}g128-asym"))
-    model.lm_head = QuantLinear.from_linear(dense, qweight)
-    return lambda: setattr(model, "lm_head", dense)
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """End-to-end decoding speed: a random-initialised ~1B Llama-shaped model, fp16 vs a mixed 4/3-bit plan.
 
     python benchmarks/kernels_e2e.py [--tokens 64] [--context 0,512] [--prompt 512] [--no-l2-slice] \
-        [--latency bitalloc/kernels/configs/latency_h100.csv]
+        [--head-bits 8] [--latency bitalloc/kernels/configs/latency_h100_pipelined.csv]
 
 Every decoder Linear is quantized with RTN (attention and down projections 4-bit, gate/up 3-bit, group
 128, asymmetric). Four runners decode batch 1, each step one CUDA graph, side by side in one process:
@@ -24,6 +24,7 @@ import argparse
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -71,6 +72,14 @@ def quantize_plan(model: nn.Module, plan: dict[str, str]) -> dict[str, str]:
         qweight = quantize(linear.weight.detach().float(), Candidate.parse(plan[name]))
         setattr(model.model.layers.get_submodule(parent_name), leaf, QuantLinear.from_linear(linear, qweight))
     return plan
+
+
+def quantize_head(model: torch.nn.Module, bits: int) -> Callable[[], None]:
+    """Replace the LM head by a QuantLinear of RTN ``bits``, group 128, asymmetric; returns the undo."""
+    dense = model.lm_head
+    qweight = quantize(dense.weight.detach().float(), Candidate.parse(f"rtn-w{bits}g128-asym"))
+    model.lm_head = QuantLinear.from_linear(dense, qweight)
+    return lambda: setattr(model, "lm_head", dense)
 
 
 def hf_step_us(model: nn.Module, tokens: int, context: int, graph: bool = True) -> tuple[float, float]:
@@ -257,6 +266,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="GPU time per kernel of the decoder steps")
     parser.add_argument("--prompt", type=int, default=0, help="also time a prompt of this many tokens")
     parser.add_argument(
+        "--head-bits", type=int, default=0, help="also time the mixed decoder with the LM head at these bits"
+    )
+    parser.add_argument(
         "--no-l2-slice",
         action="store_true",
         help="also time the mixed decoder with every batch-1 GEMV's L2 slice prefetch off",
@@ -311,6 +323,14 @@ def main() -> None:
         profiles["decoder mixed"] = profile_table(mixed)
     launches = mixed.launches_per_step
     del mixed
+    if args.head_bits:  # the plan with the LM head quantized too (it stays float16 in the fixed plan)
+        undo = quantize_head(model, args.head_bits)
+        headed, name = LlamaDecoder(model, max_len), f"decoder mixed, LM head w{args.head_bits}g128"
+        checks[name] = logits_error(model, headed)
+        for ctx in contexts:
+            times[(name, ctx)] = decoder_step_us(headed, args.tokens, ctx)
+        del headed
+        undo()
     if args.no_l2_slice:
         registry = Registry.load()
         unsliced = Registry(

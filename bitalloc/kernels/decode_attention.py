@@ -2,14 +2,17 @@
 
 Programs ``(query head, split)``: split ``s`` takes the chunks ``s, s + SPLITS, ...`` of ``CHUNK`` cached
 positions below ``pos`` (flash-decoding: a long context spreads over many SMs); splits past the context
-return at once. The grid does not grow with ``max_len`` (``SPLITS`` is capped): every program of a launch
-costs the step time even when it has nothing to do (measured in the decoder).
-Every program rotates its query (Llama's rotate-half form, cos/sin rows at the current position); split 0
-also rotates the new key, writes the new key and value into the cache (the first query head of each KV
-group) and scores the new token. Each split keeps an online softmax in float32; with more than one split
-they store partial (max, sum, values), take a ticket, and the last split of the head combines them, so one
-launch does it all. The position is read from device memory: one captured CUDA graph serves every step.
-Cached positions only are read (never ``pos`` itself): no program waits on another's write.
+return at once. The caller sizes ``SPLITS`` to the context (the decoder: one graph per grid), because every
+program of a launch costs the step time even when it has nothing to do (measured in the decoder). Every
+program rotates its query (Llama's rotate-half form, cos/sin rows at the current position); split 0 also
+rotates the new key, writes the new key and value into the cache (the first query head of each KV group) and
+scores the new token. Each split keeps an online softmax in float32; with more than one split they store
+partial (max, sum, values), take a ticket, and the last split of the head combines them, so one launch does
+it all. The position is read from device memory: one captured CUDA graph serves every step with that grid.
+Cached positions only are read (never ``pos`` itself): no program waits on another's write. With
+programmatic dependent launch the position, its rope rows and each split's first block of cached keys and
+values are read before the wait: the kernels before it in a step never write them (earlier steps did, and a
+decoder step starts with ordinary launches, which wait for everything before).
 """
 
 from __future__ import annotations
@@ -34,6 +37,18 @@ def _rotate(base_ptr, cos, sin, d, rot, sign):
     v = tl.load(base_ptr + d).to(tl.float32)
     v_rot = tl.load(base_ptr + rot).to(tl.float32) * sign
     return v * cos + v_rot * sin
+
+
+@triton.jit
+def _online_softmax(q, k, v, valid, m, l_sum, acc, scale):
+    """One block of cached keys and values ``(BLOCK_S, D)`` into the running max, sum and weighted values."""
+    s = tl.sum(k.to(tl.float32) * q[None, :], axis=1) * scale  # (BLOCK_S,)
+    s = tl.where(valid, s, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, axis=0))
+    alpha = tl.exp(m - m_new)
+    p = tl.exp(s - m_new)
+    acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+    return m_new, l_sum * alpha + tl.sum(p, axis=0), acc
 
 
 @triton.jit
@@ -63,22 +78,30 @@ def _decode_attention_kernel(
 ):
     h = tl.program_id(0)
     split = tl.program_id(1)
+    GROUP: tl.constexpr = HQ // HKV
+    kvh = h // GROUP
+    d = tl.arange(0, D)  # (D,)
+    cache = kvh * MAX_LEN * D
     if PDL:
         gdc_launch_dependents()
-        gdc_wait()
+    # before the wait: the position, its rope rows and this split's first block of cached keys and values,
+    # none of which the step's kernels write (earlier steps did)
     pos = tl.load(pos_ptr)
     chunks = tl.maximum(tl.cdiv(pos, CHUNK), 1)  # chunks holding cached positions (chunk 0 always runs)
     active = tl.minimum(chunks, SPLITS)  # splits with work
+    cos = tl.load(cos_ptr + pos * D + d)
+    sin = tl.load(sin_ptr + pos * D + d)
+    first = split * CHUNK + tl.arange(0, BLOCK_S)  # (BLOCK_S,) nothing valid for an idle split
+    first_valid = first < tl.minimum((split + 1) * CHUNK, pos)
+    first_tile = cache + first[:, None] * D + d[None, :]  # (BLOCK_S, D)
+    k_first = tl.load(k_cache_ptr + first_tile, mask=first_valid[:, None], other=0.0)
+    v_first = tl.load(v_cache_ptr + first_tile, mask=first_valid[:, None], other=0.0)
+    if PDL:
+        gdc_wait()
     if split < active:
-        GROUP: tl.constexpr = HQ // HKV
-        kvh = h // GROUP
-        d = tl.arange(0, D)  # (D,)
         rot = (d + D // 2) % D
         sign = tl.where(d < D // 2, -1.0, 1.0)
-        cos = tl.load(cos_ptr + pos * D + d)
-        sin = tl.load(sin_ptr + pos * D + d)
         q = _rotate(qkv_ptr + h * D, cos, sin, d, rot, sign).to(tl.float16).to(tl.float32)  # (D,)
-        cache = kvh * MAX_LEN * D
         m = tl.max(tl.full((1,), float("-inf"), tl.float32), axis=0)  # running max
         l_sum = tl.sum(tl.zeros((1,), tl.float32), axis=0)
         acc = tl.zeros((D,), dtype=tl.float32)
@@ -91,21 +114,17 @@ def _decode_attention_kernel(
             m = tl.sum(q * k_new.to(tl.float32), axis=0) * scale
             l_sum += 1.0
             acc = v_new.to(tl.float32)
-        for c in range(split, chunks, SPLITS):  # this split's chunks
+        m, l_sum, acc = _online_softmax(q, k_first, v_first, first_valid, m, l_sum, acc, scale)
+        for c in range(split, chunks, SPLITS):  # this split's chunks, past the block read before the wait
             stop = tl.minimum((c + 1) * CHUNK, pos)
-            for start in range(c * CHUNK, stop, BLOCK_S):
+            begin = c * CHUNK + (c == split).to(tl.int32) * BLOCK_S
+            for start in range(begin, stop, BLOCK_S):
                 offs = start + tl.arange(0, BLOCK_S)  # (BLOCK_S,)
                 valid = offs < stop
                 tile = cache + offs[:, None] * D + d[None, :]  # (BLOCK_S, D)
-                k = tl.load(k_cache_ptr + tile, mask=valid[:, None], other=0.0).to(tl.float32)
-                v = tl.load(v_cache_ptr + tile, mask=valid[:, None], other=0.0).to(tl.float32)
-                s = tl.where(valid, tl.sum(k * q[None, :], axis=1) * scale, float("-inf"))  # (BLOCK_S,)
-                m_new = tl.maximum(m, tl.max(s, axis=0))
-                alpha = tl.exp(m - m_new)
-                p = tl.exp(s - m_new)
-                l_sum = l_sum * alpha + tl.sum(p, axis=0)
-                acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
-                m = m_new
+                k = tl.load(k_cache_ptr + tile, mask=valid[:, None], other=0.0)
+                v = tl.load(v_cache_ptr + tile, mask=valid[:, None], other=0.0)
+                m, l_sum, acc = _online_softmax(q, k, v, valid, m, l_sum, acc, scale)
         if active == 1:  # one split: no partials to combine
             tl.store(out_ptr + h * D + d, (acc / l_sum).to(out_ptr.dtype.element_ty))
         else:

@@ -2,9 +2,10 @@
 
 Each must wait (``griddepcontrol.wait``) before it reads the previous kernel's output: the GEMV issues its
 first step's weight, scale and offset loads before the wait and no activation load (the load count before the
-wait is the same whether or not its step reads the activation sum), the attention kernel waits before any
-load and takes its split ticket with an acq_rel, gpu-scope atomic, RMSNorm loads only its weight first. Run in
-a fresh interpreter without ``TRITON_INTERPRET`` (see test_mma_compile.py).
+wait is the same whether or not its step reads the activation sum), the attention kernel reads before the
+wait only what earlier steps wrote (the position, rope rows, cached keys and values) and takes its split
+ticket with an acq_rel, gpu-scope atomic, RMSNorm loads only its weight first. Run in a fresh interpreter
+without ``TRITON_INTERPRET`` (see test_mma_compile.py).
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def test_decoder_kernels_wait_before_reading_activations():
     # split-K sums add by relaxed reductions (PTX's default without a .sem): no ordering per element
     ordered = (".acq_rel", ".release", ".acquire")
     assert got["gemv-atomics"] and not any(o in op for op in got["gemv-atomics"] for o in ordered)
-    assert got["attention"] == 0 and got["silu"] == 0 and got["argmax"] == 0
+    assert got["silu"] == 0 and got["argmax"] == 0
+    assert got["attention"] > 0  # the position, its rope rows, the first cached keys/values (not q/k/v)
     assert got["rmsnorm"] > 0  # its weight only (x is read after the wait)
     assert got["ticket"] and all(".acq_rel" in op and ".gpu" in op for op in got["ticket"])
