@@ -28,7 +28,6 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from bitalloc.kernels._pdl import pdl_launch
 
 CHUNK = 64  # cached positions per chunk
-PROGRAMS = 128  # programs per launch the default splits aim at (query heads x splits)
 
 
 @triton.jit
@@ -199,9 +198,9 @@ def decode_attention(
     ``cos``/``sin (max_len, D)`` float32; ``k_cache``/``v_cache (kv_heads, max_len, D)`` float16 hold the
     rotated keys and the values of positions ``0 .. pos-1``; ``pos (1,)`` int32 on the device is the new
     token's position (the caller keeps it below ``max_len``). ``workspace`` (made with the same ``chunk``)
-    is allocated per call when not given. ``splits``: programs per query head (default about ``PROGRAMS``
-    in all, at most one per chunk of ``max_len``). ``pdl``: launched with programmatic dependent launch
-    (``_pdl.py``).
+    is allocated per call when not given. ``splits``: programs per query head (default: one per chunk of
+    ``max_len``, the fastest at a long context; a caller that knows the context passes fewer, see
+    ``LlamaDecoder``). ``pdl``: launched with programmatic dependent launch (``_pdl.py``).
     """
     kv_heads, max_len, head_dim = k_cache.shape
     if heads % kv_heads or head_dim & (head_dim - 1) or qkv.numel() != (heads + 2 * kv_heads) * head_dim:
@@ -230,7 +229,7 @@ def decode_attention(
         or workspace.tickets.numel() < heads
     ):
         raise ValueError(f"decode_attention: workspace of {tuple(workspace.acc.shape)} does not fit")
-    splits = min(ws_splits, max(1, PROGRAMS // heads) if splits is None else splits)
+    splits = ws_splits if splits is None else min(ws_splits, splits)
     _decode_attention_kernel[(heads, splits)](
         qkv,
         cos,
