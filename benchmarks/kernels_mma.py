@@ -1,13 +1,11 @@
 """The tensor-core kernel (``mma.py``) against fp16 cuBLAS and the current kernels, batch 1-16, side by side.
 
-    python benchmarks/kernels_mma.py --shapes large --batches 1,16 [--sweep] [--offset-codes]
+    python benchmarks/kernels_mma.py --shapes large --batches 1,16 [--sweep]
     python benchmarks/kernels_mma.py --tune bitalloc/kernels/configs/h200.json   # add tuned mma entries
 
 Same protocol as ``kernels_speed.py`` (CUDA graph, L2 flushed by reading 128 MiB, median of 30). ``current``
 is what the registry runs today (f16x2 GEMV at batch 1, swap-AB GEMM at 2-16). With ``--sweep`` every mma
-launch configuration of a small grid is timed and the best one reported with its parameters. With
-``--offset-codes`` the best configuration is timed again with ``MmaConfig.offset_codes`` (one LOP3 per weight
-pair, no dequantizing FMA; its output checked against the current kernel's).
+launch configuration of a small grid is timed and the best one reported with its parameters.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -59,11 +56,6 @@ def main() -> None:
     parser.add_argument("--sym", action="store_true", help="symmetric codes (default asymmetric)")
     parser.add_argument("--sweep", action="store_true", help="time a grid of mma configs, keep the best")
     parser.add_argument("--tune", type=Path, help="tune batch 16 and write mma entries into this table")
-    parser.add_argument(
-        "--offset-codes",
-        action="store_true",
-        help="also time the best config with offset codes (MmaConfig.offset_codes: no dequantizing FMA)",
-    )
     args = parser.parse_args()
     shapes = {"large": LARGE, "smollm2": SMOLLM2, "all": LARGE + SMOLLM2, "xl": LARGE[-1:]}[args.shapes]
     if args.tune:
@@ -73,12 +65,10 @@ def main() -> None:
     bw = copy_bandwidth()
     codes = "sym" if args.sym else "asym"
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s ({torch.cuda.get_device_name()}); {codes}")
-    extra = " offset-codes us | offset / mma |" if args.offset_codes else ""
     print(
         "| shape | batch | bits | fp16 us | current us | mma us | frac BW | x fp16 | mma / current | config |"
-        + extra
     )
-    print("|---|---|---|---|---|---|---|---|---|---|" + "---|---|" * bool(extra))
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for shape, batch in itertools.product(shapes, [int(b) for b in args.batches.split(",")]):
         w16 = torch.randn(shape, device="cuda", dtype=torch.float16) * 0.02
         x = torch.randn(batch, shape[1], device="cuda", dtype=torch.float16)
@@ -109,16 +99,10 @@ def main() -> None:
             us, config = best
             name = f"{config.tiles_per_warp}/{config.num_warps}/{config.split_k}" + ("/wgmma" * config.wgmma)
             moved = cand.nbytes(shape) + x.numel() * 2 + batch * shape[0] * 2
-            cells = ""
-            if args.offset_codes:  # the same launch with offset codes, side by side
-                offset = replace(config, offset_codes=True)
-                err = float((mma_matmul(x, frag, offset).float() - ref).norm() / ref.norm())
-                off_us = bench(lambda: mma_matmul(x, frag, offset))  # noqa: B023
-                cells = f" {off_us:.1f} | {off_us / us:.2f} |" if err <= 5e-3 else f" WRONG ({err:.1e}) | - |"
             print(
                 f"| {shape[0]}x{shape[1]} | {batch} | {bits} | {fp16_us:.1f} | {cur_us:.1f} | {us:.1f} | "
                 f"{moved / (us * 1e-6) / bw:.2f} | {fp16_us / us:.2f} | {us / cur_us:.2f} | "
-                f"{name} |" + cells,
+                f"{name} |",
                 flush=True,
             )
 

@@ -3,9 +3,9 @@
     python benchmarks/mma_sass_count.py [--bits 2,4,8] [--columns 8,16]
 
 Compiles ``mma.py`` offline (``compile_offline``, Triton's ptxas), disassembles it with the ``cuobjdump`` that
-ships with Triton, takes the longest backward branch as the K loop and counts its SASS instructions, with and
-without ``MmaConfig.offset_codes``. One loop iteration is one scale group: ``tiles per warp x 16 x group /
-32`` weights per thread. Static counts: what the issue slots must cover, not a timing.
+ships with Triton, takes the longest backward branch as the K loop and counts its SASS instructions. One loop
+iteration is one scale group: ``tiles per warp x 16 x group / 32`` weights per thread. Static counts: what the
+issue slots must cover, not a timing.
 """
 
 from __future__ import annotations
@@ -59,20 +59,16 @@ def main() -> None:
     )
     args = parser.parse_args()
     print(f"group {GROUP}, asymmetric, 4 tiles per warp, 4 warps, split-K 8 (sm_90, offline)")
-    print(
-        "| bits | columns | with the f16x2 FMA: instr (per weight) | offset codes: instr (per weight) | top |"
-    )
+    print("| bits | columns | loop instr | per weight | top |")
     print("|---|---|---|---|---|")
     for bits in [int(b) for b in args.bits.split(",")]:
         for columns in [int(c) for c in args.columns.split(",")]:
-            counts = []
-            for offset in (False, True):
-                kernel = compile_offline(bits, GROUP, False, columns, MmaConfig(4, 4, 8, False, offset))
-                counts.append(loop_opcodes(kernel.asm["cubin"]))
+            kernel = compile_offline(bits, GROUP, False, columns, MmaConfig(4, 4, 8))
+            counts = loop_opcodes(kernel.asm["cubin"])
+            total = sum(counts.values())
             weights = 4 * 16 * GROUP / 32
-            cells = [f"{sum(c.values())} ({sum(c.values()) / weights:.2f})" for c in counts]
-            top = ", ".join(f"{op} {n}" for op, n in counts[1].most_common(4))
-            print(f"| {bits} | {columns} | {cells[0]} | {cells[1]} | {top} |", flush=True)
+            top = ", ".join(f"{op} {n}" for op, n in counts.most_common(4))
+            print(f"| {bits} | {columns} | {total} | {total / weights:.2f} | {top} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,6 @@ field pairs become the float16x2 registers of the mma's left operand by one LOP3
 ``acc += scale * (q W-tile @ x^T)`` per output row, plus ``min * sum(x of the group)`` for asymmetric codes
 (the sums: one small torch reduction before the launch; an mma with a tile of ones doubled the tensor-core
 work, which bounds batch 9-16). Symmetric codes fold ``qoff`` into the FMA.
-``MmaConfig.offset_codes`` drops that FMA: one LOP3 per pair makes the float16 ``offset + q w`` (offset
-``2**(10 - s)``, ``w`` 1 or ``upper_weight``), the float32 accumulators keep the exact sum, and the step
-subtracts the offsets' dot with the group's activations (``code_offsets``, computed before the launch with the
-sums) and scales rows 8-15 by ``1 / w``. CPU-checked on the emulator and compiled for sm_90; not yet timed.
 The next step's words are loaded before this step's arithmetic; SPLIT_K > 1 adds partial results atomically
 into a zeroed output.
 
@@ -23,7 +19,6 @@ the GPU tests check it against the torch reference.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,22 +43,11 @@ class MmaConfig:
     num_warps: int = 4
     split_k: int = 0
     wgmma: bool = False  # Hopper warpgroup mma for 9-16 rows (needs 4 or 8 warps)
-    offset_codes: bool = False  # one LOP3 per pair, offsets subtracted per group (``code_offsets``)
 
 
-def _field_shift(bits: int, pair: int) -> int:
-    """Bit of field ``pair`` in the half it is read from (fields from bit 8 on: from the word >> 8)."""
-    pos = bits * pair
-    return pos if pos < 8 else pos - 8
-
-
-def codes_asm(bits: int, qoff: float, offset: bool = False) -> str:
+def codes_asm(bits: int, qoff: float) -> str:
     """PTX: the ``E = 32 / bits`` float16 ``code + qoff`` of one word (input ``$E/2``; it arrives E times),
-    as E/2 float16x2 outputs ``$0..``: pair ``p`` = field ``p`` of the low and the high half. With ``offset``
-    one LOP3 per pair gives ``2**(10 - s) + code * 2**(s_p - s)`` instead, exact in float16 (``s_p`` the
-    field's bit, ``s`` that of the even field of its pair: the exponent is chosen so that fields ``2m`` and
-    ``2m + 1``, a lane's rows ``g`` and ``g + 8`` at the same inputs, carry the same offset; ``code_offsets``
-    gives it per input, and rows 8-15 of a tile carry their codes times ``upper_weight``)."""
+    as E/2 float16x2 outputs ``$0..``: pair ``p`` = field ``p`` of the low and the high half."""
     per_word = 32 // bits
     pairs = per_word // 2
     lines = ["{", ".reg .b32 hw, v, c1, c2;"]
@@ -71,13 +55,9 @@ def codes_asm(bits: int, qoff: float, offset: bool = False) -> str:
     if bits * (pairs - 1) >= 8:
         lines.append(f"shr.u32 hw, {word}, 8;")
     for p in range(pairs):
-        s = _field_shift(bits, p)
-        src = word if bits * p < 8 else "hw"
+        pos = bits * p
+        src, s = (word, pos) if pos < 8 else ("hw", pos - 8)
         mask = ((1 << bits) - 1) << s
-        if offset:  # exponent 25 - s0: 2**(10 - s0) * (1 + q 2**(s - 10)) = 2**(10 - s0) + q 2**(s - s0)
-            exp = (25 - _field_shift(bits, p - p % 2)) << 10
-            lines.append(f"lop3.b32 ${p}, {src}, 0x{mask:04X}{mask:04X}, 0x{exp:04X}{exp:04X}, 0xEA;")
-            continue
         lines += [
             f"lop3.b32 v, {src}, 0x{mask:04X}{mask:04X}, 0x64006400, 0xEA;",
             f"mov.b32 c1, {_f16x2(2.0**-s)};",
@@ -86,38 +66,6 @@ def codes_asm(bits: int, qoff: float, offset: bool = False) -> str:
         ]
     lines.append("}")
     return "\n".join(lines)
-
-
-def upper_weight(bits: int) -> float:
-    """What ``codes_asm(offset=True)`` multiplies the codes of rows 8-15 of a tile by (an odd field's bit over
-    its even partner's: the same for every pair)."""
-    steps = {_field_shift(bits, p + 1) - _field_shift(bits, p) for p in range(0, 16 // bits, 2)}
-    assert len(steps) == 1, steps
-    return 2.0 ** steps.pop()
-
-
-def code_offsets(bits: int, group_size: int) -> torch.Tensor:
-    """``(group,)`` float32: the offset ``codes_asm(offset=True)`` adds to the codes of input ``i`` of a group
-    (every row of a tile). Lane ``4 g + t`` element ``e`` (over the group's words) is row ``g + 8 ((e % 8) //
-    2 % 2)``, mma k-tile ``e // 8``, position ``2 t + e % 2 + 8 ((e % 8) // 4)``, input ``4 (group / 16) t +
-    4 (e // 8) + 2 ((e % 8) // 4) + e % 2`` (the contiguous runs ``_load_x`` reads), field ``(e % (32 / bits))
-    // 2``; the offset is ``2**(10 - s)`` with ``s`` the bit of the even field of that field's pair."""
-    per_word = 32 // bits
-    offsets = torch.zeros(group_size)
-    for t, e in itertools.product(range(4), range(group_size // 2)):
-        r = e % 8
-        inp = 4 * (group_size // 16) * t + 4 * (e // 8) + 2 * (r // 4) + r % 2
-        field = (e % per_word) // 2
-        offsets[inp] = 2.0 ** (10 - _field_shift(bits, field - field % 2))
-    return offsets
-
-
-@functools.cache
-def offset_weights(bits: int, group_size: int, device: torch.device) -> torch.Tensor:
-    """``(2, group)`` float32 on ``device``: ones and the offsets; the host's per-group ``[sum x, offsets .
-    x]`` are their dots with the activations. Built once per device, at the first call (a host-to-device copy
-    cannot run inside a CUDA-graph capture)."""
-    return torch.stack([torch.ones(group_size), code_offsets(bits, group_size)]).to(device)
 
 
 def _bits_of(n: int) -> list[int]:
@@ -278,9 +226,6 @@ def _mma_kernel(
     BN: gl.constexpr,
     SPLIT_K: gl.constexpr,
     WGMMA: gl.constexpr,
-    OFFSET: gl.constexpr,
-    QOFF: gl.constexpr,
-    UPPER: gl.constexpr,
     L6: gl.constexpr,
     LW: gl.constexpr,
     LX: gl.constexpr,
@@ -336,30 +281,12 @@ def _mma_kernel(
             part = gl.nvidia.hopper.warpgroup_mma(a, xbuf, zero, use_acc=False)
         else:
             part = gl.nvidia.ampere.mma_v2(a, xb, zero)
-        # offset codes: part = sum (offset + q w) x (w = UPPER on rows 8-15, else 1): less offsets . x, then
-        # scaled by scale / w, plus (min + scale qoff) sum x
-        if OFFSET:
-            sums = xs_ptr + cols * xs_stride + 2 * step  # the host's [sum x, offsets . x]
-            live = cols < M
-            xs = gl.expand_dims(gl.load(sums, mask=live, other=0.0), 0)  # (1, BN)
-            c = gl.expand_dims(gl.load(sums + 1, mask=live, other=0.0), 0)
-            sc = scale.to(gl.float32)  # (BM,)
-            shift = sc * QOFF
-            if HAS_MIN:
-                next_mins = gl.load(m_ptr + nxt * N + rows)
-                shift += mins.to(gl.float32)
-                mins = next_mins
-            upper = ((rows % 16) >= 8).to(gl.float32)  # (BM,) rows 8-15 of a tile
-            per_code = sc * (1.0 + upper * (1.0 / UPPER - 1.0))  # exact: UPPER is a power of two
-            acc += gl.expand_dims(per_code, 1) * (part - c)
-            acc += gl.expand_dims(shift, 1) * xs
-        else:
-            acc += gl.expand_dims(scale.to(gl.float32), 1) * part
-            if HAS_MIN:  # + min * (the group's activation sum, from the host)
-                next_mins = gl.load(m_ptr + nxt * N + rows)
-                xs = gl.load(xs_ptr + cols * xs_stride + step, mask=cols < M, other=0.0)
-                acc += gl.expand_dims(mins.to(gl.float32), 1) * gl.expand_dims(xs, 0)
-                mins = next_mins
+        acc += gl.expand_dims(scale.to(gl.float32), 1) * part
+        if HAS_MIN:  # + min * (the group's activation sum, from the host)
+            next_mins = gl.load(m_ptr + nxt * N + rows)
+            xs = gl.load(xs_ptr + cols * xs_stride + step, mask=cols < M, other=0.0)
+            acc += gl.expand_dims(mins.to(gl.float32), 1) * gl.expand_dims(xs, 0)
+            mins = next_mins
         words = next_words
         xb = next_xb
         scale = next_scale
@@ -387,14 +314,7 @@ def auto_split_k(row_programs: int, steps: int, device: torch.device) -> int:
 
 @functools.cache
 def kernel_constants(
-    bits: int,
-    group_size: int,
-    qoff: float,
-    has_min: bool,
-    tiles_per_warp: int,
-    num_warps: int,
-    bn: int,
-    offset: bool = False,
+    bits: int, group_size: int, qoff: float, has_min: bool, tiles_per_warp: int, num_warps: int, bn: int
 ) -> Mapping[str, object]:
     """The kernel's compile-time arguments for one format and launch shape (all but SPLIT_K and WGMMA);
     cached, so that a call does not rebuild the layouts and the PTX on the host."""
@@ -403,10 +323,7 @@ def kernel_constants(
     atoms = group_size // atom
     return MappingProxyType(
         {
-            "ASM": codes_asm(bits, qoff, offset),
-            "OFFSET": offset,
-            "QOFF": qoff,
-            "UPPER": upper_weight(bits),
+            "ASM": codes_asm(bits, qoff),
             "BITS": bits,
             "GROUP": group_size,
             "ATOM": atom,
@@ -433,9 +350,7 @@ def compile_offline(
 
     qoff = -float(1 << (bits - 1)) if symmetric else 0.0
     tpw, warps = config.tiles_per_warp, config.num_warps
-    consts = dict(
-        kernel_constants(bits, group_size, qoff, not symmetric, tpw, warps, bn, config.offset_codes)
-    )
+    consts = dict(kernel_constants(bits, group_size, qoff, not symmetric, tpw, warps, bn))
     consts.update(SPLIT_K=max(1, config.split_k), WGMMA=config.wgmma and bn == 16)
     args = [
         "x_ptr",
@@ -487,16 +402,10 @@ def mma_matmul(
         y.zero_()
     bn = 8 if rows <= 8 else 16
     mins = layout.mins if layout.mins is not None else layout.scales
+    # asymmetric codes: each group's activation sum, (M, in / group) float32
+    xs = x.view(rows, -1, layout.group_size).sum(-1, dtype=torch.float32) if layout.mins is not None else x
     has_min = layout.mins is not None
-    groups = x.view(rows, -1, layout.group_size)  # (M, in / group, group)
-    if config.offset_codes:  # per group [sum x, offsets . x]
-        weights = offset_weights(layout.bits, layout.group_size, x.device)  # (2, group)
-        xs = (groups.float().unsqueeze(2) * weights).sum(-1)  # (M, in / group, 2), float32 (never TF32)
-    else:  # asymmetric codes: each group's activation sum, (M, in / group) float32
-        xs = groups.sum(-1, dtype=torch.float32) if has_min else x
-    consts = kernel_constants(
-        layout.bits, layout.group_size, layout.qoff, has_min, tpw, warps, bn, config.offset_codes
-    )
+    consts = kernel_constants(layout.bits, layout.group_size, layout.qoff, has_min, tpw, warps, bn)
     _mma_kernel[(row_programs, split_k)](
         x,
         layout.words,

@@ -16,7 +16,7 @@ import torch
 
 from bitalloc.errors import UnsupportedShape
 from bitalloc.kernels.fragment_layout import fragment_supports, to_fragment_layout
-from bitalloc.kernels.mma import code_offsets, codes_asm, upper_weight
+from bitalloc.kernels.mma import codes_asm
 from bitalloc.kernels.reference import reference_linear
 from bitalloc.quantizers.quantized_weight import QuantizedWeight
 from tests.kernels.helpers import random_qweight
@@ -44,33 +44,6 @@ def _b_position(i: int, lane: int) -> tuple[int, int]:
     return 2 * t + i % 2 + 8 * (i // 2), g
 
 
-def _emulated_tile(fl, asm: str, x: torch.Tensor, tile: int, grp: int) -> np.ndarray:
-    """``(16, 8)``: the mma products of one 16-row tile and one group: the words decoded by ``asm`` on
-    the emulator, placed by the fragment maps; activations ``x (8, in)`` placed as the kernel reads them."""
-    group = fl.group_size
-    per_word = 32 // fl.bits
-    words = fl.words.view(
-        fl.shape[0] // 16, fl.shape[1] // group, -1, 32, fl.vec
-    )  # (tile, grp, atom, lane, v)
-    kt_count = group // 16
-    a = np.zeros((kt_count, 16, 16))
-    b = np.zeros((kt_count, 16, 8))
-    for lane in range(32):
-        elems = []
-        for atom, v in itertools.product(range(words.shape[2]), range(fl.vec)):
-            w = int(words[tile, grp, atom, lane, v]) & 0xFFFFFFFF
-            regs = run_ptx_regs(asm, [w] * per_word, outputs=per_word // 2)
-            elems += [h for r in regs for h in r]  # float16 halves, low first
-        for e, value in enumerate(elems):
-            row, k = _a_position(e % 8, lane)
-            a[e // 8, row, k] = value
-        t = lane % 4
-        for kt, i in itertools.product(range(kt_count), range(4)):
-            k, n = _b_position(i, lane)
-            b[kt, k, n] = x[n, grp * group + 4 * kt_count * t + 4 * kt + 2 * (i // 2) + i % 2]
-    return sum(a[kt] @ b[kt] for kt in range(kt_count))
-
-
 @pytest.mark.parametrize(("bits", "group", "sym"), CASES)
 def test_lane_fragments_multiply_to_the_exact_codes_dot(bits, group, sym):
     gen = torch.Generator().manual_seed(bits * 1000 + group + sym)
@@ -79,37 +52,32 @@ def test_lane_fragments_multiply_to_the_exact_codes_dot(bits, group, sym):
     fl = to_fragment_layout(qw)
     assert torch.equal(fl.dequantize(), reference_linear(torch.eye(shape[1]), qw).t().float())
     x = torch.randint(-3, 4, (8, shape[1]), generator=gen).double()  # (n, in), small integers: exact sums
+    asm = codes_asm(bits, fl.qoff)
+    per_word = 32 // bits
+    words = fl.words.view(shape[0] // 16, shape[1] // group, -1, 32, fl.vec)  # (tile, group, atom, lane, v)
     codes = fl.codes().double() + fl.qoff
+    kt_count = group // 16
     for tile, grp in itertools.product(range(shape[0] // 16), range(shape[1] // group)):
+        a = np.zeros((kt_count, 16, 16))
+        b = np.zeros((kt_count, 16, 8))
+        for lane in range(32):
+            elems = []
+            for atom, v in itertools.product(range(words.shape[2]), range(fl.vec)):
+                w = int(words[tile, grp, atom, lane, v]) & 0xFFFFFFFF
+                regs = run_ptx_regs(asm, [w] * per_word, outputs=per_word // 2)
+                elems += [h for r in regs for h in r]  # float16 halves, low first
+            for e, value in enumerate(elems):
+                row, k = _a_position(e % 8, lane)
+                a[e // 8, row, k] = value
+            t = lane % 4
+            for kt, i in itertools.product(range(kt_count), range(4)):
+                k, n = _b_position(i, lane)
+                b[kt, k, n] = x[n, grp * group + 4 * kt_count * t + 4 * kt + 2 * (i // 2) + i % 2]
+        got = sum(a[kt] @ b[kt] for kt in range(kt_count))  # (16, 8)
         rows = slice(16 * tile, 16 * tile + 16)
         cols = slice(grp * group, grp * group + group)
         want = (codes[rows, cols] @ x[:, cols].t()).numpy()
-        assert np.array_equal(_emulated_tile(fl, codes_asm(bits, fl.qoff), x, tile, grp), want), (tile, grp)
-
-
-@pytest.mark.parametrize(("bits", "group"), list(itertools.product((2, 4, 8), (32, 128))))
-def test_offset_codes_minus_their_offsets_give_the_codes_dot(bits, group):
-    """One LOP3 per pair: the mma multiplies ``offset + code * w`` (``w`` = ``upper_weight`` on rows 8-15 of a
-    tile, 1 above them); subtracting ``code_offsets``' dot with the group's activations leaves exactly
-    ``w * codes @ x``."""
-    gen = torch.Generator().manual_seed(bits * 10 + group)
-    shape = (32, 2 * group)
-    fl = to_fragment_layout(_cpu_qweight(bits, group, False, shape, gen))
-    x = torch.randint(-3, 4, (8, shape[1]), generator=gen).double()
-    offsets = code_offsets(bits, group).double()  # (group,)
-    assert set(offsets.unique().tolist()) <= {2.0 ** (10 - s) for s in range(8)}  # every input has one
-    weight = torch.tensor([1.0] * 8 + [upper_weight(bits)] * 8, dtype=torch.float64)[:, None]  # (16, 1)
-    asm = codes_asm(bits, 0.0, offset=True)
-    codes = fl.codes().double()
-    for tile, grp in itertools.product(range(shape[0] // 16), range(shape[1] // group)):
-        rows = slice(16 * tile, 16 * tile + 16)
-        cols = slice(grp * group, grp * group + group)
-        got = _emulated_tile(fl, asm, x, tile, grp)  # (16, 8)
-        correction = (offsets @ x[:, cols].t())[None, :]  # (1, 8): the same on every row
-        want = (weight * codes[rows, cols] @ x[:, cols].t()).numpy()
-        assert np.array_equal(got - correction.numpy(), want), (tile, grp)
-    assert asm.count("lop3") == 16 // bits and "fma" not in asm
-    assert upper_weight(bits) == {2: 4.0, 4: 16.0, 8: 1.0}[bits]
+        assert np.array_equal(got, want), (tile, grp)
 
 
 def test_fragment_layout_holds_the_stored_bytes():

@@ -18,25 +18,22 @@ import pytest
 
 pytest.importorskip("triton.experimental.gluon")
 
-CASES = [  # bits, group, symmetric, columns, (tiles per warp, warps, split-K, wgmma, offset codes)
-    (4, 128, False, 16, (4, 4, 8, False, False)),  # the tuned batch-16 shape
-    (4, 32, True, 8, (1, 4, 1, False, False)),
-    (2, 64, False, 8, (2, 4, 2, False, False)),
-    (8, 128, True, 16, (2, 8, 4, False, False)),
-    (4, 128, True, 16, (1, 4, 2, True, False)),
-    (4, 128, False, 16, (4, 4, 8, False, True)),
-    (2, 64, True, 8, (2, 4, 2, False, True)),
+CASES = [  # bits, group, symmetric, columns, (tiles per warp, warps, split-K, wgmma)
+    (4, 128, False, 16, (4, 4, 8, False)),  # the tuned batch-16 shape
+    (4, 32, True, 8, (1, 4, 1, False)),
+    (2, 64, False, 8, (2, 4, 2, False)),
+    (8, 128, True, 16, (2, 8, 4, False)),
+    (4, 128, True, 16, (1, 4, 2, True)),
 ]
 
 _SCRIPT = """
 import json, re, sys
 from bitalloc.kernels.mma import MmaConfig, compile_offline
 out = []
-for bits, group, sym, bn, (tpw, warps, split, wgmma, offset) in json.loads(sys.argv[1]):
-    k = compile_offline(bits, group, sym, bn, MmaConfig(tpw, warps, split, wgmma, offset))
+for bits, group, sym, bn, (tpw, warps, split, wgmma) in json.loads(sys.argv[1]):
+    k = compile_offline(bits, group, sym, bn, MmaConfig(tpw, warps, split, wgmma))
     ptx = k.asm["ptx"]
     out.append({"wgmma": "wgmma.mma_async" in ptx, "mma": "mma.sync.aligned.m16n8k16" in ptx,
-                "fma": len(re.findall(r"\\bfma\\.rn\\.f16x2", ptx)),
                 "local": bool(re.search(r"\\bld\\.local|\\bst\\.local", ptx)), "shared": k.metadata.shared})
 print("RESULT" + json.dumps(out))
 """
@@ -53,12 +50,11 @@ def test_kernel_compiles_for_sm90_without_layout_conversions():
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
     assert done.returncode == 0 and lines, done.stderr[-3000:]
-    for (bits, group, _, bn, (tpw, warps, _, wgmma, offset)), got in zip(
+    for (bits, group, _, bn, (tpw, warps, _, wgmma)), got in zip(
         CASES, json.loads(lines[0][6:]), strict=True
     ):
         assert got["wgmma"] if wgmma else got["mma"], (bits, group, bn)
         assert not got["local"]  # no stack arrays
-        assert (got["fma"] == 0) == offset  # offset codes dequantize without the f16x2 FMA
         epilogue = 16 * warps * tpw * bn * 2  # the output tile, float16
         x_buffers = 2 * group * bn * 2 if wgmma else 0
         assert got["shared"] <= epilogue + x_buffers  # no shared-memory layout conversion of the words
