@@ -95,7 +95,8 @@ def main() -> None:
             base.setdefault(ctx, sync_us)
             cells.append(f"{sync_us:.0f} / {b2b_us:.0f} ({sync_us - base[ctx]:+.0f})")
         print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
-    for splits in [int(b) for b in args.attention_splits.split(",") if b]:
+    most = decoder.workspace.m.shape[1]  # decode_attention caps the splits there
+    for splits in sorted({min(most, int(b)) for b in args.attention_splits.split(",") if b}):
         cells = []
         for ctx in contexts:
             with mock.patch.object(decoder, "_splits", lambda position, s=splits: s):
@@ -111,6 +112,7 @@ def main() -> None:
             cells.append(f"{sync_us:.0f} / {b2b_us:.0f} ({sync_us - base[ctx]:+.0f})")
         print(f"| LM head w{bits}g128 | " + " | ".join(cells) + " |", flush=True)
         undo()
+        decoder.lm_head = FusedProjection([model.lm_head], decoder_module.Registry.load())
 
 
 if __name__ == "__main__":

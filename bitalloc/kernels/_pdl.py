@@ -2,10 +2,12 @@
 before it still runs, once every program of that kernel has called ``gdc_launch_dependents`` (or exited).
 
 The decode step's kernels call ``gdc_launch_dependents`` first, load what does not depend on the previous
-kernel (weights, norm weights), then ``gdc_wait`` (the previous kernel has finished and its writes are
-visible) before reading activations or writing anything. Every program calls ``gdc_wait``, so a kernel
-never completes before its predecessor and the chain of waits orders every kernel after all earlier ones.
-Kernels launched without it (torch, cuBLAS) are ordinary launches: they wait for the whole kernel before.
+kernel (weights, norm weights; the attention also the position, rope rows and cached keys/values, which only
+earlier steps write: a step starts with ordinary launches), then ``gdc_wait`` (the previous kernel has
+finished and its writes are visible) before reading activations or writing anything. Every program calls
+``gdc_wait``, so a kernel never completes before its predecessor and the chain of waits orders every kernel
+after all earlier ones. Kernels launched without it (torch, cuBLAS) are ordinary launches: they wait for the
+whole kernel before.
 """
 
 from __future__ import annotations

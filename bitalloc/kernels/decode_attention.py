@@ -200,7 +200,9 @@ def decode_attention(
     token's position (the caller keeps it below ``max_len``). ``workspace`` (made with the same ``chunk``)
     is allocated per call when not given. ``splits``: programs per query head (default: one per chunk of
     ``max_len``, the fastest at a long context; a caller that knows the context passes fewer, see
-    ``LlamaDecoder``). ``pdl``: launched with programmatic dependent launch (``_pdl.py``).
+    ``LlamaDecoder``). ``pdl``: launched with programmatic dependent launch (``_pdl.py``); the caller then
+    guarantees that no kernel of its PDL chain writes ``pos``, ``cos``/``sin`` or the cached rows below
+    ``pos`` (they are read before the wait).
     """
     kv_heads, max_len, head_dim = k_cache.shape
     if heads % kv_heads or head_dim & (head_dim - 1) or qkv.numel() != (heads + 2 * kv_heads) * head_dim:

@@ -44,7 +44,8 @@ def reference(qkv, cos, sin, keys, values, pos, heads, kv_heads, head_dim):
         (2, 2, 16, 8, 8, 8, 8),
         (4, 2, 16, 37, 8, 4, 2),  # 5 chunks on 2 splits per head
         (4, 2, 16, 30, 8, 8, 1),  # one split walks all 4 chunks
-        (4, 4, 16, 3, 8, 8, 3),  # fewer chunks than splits: the extra ones return at once
+        (4, 4, 16, 3, 2, 2, 3),  # 2 chunks on 3 splits: the idle one returns at once
+        (4, 2, 16, 34, 8, 4, 8),  # split 4's first block (read first) only partly valid, no loop after it
     ],
 )
 def test_decode_attention_matches_reference(heads, kv_heads, head_dim, pos, chunk, block_s, splits):

@@ -63,6 +63,8 @@ attn = ptx(_decode_attention_kernel,
      "WS_SPLITS": "i32"},
     dict(HQ=32, HKV=8, D=64, CHUNK=64, BLOCK_S=64, SPLITS=4, SPLITS_POW2=4, PDL=True))
 out["attention"] = before_wait(attn)
+head = attn[: attn.index("griddepcontrol.wait")]
+out["attention-writes-first"] = [t for t in head.split() if t.startswith(("st.global", "atom.", "red."))]
 out["ticket"] = [line.split()[1] for line in attn.splitlines() if "atom." in line]
 out["rmsnorm"] = before_wait(ptx(_rmsnorm_kernel, {"x_ptr": "*fp16", "w_ptr": "*fp16", "y_ptr": "*fp16",
                                                    "H": "i32", "eps": "fp32"}, dict(BLOCK=2048, PDL=True), 8))
@@ -94,6 +96,7 @@ def test_decoder_kernels_wait_before_reading_activations():
     ordered = (".acq_rel", ".release", ".acquire")
     assert got["gemv-atomics"] and not any(o in op for op in got["gemv-atomics"] for o in ordered)
     assert got["silu"] == 0 and got["argmax"] == 0
-    assert got["attention"] > 0  # the position, its rope rows, the first cached keys/values (not q/k/v)
+    # the position, its rope rows and the first block of cached keys/values (not q/k/v), and nothing written
+    assert got["attention"] > 3 and not got["attention-writes-first"]
     assert got["rmsnorm"] > 0  # its weight only (x is read after the wait)
     assert got["ticket"] and all(".acq_rel" in op and ".gpu" in op for op in got["ticket"])
