@@ -279,9 +279,8 @@ class LlamaDecoder:
         if self.device.type != "cuda":
             raise InvalidInput("CUDA graphs need the model on a CUDA device")
         saved, token = self.position, self.token.clone()
-        graphs = {}
+        graphs, stream = {}, torch.cuda.Stream()
         for splits in sorted({self._splits(p) for p in range(0, self.max_len + CHUNK, CHUNK)}):
-            stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.no_grad(), torch.cuda.stream(stream):
                 for _ in range(2):
