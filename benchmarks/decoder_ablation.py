@@ -17,12 +17,14 @@ import argparse
 import sys
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
+from functools import partial
 from unittest import mock
 
 import torch
 from kernels_e2e import decoder_step_us, llama_1b, mixed_plan, quantize_head, quantize_plan
 
 import bitalloc.runtime.llama_decoder as decoder_module
+from bitalloc.kernels.registry import Registry
 from bitalloc.runtime.llama_decoder import LlamaDecoder
 from bitalloc.runtime.projection import FusedProjection
 
@@ -83,36 +85,29 @@ def main() -> None:
     model = llama_1b()
     quantize_plan(model, mixed_plan(model))
     decoder = LlamaDecoder(model, max(contexts) + args.tokens + 16)
+    # each row: its label and the patches its step is captured and timed under
+    rows = [(label, partial(without, decoder, kinds)) for label, kinds in ABLATIONS.items()]
+    most = decoder.workspace.m.shape[1]  # decode_attention caps the splits there
+    for splits in sorted({min(most, int(b)) for b in args.attention_splits.split(",") if b}):
+        fixed = partial(mock.patch.object, decoder, "_splits", lambda position, s=splits: s)
+        rows.append((f"attention, {splits} splits per head", fixed))
+    for bits in [int(b) for b in args.head_bits.split(",") if b]:
+        undo = quantize_head(model, bits)
+        head = FusedProjection([model.lm_head], Registry.load())
+        undo()
+        rows.append((f"LM head w{bits}g128", partial(mock.patch.object, decoder, "lm_head", head)))
     print(f"{torch.cuda.get_device_name()}; mixed 4/3-bit plan, LM head float16; {args.tokens} tokens")
     print("\n| step | " + " | ".join(f"context {c}: us (sync each / back to back)" for c in contexts) + " |")
     print("|---|" + "---|" * len(contexts))
-    base: dict[int, float] = {}
-    for label, kinds in ABLATIONS.items():
+    base: dict[int, float] = {}  # the whole step's time per context
+    for label, patches in rows:
         cells = []
         for ctx in contexts:
-            with without(decoder, kinds):
+            with patches():
                 sync_us, b2b_us = decoder_step_us(decoder, args.tokens, ctx)
             base.setdefault(ctx, sync_us)
             cells.append(f"{sync_us:.0f} / {b2b_us:.0f} ({sync_us - base[ctx]:+.0f})")
         print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
-    most = decoder.workspace.m.shape[1]  # decode_attention caps the splits there
-    for splits in sorted({min(most, int(b)) for b in args.attention_splits.split(",") if b}):
-        cells = []
-        for ctx in contexts:
-            with mock.patch.object(decoder, "_splits", lambda position, s=splits: s):
-                sync_us, b2b_us = decoder_step_us(decoder, args.tokens, ctx)
-            cells.append(f"{sync_us:.0f} / {b2b_us:.0f} ({sync_us - base[ctx]:+.0f})")
-        print(f"| attention, {splits} splits per head | " + " | ".join(cells) + " |", flush=True)
-    for bits in [int(b) for b in args.head_bits.split(",") if b]:
-        undo = quantize_head(model, bits)
-        decoder.lm_head = FusedProjection([model.lm_head], decoder_module.Registry.load())
-        cells = []
-        for ctx in contexts:
-            sync_us, b2b_us = decoder_step_us(decoder, args.tokens, ctx)
-            cells.append(f"{sync_us:.0f} / {b2b_us:.0f} ({sync_us - base[ctx]:+.0f})")
-        print(f"| LM head w{bits}g128 | " + " | ".join(cells) + " |", flush=True)
-        undo()
-        decoder.lm_head = FusedProjection([model.lm_head], decoder_module.Registry.load())
 
 
 if __name__ == "__main__":
