@@ -5,7 +5,9 @@
 The 1.1 B Llama-shaped model of ``kernels_e2e.py`` under its mixed 4/3-bit plan. The step is re-captured
 with one kind of launch removed (the norms, the attention, the SiLU-and-multiply, the LM head, or the
 decoder layers' projections), and the difference to the whole step is what that kind costs on the step's
-critical path, overlap included. The outputs of a step with launches removed are wrong; only its time
+critical path, overlap included. The whole step runs the norms and SiLU-mul inside the GEMVs (prologues);
+the rows that leave them out run them as their own launches otherwise (compare them with the row
+"norms, SiLU-mul as own launches"). The outputs of a step with launches removed are wrong; only its time
 counts. With ``--head-bits`` the step is also timed with the LM head quantized (RTN, group 128, asymmetric)
 instead of left in float16; with ``--attention-splits`` with that many attention programs per query head
 at every position (the decoder's own choice follows the position).
@@ -48,7 +50,11 @@ def without(decoder: LlamaDecoder, kinds: tuple[str, ...]):
     """Capture-time patches that leave ``kinds`` out of the decoder's step."""
     with ExitStack() as stack:
         for kind in kinds:
-            if kind in SMALL_KERNELS:
+            if kind == "prologues":
+                stack.enter_context(mock.patch.object(decoder, "prologues", False))
+            elif kind in SMALL_KERNELS:
+                if kind != "attention":  # the norms and SiLU-mul leave the GEMVs to be left out
+                    stack.enter_context(mock.patch.object(decoder, "prologues", False))
                 stack.enter_context(mock.patch.object(decoder_module, SMALL_KERNELS[kind], _skip))
             elif kind == "head":
                 stack.enter_context(mock.patch.object(decoder, "lm_head", _Skipped()))
@@ -63,6 +69,7 @@ def without(decoder: LlamaDecoder, kinds: tuple[str, ...]):
 
 ABLATIONS: dict[str, tuple[str, ...]] = {
     "whole step": (),
+    "norms, SiLU-mul as own launches": ("prologues",),
     "no RMS norms": ("norm",),
     "no attention": ("attention",),
     "no SiLU-mul": ("silu",),

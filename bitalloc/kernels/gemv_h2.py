@@ -11,7 +11,8 @@ outputs); the result is ``R * sum(acc) + acc_off``. With PREFETCH the next step'
 and ``xs`` are loaded before this step's arithmetic. SPLIT_K > 1 adds partial results atomically
 (relaxed reductions: only later kernels read the sums, so no per-element ordering is paid for). With PDL
 (``_pdl.py``) the first step's words load while the previous kernel still runs. With SELF_L2 each program asks
-L2 for the rest of its slice (without PREFETCH: all of it) before the PDL wait (``l2_prefetch.py``).
+L2 for the rest of its slice (without PREFETCH: all of it) before the PDL wait (``l2_prefetch.py``). With a
+PROLOGUE (``prologue.py``) each program first writes its slice of ``x`` from ``src`` (RMSNorm or SiLU-mul).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from bitalloc.kernels._half2 import dot2x2, dot3x4, dot4x2, dot8x2, pair_sum
 from bitalloc.kernels._unpack import load_words, merge3_loose
 from bitalloc.kernels.l2_prefetch import prefetch_tile
+from bitalloc.kernels.prologue import run_prologue
 
 HALF2_R = {2: 4, 3: 16, 4: 16, 8: 256}  # bits -> R: codes / R are exact float16 far from overflow
 
@@ -180,6 +182,9 @@ def gemv_h2_kernel(
     s_ptr,
     m_ptr,
     y_ptr,
+    src_ptr,
+    w_ptr,
+    eps,
     N,
     K,
     QOFF,
@@ -196,6 +201,8 @@ def gemv_h2_kernel(
     ATOMIC: tl.constexpr,
     PDL: tl.constexpr,
     SELF_L2: tl.constexpr,
+    PROLOGUE: tl.constexpr,
+    P_BLOCK: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -207,6 +214,7 @@ def gemv_h2_kernel(
     kb_end = (pid_k + 1) * n_steps // SPLIT_K
     acc = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
     acc_off = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    X_LATE: tl.constexpr = PDL or PROLOGUE != 0  # activations readable only after the wait or the prologue
     if PDL:
         gdc_launch_dependents()
     if PREFETCH:  # the first step's words, scales and offsets (with PDL: while the previous kernel runs)
@@ -225,7 +233,7 @@ def gemv_h2_kernel(
             GROUP,
             HAS_MIN,
             CHUNK,
-            XS_ROWS or PDL,  # with PDL the activations are read only after the wait
+            XS_ROWS or X_LATE,
         )
     if SELF_L2:  # the rest of the slice on its way to L2 while the previous kernel finishes
         _prefetch_slice(
@@ -245,8 +253,10 @@ def gemv_h2_kernel(
         )
     if PDL:  # wait for the previous kernel's activations
         gdc_wait()
+    if PROLOGUE != 0:  # this program's slice of the normed row (or activation) into x
+        run_prologue(src_ptr, w_ptr, x_ptr, eps, K, kb_start * CHUNK, kb_end * CHUNK, PROLOGUE, P_BLOCK)
     if PREFETCH:
-        if PDL and not XS_ROWS:
+        if X_LATE and not XS_ROWS:
             xs = tl.sum(tl.load(x_ptr + kb_start * CHUNK + tl.arange(0, CHUNK)).to(tl.float32), axis=0)
         for kb in range(kb_start, kb_end):
             nxt = tl.minimum(kb + 1, kb_end - 1)  # the last step re-reads itself (cache hit)

@@ -1,21 +1,21 @@
 """Batch-1 decoding of a Llama-architecture model on the kernels: few launches, static buffers, CUDA graphs.
 
 A decode step is, per layer: RMSNorm, the fused q/k/v projection, attention with rotary embedding and the
-KV-cache write (``decode_attention``, split along the context), the output projection added into the
-residual stream by the GEMV itself, RMSNorm, the fused gate/up projection, SiLU-and-multiply, the down
-projection added into the residual; then the final norm, the LM head and the greedy next token. Every buffer
-is allocated once and the position lives on the device (incremented by the step), so a captured CUDA graph
-replays every step. The attention launch's grid follows the context (one program per query head and chunk of
-cached positions, rounded up to a power of two: idle programs cost the step time), so ``capture`` records one
-graph per such grid and ``step`` replays the one for its position. Model types: Llama, Mistral (within
-its sliding window) and Qwen2 (q/k/v biases); the rope tables come from the model's own rotary module
-(static rope types). Weights may be float16 ``nn.Linear`` (cuBLAS), ``QuantLinear`` of any candidate (the
-registry's kernel, or the reference path with a warning) or ``PackedLinear`` (its own torch forward, with a
-warning: k-means, nested, lookup-table, W8A8/W4A4 formats).
-On Hopper the decoder's own kernels use programmatic dependent launch (``kernels/_pdl.py``): while the kernel
-before it still runs, each GEMV loads its first weights or, where its tuned entry says ``l2_slice``, asks L2
-for its whole slice (``kernels/l2_prefetch.py``). The decoder copies the weights it fuses; the source model
-can be dropped after.
+KV-cache write (``decode_attention``, split along the context), the output projection added into the residual
+stream by the GEMV itself, RMSNorm, the fused gate/up projection, SiLU-and-multiply, the down projection added
+into the residual; then the final norm, the LM head and the greedy next token. The norms and the SiLU-mul run
+inside the GEMV that reads them (``kernels/prologue.py``) where that GEMV is ours. Every buffer is allocated
+once and the position lives on the device (incremented by the step), so a captured CUDA graph replays every
+step. The attention launch's grid follows the context (one program per query head and chunk of cached
+positions, rounded up to a power of two: idle programs cost the step time), so ``capture`` records one graph
+per such grid and ``step`` replays the one for its position. Model types: Llama, Mistral (within its sliding
+window) and Qwen2 (q/k/v biases); the rope tables come from the model's own rotary module (static rope types).
+Weights may be float16 ``nn.Linear`` (cuBLAS), ``QuantLinear`` of any candidate (the registry's kernel, or the
+reference path with a warning) or ``PackedLinear`` (its own torch forward, with a warning: k-means, nested,
+lookup-table, W8A8/W4A4 formats). On Hopper the decoder's own kernels use programmatic dependent launch
+(``kernels/_pdl.py``): while the kernel before it still runs, each GEMV loads its first weights or, where its
+tuned entry says ``l2_slice``, asks L2 for its whole slice (``kernels/l2_prefetch.py``). The decoder copies
+the weights it fuses; the source model can be dropped after.
 
 A prompt goes in one ``prefill`` pass (batched projections on the registry's kernels for that many rows,
 causal attention in torch), then decoding continues one step (one graph replay) per token.
@@ -34,6 +34,7 @@ from bitalloc.errors import InvalidInput
 from bitalloc.kernels._pdl import pdl_supported
 from bitalloc.kernels.argmax import argmax_row
 from bitalloc.kernels.decode_attention import CHUNK, AttentionWorkspace, decode_attention
+from bitalloc.kernels.prologue import Prologue
 from bitalloc.kernels.registry import Registry
 from bitalloc.kernels.rmsnorm import rmsnorm
 from bitalloc.kernels.silu_mul import silu_mul
@@ -132,7 +133,12 @@ class LlamaDecoder:
     """Greedy batch-1 decoding of a Llama-architecture model (float16) with fused launches."""
 
     def __init__(
-        self, model: nn.Module, max_len: int, registry: Registry | None = None, pdl: bool | None = None
+        self,
+        model: nn.Module,
+        max_len: int,
+        registry: Registry | None = None,
+        pdl: bool | None = None,
+        prologues: bool = True,
     ) -> None:
         inner = _check_model(model)
         dims = DecoderDims.of(model.config, max_len)
@@ -155,6 +161,7 @@ class LlamaDecoder:
         self.rows = max_len + SPARE_ROWS  # cache and rope rows
         self.device = embed.device
         self.pdl = pdl_supported(self.device) if pdl is None else pdl and pdl_supported(self.device)
+        self.prologues = prologues  # norms and SiLU-mul inside the next GEMV (``kernels/prologue.py``)
         self.embed = embed
         self.final_norm = inner.norm.weight.detach()
         self.lm_head = FusedProjection([model.lm_head], registry)
@@ -229,8 +236,7 @@ class LlamaDecoder:
         for i, layer in enumerate(self.layers):
             qkv = self.scratch[i : i + 1, : self.qkv_width]  # (1, qkv_width)
             gate_up = self.scratch[i : i + 1, self.qkv_width :]  # (1, 2 * intermediate)
-            rmsnorm(self.hidden, layer.input_norm, d.eps, self.normed, pdl)
-            layer.qkv.run(self.normed, qkv, accumulate=True, pdl=pdl)
+            layer.qkv.run(self.normed, qkv, True, pdl, self._norm(self.hidden, layer.input_norm, pdl))
             decode_attention(
                 qkv,
                 self.cos,
@@ -245,17 +251,26 @@ class LlamaDecoder:
                 splits=splits,
             )
             layer.o.run(self.attn, self.hidden, accumulate=True, pdl=pdl)  # residual add in the projection
-            rmsnorm(self.hidden, layer.post_norm, d.eps, self.normed, pdl)
-            layer.gate_up.run(self.normed, gate_up, accumulate=True, pdl=pdl)
-            silu_mul(gate_up, self.act, pdl=pdl)
-            layer.down.run(self.act, self.hidden, accumulate=True, pdl=pdl)
+            layer.gate_up.run(self.normed, gate_up, True, pdl, self._norm(self.hidden, layer.post_norm, pdl))
+            if self.prologues:
+                layer.down.run(self.act, self.hidden, True, pdl, Prologue("silu_mul", gate_up))
+            else:
+                silu_mul(gate_up, self.act, pdl=pdl)
+                layer.down.run(self.act, self.hidden, accumulate=True, pdl=pdl)
         self._head(self.hidden, pdl)
         self.pos.add_(1)
 
+    def _norm(self, hidden: torch.Tensor, weight: torch.Tensor, pdl: bool) -> Prologue | None:
+        """RMSNorm of ``hidden (1, hidden)`` into ``normed``: the next projection's prologue, or (without
+        prologues) one launch now and None."""
+        if self.prologues:
+            return Prologue("rmsnorm", hidden, weight, self.dims.eps)
+        rmsnorm(hidden, weight, self.dims.eps, self.normed, pdl)
+        return None
+
     def _head(self, hidden: torch.Tensor, pdl: bool = False) -> None:
         """``hidden (1, hidden)`` -> the final norm, ``logits`` by the LM head, the greedy ``token``."""
-        rmsnorm(hidden, self.final_norm, self.dims.eps, self.normed)
-        self.lm_head.run(self.normed, self.logits)
+        self.lm_head.run(self.normed, self.logits, prologue=self._norm(hidden, self.final_norm, False))
         argmax_row(self.logits, self.token, pdl)
 
     @property

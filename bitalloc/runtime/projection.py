@@ -17,6 +17,7 @@ from torch import nn
 
 from bitalloc.errors import InvalidInput
 from bitalloc.kernels.linear import KernelFallbackWarning, KernelQuantLinear
+from bitalloc.kernels.prologue import Prologue
 from bitalloc.kernels.registry import Registry
 from bitalloc.quantizers.packed import PackedWeight
 from bitalloc.quantizers.packed_linear import PackedLinear
@@ -31,9 +32,18 @@ class DenseRun:
     weight: torch.Tensor
     bias: torch.Tensor | None
 
-    def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool, pdl: bool = False) -> None:
+    def run(
+        self,
+        x: torch.Tensor,
+        out: torch.Tensor,
+        accumulate: bool,
+        pdl: bool = False,
+        prologue: Prologue | None = None,
+    ) -> None:
         """``out (1, out) [+]= x (1, in) W^T + b`` on cuBLAS (one GEMV; the add is its beta; an ordinary
-        launch whatever ``pdl`` says)."""
+        launch whatever ``pdl`` says), after the ``prologue``'s standalone kernel fills ``x``."""
+        if prologue is not None:
+            prologue.apply(x, pdl)
         if accumulate:
             out.addmm_(x, self.weight.t())
         else:
@@ -52,9 +62,17 @@ class QuantRun:
 
     linear: KernelQuantLinear
 
-    def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool, pdl: bool = False) -> None:
-        """``out (1, out) [+]= x (1, in) W^T + b`` on the kernel the registry picks."""
-        self.linear.forward_into(x, out, accumulate, pdl)
+    def run(
+        self,
+        x: torch.Tensor,
+        out: torch.Tensor,
+        accumulate: bool,
+        pdl: bool = False,
+        prologue: Prologue | None = None,
+    ) -> None:
+        """``out (1, out) [+]= x (1, in) W^T + b`` on the kernel the registry picks (the GEMV computes the
+        ``prologue`` into ``x`` itself)."""
+        self.linear.forward_into(x, out, accumulate, pdl, prologue)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (rows, in) -> (rows, out)`` on the kernel the registry picks for that many rows, never building
@@ -91,8 +109,18 @@ class ReferenceRun:
             x = self.prepare(x, self.module.qweight)
         return torch.nn.functional.linear(x, self.weight, self.bias)
 
-    def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool, pdl: bool = False) -> None:
-        """``out (1, out) [+]= forward(x)`` (ordinary launches whatever ``pdl`` says)."""
+    def run(
+        self,
+        x: torch.Tensor,
+        out: torch.Tensor,
+        accumulate: bool,
+        pdl: bool = False,
+        prologue: Prologue | None = None,
+    ) -> None:
+        """``out (1, out) [+]= forward(x)`` (ordinary launches whatever ``pdl`` says), after the
+        ``prologue``'s standalone kernel fills ``x``."""
+        if prologue is not None:
+            prologue.apply(x, pdl)
         y = self.forward(x)
         if accumulate:
             out.add_(y)
@@ -196,12 +224,20 @@ class FusedProjection:
         return len(self.runs)
 
     def run(
-        self, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False, pdl: bool = False
+        self,
+        x: torch.Tensor,
+        out: torch.Tensor,
+        accumulate: bool = False,
+        pdl: bool = False,
+        prologue: Prologue | None = None,
     ) -> torch.Tensor:
         """``out (1, out_features) [+]= x (1, in) [W_1; W_2; ...]^T`` (contiguous rows); ``pdl``: kernels that
-        support it use programmatic dependent launch."""
+        support it use programmatic dependent launch. ``prologue``: ``x`` is first filled from its source
+        (RMSNorm or SiLU-mul), inside the first run's GEMV where it has one, else by the standalone kernel;
+        the later runs read the filled ``x``."""
         for start, stop, run in self.runs:
-            run.run(x, out[:, start:stop], accumulate, pdl)
+            run.run(x, out[:, start:stop], accumulate, pdl, prologue)
+            prologue = None
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

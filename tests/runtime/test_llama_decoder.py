@@ -61,6 +61,34 @@ def test_mixed_plan_decoder_matches_the_reference_path():
     assert_close(decoder_logits(decoder, ids), ref, 1e-2)
 
 
+def test_prologues_give_the_standalone_launches_logits():
+    """Norms and SiLU-mul inside the GEMVs (prologues) vs their own launches, where a fused projection takes
+    several launches: q float16 (cuBLAS: the norm launches alone) then k/v 8-bit reading the normed row;
+    gate 3-bit (the prologue writes the normed row) then up 4-bit reading it."""
+    model = tiny_llama(seed=4)
+    quantize_linears(
+        model,
+        {
+            "k_proj": "rtn-w8g64-sym",
+            "v_proj": "rtn-w8g64-sym",
+            "o_proj": "rtn-w4g32-asym",
+            "gate_proj": "rtn-w3g32-asym",
+            "up_proj": "rtn-w4g32-asym",
+            "down_proj": "rtn-w4g32-sym",
+        },
+    )
+    ids = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(4)).to(model.device)
+    fused, unfused = LlamaDecoder(model, max_len=5), LlamaDecoder(model, max_len=5, prologues=False)
+    assert [p.launches for p in (fused.layers[0].qkv, fused.layers[0].gate_up)] == [2, 2]
+    ours, theirs = decoder_logits(fused, ids), decoder_logits(unfused, ids)
+    assert ((ours - theirs).norm(dim=-1) / theirs.norm(dim=-1)).max() < 2e-3
+    act_err = (fused.act.float() - unfused.act.float()).norm() / unfused.act.float().norm()
+    assert act_err < 2e-3  # the down GEMV's SiLU-mul prologue filled the whole row
+    with torch.no_grad():
+        ref = model(ids).logits[0].float()
+    assert_close(ours, ref, 1e-2)
+
+
 def test_long_sequence_splits_attention_and_reuses_the_workspace():
     """70 positions: the attention splits in two from position 65 on, and both layers share one workspace
     whose tickets must be back at zero after every call."""
