@@ -204,7 +204,7 @@ def gemv(
             ATOMIC=atomic,
             PDL=pdl,
             PROLOGUE=0 if prologue is None else prologue.code,
-            P_BLOCK=prologue_block(in_features),
+            P_BLOCK=1 if prologue is None else prologue_block(in_features, prologue.kind),
             num_warps=config.num_warps,
             num_stages=1,
             **pdl_launch(pdl),
