@@ -2,15 +2,15 @@
 
     python benchmarks/decoder_ablation.py [--tokens 64] [--context 0,1024] [--head-bits 4,8]
 
-The 1.1 B Llama-shaped model of ``kernels_e2e.py`` under its mixed 4/3-bit plan. The step is re-captured
-with one kind of launch removed (the norms, the attention, the SiLU-and-multiply, the LM head, or the
-decoder layers' projections), and the difference to the whole step is what that kind costs on the step's
-critical path, overlap included. The whole step runs the norms and SiLU-mul inside the GEMVs (prologues);
-the rows that leave them out run them as their own launches otherwise (compare them with the row
-"norms, SiLU-mul as own launches"). The outputs of a step with launches removed are wrong; only its time
-counts. With ``--head-bits`` the step is also timed with the LM head quantized (RTN, group 128, asymmetric)
-instead of left in float16; with ``--attention-splits`` with that many attention programs per query head
-at every position (the decoder's own choice follows the position).
+The 1.1 B Llama-shaped model of ``kernels_e2e.py`` under its mixed 4/3-bit plan. The step is re-captured with
+one kind of launch removed (the norms, the attention, the SiLU-and-multiply, the LM head, or the decoder
+layers' projections), and the difference to the whole step is what that kind costs on the step's critical
+path, overlap included. The whole step folds the RMSNorms into the GEMVs that read them; the row "no RMS
+norms" leaves out their standalone launches (compare it with the row "norms as own launches"). The outputs of
+a step with launches removed are wrong; only its time counts. With ``--head-bits`` the step is also timed with
+the LM head quantized (RTN, group 128, asymmetric) instead of left in float16; with ``--attention-splits``
+with that many attention programs per query head at every position (the decoder's own choice follows the
+position).
 """
 
 from __future__ import annotations
@@ -50,11 +50,11 @@ def without(decoder: LlamaDecoder, kinds: tuple[str, ...]):
     """Capture-time patches that leave ``kinds`` out of the decoder's step."""
     with ExitStack() as stack:
         for kind in kinds:
-            if kind == "prologues":
-                stack.enter_context(mock.patch.object(decoder, "prologues", False))
+            if kind == "unfolded":
+                stack.enter_context(mock.patch.object(decoder, "fold_norms", False))
             elif kind in SMALL_KERNELS:
-                if kind != "attention":  # the norms and SiLU-mul leave the GEMVs to be left out
-                    stack.enter_context(mock.patch.object(decoder, "prologues", False))
+                if kind == "norm":  # the norms leave the GEMVs to be left out
+                    stack.enter_context(mock.patch.object(decoder, "fold_norms", False))
                 stack.enter_context(mock.patch.object(decoder_module, SMALL_KERNELS[kind], _skip))
             elif kind == "head":
                 stack.enter_context(mock.patch.object(decoder, "lm_head", _Skipped()))
@@ -69,7 +69,7 @@ def without(decoder: LlamaDecoder, kinds: tuple[str, ...]):
 
 ABLATIONS: dict[str, tuple[str, ...]] = {
     "whole step": (),
-    "norms, SiLU-mul as own launches": ("prologues",),
+    "norms as own launches": ("unfolded",),
     "no RMS norms": ("norm",),
     "no attention": ("attention",),
     "no SiLU-mul": ("silu",),

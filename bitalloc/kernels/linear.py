@@ -12,8 +12,8 @@ from torch import nn
 
 from bitalloc.kernels.fragment_layout import FragmentLayout, to_fragment_layout
 from bitalloc.kernels.layout import KernelLayout, to_layout
-from bitalloc.kernels.prologue import Prologue
 from bitalloc.kernels.registry import KernelChoice, Registry
+from bitalloc.kernels.row_norm import RowNorm
 from bitalloc.quantizers.quant_linear import QuantLinear
 from bitalloc.quantizers.quantized_weight import QuantizedWeight
 
@@ -106,21 +106,21 @@ class KernelQuantLinear(QuantLinear):
         out: torch.Tensor,
         accumulate: bool = False,
         pdl: bool = False,
-        prologue: Prologue | None = None,
+        norm: RowNorm | None = None,
     ) -> torch.Tensor:
         """``out (rows, out_features) [+]= x W^T + b`` for contiguous ``x (rows, in)`` and ``out``: batch 1 on
         the GEMV writes (or adds, for a fused residual) in place, launched with programmatic dependent launch
-        when ``pdl``; other paths compute, then copy or add (ordinary launches). ``prologue``: ``x`` is first
-        filled from its source (inside the GEMV where it can, else by the standalone kernel)."""
+        when ``pdl``; other paths compute, then copy or add (ordinary launches). ``norm``: ``x`` is the raw
+        row of an RMSNorm, folded into the GEMV where it can be, else run first by the standalone kernel."""
         choice = self.choice(x)
         if choice.kernel == "gemv" and x.shape[0] == 1:
             from bitalloc.kernels.gemv import GemvConfig, gemv
 
             config = GemvConfig(**choice.params)
-            gemv(x, self.layout(), config, out=out, accumulate=accumulate, pdl=pdl, prologue=prologue)
+            gemv(x, self.layout(), config, out=out, accumulate=accumulate, pdl=pdl, norm=norm)
             return self._add_bias(out)
-        if prologue is not None:
-            prologue.apply(x, pdl)
+        if norm is not None:
+            x = norm.apply(x, pdl)
         y = self.forward(x)
         return out.add_(y) if accumulate else out.copy_(y)
 

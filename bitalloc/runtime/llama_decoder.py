@@ -3,8 +3,8 @@
 A decode step is, per layer: RMSNorm, the fused q/k/v projection, attention with rotary embedding and the
 KV-cache write (``decode_attention``, split along the context), the output projection added into the residual
 stream by the GEMV itself, RMSNorm, the fused gate/up projection, SiLU-and-multiply, the down projection added
-into the residual; then the final norm, the LM head and the greedy next token. The norms and the SiLU-mul run
-inside the GEMV that reads them (``kernels/prologue.py``) where that GEMV is ours. Every buffer is allocated
+into the residual; then the final norm, the LM head and the greedy next token. The norms run inside the GEMVs
+that read them (``kernels/row_norm.py``) where those GEMVs are ours. Every buffer is allocated
 once and the position lives on the device (incremented by the step), so a captured CUDA graph replays every
 step. The attention launch's grid follows the context (one program per query head and chunk of cached
 positions, rounded up to a power of two: idle programs cost the step time), so ``capture`` records one graph
@@ -34,9 +34,9 @@ from bitalloc.errors import InvalidInput
 from bitalloc.kernels._pdl import pdl_supported
 from bitalloc.kernels.argmax import argmax_row
 from bitalloc.kernels.decode_attention import CHUNK, AttentionWorkspace, decode_attention
-from bitalloc.kernels.prologue import Prologue
 from bitalloc.kernels.registry import Registry
 from bitalloc.kernels.rmsnorm import rmsnorm
+from bitalloc.kernels.row_norm import RowNorm
 from bitalloc.kernels.silu_mul import silu_mul
 from bitalloc.runtime.prefill_attention import prefill_attention
 from bitalloc.runtime.projection import FusedProjection
@@ -138,7 +138,7 @@ class LlamaDecoder:
         max_len: int,
         registry: Registry | None = None,
         pdl: bool | None = None,
-        prologues: bool = True,
+        fold_norms: bool = True,
     ) -> None:
         inner = _check_model(model)
         dims = DecoderDims.of(model.config, max_len)
@@ -161,7 +161,7 @@ class LlamaDecoder:
         self.rows = max_len + SPARE_ROWS  # cache and rope rows
         self.device = embed.device
         self.pdl = pdl_supported(self.device) if pdl is None else pdl and pdl_supported(self.device)
-        self.prologues = prologues  # norms and SiLU-mul inside the next GEMV (``kernels/prologue.py``)
+        self.fold_norms = fold_norms  # RMSNorms inside the GEMVs that read them (``kernels/row_norm.py``)
         self.embed = embed
         self.final_norm = inner.norm.weight.detach()
         self.lm_head = FusedProjection([model.lm_head], registry)
@@ -236,7 +236,7 @@ class LlamaDecoder:
         for i, layer in enumerate(self.layers):
             qkv = self.scratch[i : i + 1, : self.qkv_width]  # (1, qkv_width)
             gate_up = self.scratch[i : i + 1, self.qkv_width :]  # (1, 2 * intermediate)
-            layer.qkv.run(self.normed, qkv, True, pdl, self._norm(self.hidden, layer.input_norm, pdl))
+            self._normed_projection(layer.qkv, layer.input_norm, qkv, pdl)
             decode_attention(
                 qkv,
                 self.cos,
@@ -251,26 +251,33 @@ class LlamaDecoder:
                 splits=splits,
             )
             layer.o.run(self.attn, self.hidden, accumulate=True, pdl=pdl)  # residual add in the projection
-            layer.gate_up.run(self.normed, gate_up, True, pdl, self._norm(self.hidden, layer.post_norm, pdl))
-            if self.prologues:
-                layer.down.run(self.act, self.hidden, True, pdl, Prologue("silu_mul", gate_up))
-            else:
-                silu_mul(gate_up, self.act, pdl=pdl)
-                layer.down.run(self.act, self.hidden, accumulate=True, pdl=pdl)
+            self._normed_projection(layer.gate_up, layer.post_norm, gate_up, pdl)
+            silu_mul(gate_up, self.act, pdl=pdl)
+            layer.down.run(self.act, self.hidden, accumulate=True, pdl=pdl)
         self._head(self.hidden, pdl)
         self.pos.add_(1)
 
-    def _norm(self, hidden: torch.Tensor, weight: torch.Tensor, pdl: bool) -> Prologue | None:
-        """RMSNorm of ``hidden (1, hidden)`` into ``normed``: the next projection's prologue, or (without
-        prologues) one launch now and None."""
-        if self.prologues:
-            return Prologue("rmsnorm", hidden, weight, self.dims.eps)
-        rmsnorm(hidden, weight, self.dims.eps, self.normed, pdl)
-        return None
+    def _normed_projection(
+        self,
+        projection: FusedProjection,
+        weight: torch.Tensor,
+        out: torch.Tensor,
+        pdl: bool,
+        hidden: torch.Tensor | None = None,
+        accumulate: bool = True,
+    ) -> None:
+        """``out [+]= projection(rmsnorm(hidden))`` (default: the residual stream): the norm folded into the
+        projection's GEMVs, or (``fold_norms=False``) launched first into ``normed``."""
+        hidden = self.hidden if hidden is None else hidden
+        norm = RowNorm(weight, self.dims.eps, self.normed)
+        if self.fold_norms:
+            projection.run(hidden, out, accumulate, pdl, norm)
+        else:
+            projection.run(norm.apply(hidden, pdl), out, accumulate, pdl)
 
     def _head(self, hidden: torch.Tensor, pdl: bool = False) -> None:
         """``hidden (1, hidden)`` -> the final norm, ``logits`` by the LM head, the greedy ``token``."""
-        self.lm_head.run(self.normed, self.logits, prologue=self._norm(hidden, self.final_norm, False))
+        self._normed_projection(self.lm_head, self.final_norm, self.logits, False, hidden, accumulate=False)
         argmax_row(self.logits, self.token, pdl)
 
     @property

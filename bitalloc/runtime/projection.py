@@ -17,8 +17,8 @@ from torch import nn
 
 from bitalloc.errors import InvalidInput
 from bitalloc.kernels.linear import KernelFallbackWarning, KernelQuantLinear
-from bitalloc.kernels.prologue import Prologue
 from bitalloc.kernels.registry import Registry
+from bitalloc.kernels.row_norm import RowNorm
 from bitalloc.quantizers.packed import PackedWeight
 from bitalloc.quantizers.packed_linear import PackedLinear
 from bitalloc.quantizers.quant_linear import QuantLinear
@@ -38,12 +38,12 @@ class DenseRun:
         out: torch.Tensor,
         accumulate: bool,
         pdl: bool = False,
-        prologue: Prologue | None = None,
+        norm: RowNorm | None = None,
     ) -> None:
         """``out (1, out) [+]= x (1, in) W^T + b`` on cuBLAS (one GEMV; the add is its beta; an ordinary
-        launch whatever ``pdl`` says), after the ``prologue``'s standalone kernel fills ``x``."""
-        if prologue is not None:
-            prologue.apply(x, pdl)
+        launch whatever ``pdl`` says), on ``norm``'s standalone output when ``x`` is a raw row."""
+        if norm is not None:
+            x = norm.apply(x, pdl)
         if accumulate:
             out.addmm_(x, self.weight.t())
         else:
@@ -68,11 +68,11 @@ class QuantRun:
         out: torch.Tensor,
         accumulate: bool,
         pdl: bool = False,
-        prologue: Prologue | None = None,
+        norm: RowNorm | None = None,
     ) -> None:
-        """``out (1, out) [+]= x (1, in) W^T + b`` on the kernel the registry picks (the GEMV computes the
-        ``prologue`` into ``x`` itself)."""
-        self.linear.forward_into(x, out, accumulate, pdl, prologue)
+        """``out (1, out) [+]= x (1, in) W^T + b`` on the kernel the registry picks (the GEMV folds ``norm``
+        in)."""
+        self.linear.forward_into(x, out, accumulate, pdl, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (rows, in) -> (rows, out)`` on the kernel the registry picks for that many rows, never building
@@ -115,12 +115,12 @@ class ReferenceRun:
         out: torch.Tensor,
         accumulate: bool,
         pdl: bool = False,
-        prologue: Prologue | None = None,
+        norm: RowNorm | None = None,
     ) -> None:
-        """``out (1, out) [+]= forward(x)`` (ordinary launches whatever ``pdl`` says), after the
-        ``prologue``'s standalone kernel fills ``x``."""
-        if prologue is not None:
-            prologue.apply(x, pdl)
+        """``out (1, out) [+]= forward(x)`` (ordinary launches whatever ``pdl`` says), on ``norm``'s
+        standalone output when ``x`` is a raw row."""
+        if norm is not None:
+            x = norm.apply(x, pdl)
         y = self.forward(x)
         if accumulate:
             out.add_(y)
@@ -229,15 +229,19 @@ class FusedProjection:
         out: torch.Tensor,
         accumulate: bool = False,
         pdl: bool = False,
-        prologue: Prologue | None = None,
+        norm: RowNorm | None = None,
     ) -> torch.Tensor:
         """``out (1, out_features) [+]= x (1, in) [W_1; W_2; ...]^T`` (contiguous rows); ``pdl``: kernels that
-        support it use programmatic dependent launch. ``prologue``: ``x`` is first filled from its source
-        (RMSNorm or SiLU-mul), inside the first run's GEMV where it has one, else by the standalone kernel;
-        the later runs read the filled ``x``."""
+        support it use programmatic dependent launch. ``norm``: ``x`` is the raw row of an RMSNorm, folded
+        into each GEMV that can (``kernels/row_norm.py``); the other runs read the standalone norm's output
+        (computed once)."""
+        normed = None
         for start, stop, run in self.runs:
-            run.run(x, out[:, start:stop], accumulate, pdl, prologue)
-            prologue = None
+            if norm is not None and not isinstance(run, QuantRun):
+                normed = norm.apply(x, pdl) if normed is None else normed
+                run.run(normed, out[:, start:stop], accumulate, pdl)
+            else:
+                run.run(x, out[:, start:stop], accumulate, pdl, norm)
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
