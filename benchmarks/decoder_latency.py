@@ -28,7 +28,7 @@ import torch
 from kernels_e2e import decoder_step_us, llama_1b, mixed_plan
 from torch import nn
 
-from bitalloc.kernels.latency import LatencyTable
+from bitalloc.kernels.latency import COLUMNS, LatencyTable
 from bitalloc.quantizers.candidate import Candidate
 from bitalloc.quantizers.quant_linear import QuantLinear
 from bitalloc.quantizers.quantize import quantize
@@ -39,19 +39,6 @@ ROLES = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gate_up": ("g
 ROLES["down"] = ("down_proj",)
 FORMATS = tuple(f"rtn-w{b}g128-{s}" for b in (2, 3, 4, 8) for s in ("sym", "asym"))
 FLOAT16 = "fp16"
-COLUMNS = [
-    "format",
-    "bits",
-    "group_size",
-    "symmetric",
-    "out_features",
-    "in_features",
-    "batch",
-    "kernel",
-    "us",
-    "fp16_us",
-    "nbytes",
-]
 
 
 class _Skipped:

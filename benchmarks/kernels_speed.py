@@ -27,6 +27,7 @@ from bitalloc.kernels.fragment_layout import FragmentLayout, to_fragment_layout
 from bitalloc.kernels.gemm import GemmConfig, gemm
 from bitalloc.kernels.gemm_swapab import SwapABConfig, swapab
 from bitalloc.kernels.gemv import GemvConfig, gemv
+from bitalloc.kernels.latency import COLUMNS
 from bitalloc.kernels.layout import KernelLayout, to_layout
 from bitalloc.kernels.mma import MmaConfig, mma_matmul
 from bitalloc.kernels.registry import BATCH_BUCKETS, Registry, TunedEntry, kernel_for
@@ -368,21 +369,8 @@ def latency_csv(
     calls (``bench``: L2 flushed, one call per graph) or, with ``pipelined``, calls back to back on rotating
     weight copies (``bench_pipelined``; batch-1 GEMVs add into one output with PDL, as in the decoder; the
     float16 column stays a plain ``F.linear`` per call)."""
-    fields = [
-        "format",
-        "bits",
-        "group_size",
-        "symmetric",
-        "out_features",
-        "in_features",
-        "batch",
-        "kernel",
-        "us",
-        "fp16_us",
-        "nbytes",
-    ]
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         for shape in shapes:
             for batch in BATCH_BUCKETS:

@@ -17,6 +17,19 @@ from bitalloc.kernels.registry import CONFIG_DIR, batch_bucket
 from bitalloc.quantizers.candidate import Candidate
 
 DEFAULT_LATENCY = CONFIG_DIR / "latency_h100.csv"
+COLUMNS = (
+    "format",
+    "bits",
+    "group_size",
+    "symmetric",
+    "out_features",
+    "in_features",
+    "batch",
+    "kernel",
+    "us",
+    "fp16_us",
+    "nbytes",
+)  # of the CSV; the lookups read bits, group_size, symmetric, the shape, batch, us and fp16_us
 
 
 def shipped_table(name: str) -> Path:
