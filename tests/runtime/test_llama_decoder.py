@@ -78,7 +78,7 @@ def test_folded_norms_give_the_standalone_norms_logits():
         },
     )
     ids = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(4)).to(model.device)
-    folded, unfolded = LlamaDecoder(model, max_len=5), LlamaDecoder(model, max_len=5, fold_norms=False)
+    folded, unfolded = LlamaDecoder(model, max_len=5, fold_norms=True), LlamaDecoder(model, max_len=5)
     assert [p.launches for p in (folded.layers[0].qkv, folded.layers[0].gate_up)] == [2, 2]
     ours, theirs = decoder_logits(folded, ids), decoder_logits(unfolded, ids)
     assert ((ours - theirs).norm(dim=-1) / theirs.norm(dim=-1)).max() < 5e-3  # GPU: atomics reorder sums
