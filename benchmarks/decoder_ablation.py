@@ -2,14 +2,13 @@
 
     python benchmarks/decoder_ablation.py [--tokens 64] [--context 0,1024] [--head-bits 4,8]
 
-The 1.1 B Llama-shaped model of ``kernels_e2e.py`` under its mixed 4/3-bit plan. The step is re-captured with
-one kind of launch removed (the norms, the attention, the SiLU-and-multiply, the LM head, or the decoder
-layers' projections), and the difference to the whole step is what that kind costs on the step's critical
-path, overlap included. The row "norms folded into the GEMVs" runs the step with ``fold_norms`` (no norm
-launches, ``kernels/row_norm.py``). The outputs of a step with launches removed are wrong; only its time
+The 1.1 B Llama-shaped model of ``kernels_e2e.py`` under its mixed 4/3-bit plan. The step is re-captured
+with one kind of launch removed (the norms, the attention, the SiLU-and-multiply, the LM head, or the
+decoder layers' projections), and the difference to the whole step is what that kind costs on the step's
+critical path, overlap included. The outputs of a step with launches removed are wrong; only its time
 counts. With ``--head-bits`` the step is also timed with the LM head quantized (RTN, group 128, asymmetric)
-instead of left in float16; with ``--attention-splits`` with that many attention programs per query head at
-every position (the decoder's own choice follows the position).
+instead of left in float16; with ``--attention-splits`` with that many attention programs per query head
+at every position (the decoder's own choice follows the position).
 """
 
 from __future__ import annotations
@@ -49,9 +48,7 @@ def without(decoder: LlamaDecoder, kinds: tuple[str, ...]):
     """Capture-time patches that leave ``kinds`` out of the decoder's step."""
     with ExitStack() as stack:
         for kind in kinds:
-            if kind == "folded":
-                stack.enter_context(mock.patch.object(decoder, "fold_norms", True))
-            elif kind in SMALL_KERNELS:
+            if kind in SMALL_KERNELS:
                 stack.enter_context(mock.patch.object(decoder_module, SMALL_KERNELS[kind], _skip))
             elif kind == "head":
                 stack.enter_context(mock.patch.object(decoder, "lm_head", _Skipped()))
@@ -66,7 +63,6 @@ def without(decoder: LlamaDecoder, kinds: tuple[str, ...]):
 
 ABLATIONS: dict[str, tuple[str, ...]] = {
     "whole step": (),
-    "norms folded into the GEMVs": ("folded",),
     "no RMS norms": ("norm",),
     "no attention": ("attention",),
     "no SiLU-mul": ("silu",),

@@ -12,8 +12,9 @@ the role's launches left out gives the baseline. A row's ``us`` is the differenc
 one launch of that format and shape adds to the step, overlap included (``fp16_us`` the float16 launch's).
 The CSV has the columns of the kernel tables (``kernels/latency.py``), kernel ``decoder``, batch 1.
 
-The same run checks additivity: the fixed mixed 4/3-bit plan and the float16 model are predicted (step with
-every projection left out, plus the tabled launches) and measured.
+The same run checks the table on the fixed mixed 4/3-bit plan and the float16 model, two ways: the step with
+every projection left out plus the tabled launches (additivity), and ``kernels_e2e.py``'s prediction (the
+measured float16 step, minus its tabled launches, plus the plan's).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from decoder_ablation import _Skipped
 from kernels_e2e import decoder_step_us, llama_1b, mixed_plan
 from torch import nn
 
@@ -39,13 +41,6 @@ ROLES = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gate_up": ("g
 ROLES["down"] = ("down_proj",)
 FORMATS = tuple(f"rtn-w{b}g128-{s}" for b in (2, 3, 4, 8) for s in ("sym", "asym"))
 FLOAT16 = "fp16"
-
-
-class _Skipped:
-    """A projection whose launches are left out of the step."""
-
-    def run(self, *args, **kwargs) -> None:
-        """No launch."""
 
 
 def role_of(name: str) -> str:
@@ -150,12 +145,21 @@ def main() -> None:
     rest = step_us(model, args.tokens, skip=tuple(ROLES))
     plan = mixed_plan(model)
     print(f"\n{torch.cuda.get_device_name()}; step with every projection left out: {rest:.0f} us")
-    print("\n| plan | predicted us (rest + tabled launches) | measured us | error |\n|---|---|---|---|")
+    print(
+        "\n| plan | measured us | rest + tabled launches | error | measured float16 step - tabled float16 + "
+        "tabled plan (kernels_e2e.py) | error |\n|---|---|---|---|---|---|"
+    )
+    variants.set({n: FLOAT16 for n in names})
+    fp16_measured, fp16_tabled = step_us(model, args.tokens), tabled_us(table, model, None)
     for label, assignment in (("float16", None), ("mixed 4/3-bit (kernels_e2e)", plan)):
         variants.set({n: FLOAT16 for n in names} if assignment is None else assignment)
-        predicted = rest + tabled_us(table, model, assignment)
         measured = step_us(model, args.tokens)
-        print(f"| {label} | {predicted:.0f} | {measured:.0f} | {100 * (predicted / measured - 1):+.1f}% |")
+        tabled = tabled_us(table, model, assignment)
+        additive, swapped = rest + tabled, fp16_measured - fp16_tabled + tabled
+        print(
+            f"| {label} | {measured:.0f} | {additive:.0f} | {100 * (additive / measured - 1):+.1f}% | "
+            f"{swapped:.0f} | {100 * (swapped / measured - 1):+.1f}% |"
+        )
 
 
 if __name__ == "__main__":

@@ -7,9 +7,8 @@ Every decoder Linear is quantized with RTN (attention and down projections 4-bit
 128, asymmetric). Four runners decode batch 1, each step one CUDA graph, side by side in one process:
 transformers' model with a static cache (fp16, and mixed with ``use_kernels``) and ``LlamaDecoder`` (fused
 launches; fp16 on cuBLAS, mixed on the kernels; on Hopper its own kernels use programmatic dependent
-launch, and the mixed decoder is also timed without it, with its RMSNorms folded into the GEMVs that read
-them (``fold_norms``), and with ``--no-l2-slice`` without the GEMVs asking L2 for their slice before the
-PDL wait, ``GemvConfig.l2_slice``).
+launch, and the mixed decoder is also timed without it, and with ``--no-l2-slice`` without the GEMVs asking L2
+for their slice before the PDL wait, ``GemvConfig.l2_slice``).
 Times: the median step with a sync after each step, and
 the mean step of back-to-back replays. Correctness: the decoder's logits against transformers' on the same
 weights (the mixed reference dequantizes in torch). With a latency table, the decoder's mixed step is also
@@ -349,11 +348,6 @@ def main() -> None:
         profiles["decoder mixed without PDL, GEMVs by role"] = gemv_roles(
             LlamaDecoder(model, max_len, pdl=False)
         )
-    folded = LlamaDecoder(model, max_len, fold_norms=True)  # RMSNorms inside the GEMVs
-    checks["decoder mixed, norms folded"] = logits_error(model, folded)
-    for ctx in contexts:
-        times[("decoder mixed, norms folded into the GEMVs", ctx)] = decoder_step_us(folded, args.tokens, ctx)
-    del folded
     if pdl_supported(torch.device("cuda")):  # the same without programmatic dependent launch
         plain = LlamaDecoder(model, max_len, pdl=False)
         for ctx in contexts:

@@ -192,18 +192,3 @@ def dot3x4(w0, w1, w2, w3, a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d
     else:
         d = _dot3(w0, a0, a1, a2, a3) + _dot3(w1, b0, b1, b2, b3)
         return (d + _dot3(w2, c0, c1, c2, c3) + _dot3(w3, d0, d1, d2, d3)) * (1.0 / 16)
-
-
-@triton.jit
-def hmul2(p, w, ASM: tl.constexpr):
-    """Int32 pairs of float16: ``p * w`` per half, rounded to float16 (one ``mul.rn.f16x2``)."""
-    if ASM:
-        return tl.inline_asm_elementwise(
-            "mul.rn.f16x2 $0, $1, $2;", "=r,r,r", [p, w], dtype=tl.int32, is_pure=True, pack=1
-        )
-    else:
-        p_lo, p_hi = _lanes(p)
-        w_lo, w_hi = _lanes(w)
-        lo = (p_lo * w_lo).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-        hi = (p_hi * w_hi).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
-        return lo | (hi << 16)

@@ -11,9 +11,7 @@ outputs); the result is ``R * sum(acc) + acc_off``. With PREFETCH the next step'
 and ``xs`` are loaded before this step's arithmetic. SPLIT_K > 1 adds partial results atomically
 (relaxed reductions: only later kernels read the sums, so no per-element ordering is paid for). With PDL
 (``_pdl.py``) the first step's words load while the previous kernel still runs. With SELF_L2 each program asks
-L2 for the rest of its slice (without PREFETCH: all of it) before the PDL wait (``l2_prefetch.py``). With
-NORM, ``x`` is the raw row of an RMSNorm folded in (``row_norm.py``): each activation pair is multiplied by
-the norm's weight pair as it loads, and the result by ``1 / rms(x)``.
+L2 for the rest of its slice (without PREFETCH: all of it) before the PDL wait (``l2_prefetch.py``).
 """
 
 from __future__ import annotations
@@ -22,33 +20,16 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from bitalloc.kernels._half2 import dot2x2, dot3x4, dot4x2, dot8x2, hmul2, pair_sum
+from bitalloc.kernels._half2 import dot2x2, dot3x4, dot4x2, dot8x2, pair_sum
 from bitalloc.kernels._unpack import load_words, merge3_loose
 from bitalloc.kernels.l2_prefetch import prefetch_tile
-from bitalloc.kernels.row_norm import load_row, row_rstd
 
 HALF2_R = {2: 4, 3: 16, 4: 16, 8: 256}  # bits -> R: codes / R are exact float16 far from overflow
 
 
 @triton.jit
 def _load_step(
-    x_ptr,
-    w_ptr,
-    a_ptr,
-    b_ptr,
-    s_ptr,
-    m_ptr,
-    offs_n,
-    mask_n,
-    N,
-    kb,
-    QOFF,
-    BITS,
-    GROUP,
-    HAS_MIN,
-    CHUNK,
-    XS_ROWS,
-    NORM,
+    x_ptr, a_ptr, b_ptr, s_ptr, m_ptr, offs_n, mask_n, N, kb, QOFF, BITS, GROUP, HAS_MIN, CHUNK, XS_ROWS
 ):
     """Raw words (u0, u1, u2 at 3 bits) of step kb, the group's scale and offset per output (float32), and
     the step's activation sum (a float32 scalar)."""
@@ -72,26 +53,8 @@ def _load_step(
         offset += tl.load(m_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     xs = tl.zeros((), dtype=tl.float32)  # XS_ROWS: summed by _rows_xs from the pairs of each thread's rows
     if not XS_ROWS:  # one sum over all threads of the program
-        xs = chunk_xs(x_ptr, w_ptr, k0, CHUNK, NORM)
+        xs = tl.sum(tl.load(x_ptr + k0 + tl.arange(0, CHUNK)).to(tl.float32), axis=0)
     return u0, u1, u2, scale, offset, xs
-
-
-@triton.jit
-def chunk_xs(x_ptr, w_ptr, k0, CHUNK: tl.constexpr, NORM: tl.constexpr):
-    """Sum of the chunk's activations (times the folded norm's weight, rounded as ``hmul2``), float32."""
-    x = tl.load(x_ptr + k0 + tl.arange(0, CHUNK))
-    if NORM:
-        x = x * tl.load(w_ptr + k0 + tl.arange(0, CHUNK))
-    return tl.sum(x.to(tl.float32), axis=0)
-
-
-@triton.jit
-def _pair(x2_ptr, w2_ptr, idx, NORM: tl.constexpr, ASM: tl.constexpr):
-    """Activation pairs ``idx`` as a ``(len, 1)`` column of int32 pairs (times the norm's weight pairs)."""
-    p = tl.load(x2_ptr + idx)
-    if NORM:
-        p = hmul2(p, tl.load(w2_ptr + idx), ASM)
-    return p[:, None]
 
 
 @triton.jit
@@ -110,112 +73,99 @@ def _prefetch_slice(a_ptr, b_ptr, s_ptr, m_ptr, n0, N, kb0, kb1, BITS, GROUP, HA
 
 
 @triton.jit
-def _rows_xs(
-    x2_ptr, w2_ptr, k0, ROWS: tl.constexpr, CHUNK: tl.constexpr, NORM: tl.constexpr, ASM: tl.constexpr
-):
+def _rows_xs(x2_ptr, k0, ROWS: tl.constexpr, CHUNK: tl.constexpr, ASM: tl.constexpr):
     """The chunk's activation sum from the pairs of each word row (ROWS rows of CHUNK / 2 / ROWS pairs);
     no cross-warp reduction when a thread holds all rows of its tile."""
     NP: tl.constexpr = CHUNK // 2 // ROWS
-    ib = k0 // 2 + tl.arange(0, ROWS)  # (ROWS,) pairs of row r: r + i * ROWS
-    xs = pair_sum(_pair(x2_ptr, w2_ptr, ib, NORM, ASM), ASM)
+    pb = x2_ptr + k0 // 2 + tl.arange(0, ROWS)  # (ROWS,) pairs of row r: r + i * ROWS
+    xs = pair_sum(tl.load(pb), ASM)
     for i in tl.static_range(1, NP):
-        xs += pair_sum(_pair(x2_ptr, w2_ptr, ib + i * ROWS, NORM, ASM), ASM)
+        xs += pair_sum(tl.load(pb + i * ROWS), ASM)
     return tl.sum(xs, axis=0)
 
 
 @triton.jit
-def _step_dot(
-    u0,
-    u1,
-    u2,
-    x2_ptr,
-    w2_ptr,
-    k0,
-    BITS: tl.constexpr,
-    CHUNK: tl.constexpr,
-    NORM: tl.constexpr,
-    ASM: tl.constexpr,
-):
+def _step_dot(u0, u1, u2, x2_ptr, k0, BITS: tl.constexpr, CHUNK: tl.constexpr, ASM: tl.constexpr):
     """``sum q x / R`` per row and output of one step from its raw words: (ROWS, BLOCK_N) float32."""
     if BITS == 3:
         WP: tl.constexpr = CHUNK // 16
         H3: tl.constexpr = WP // 2
         e0, o0 = merge3_loose(u0, u2)
         e1, o1 = merge3_loose(u1, u2 >> 1)
-        pa = k0 // 2 + tl.arange(0, H3)  # (WP/2,) pair of field 0 of rows r
+        pa = x2_ptr + k0 // 2 + tl.arange(0, H3)  # (WP/2,) pair of field 0 of rows r
         pb = pa + H3  # rows r + WP/2
         dot = dot3x4(
             e0,
             o0,
             e1,
             o1,
-            _pair(x2_ptr, w2_ptr, pa, NORM, ASM),
-            _pair(x2_ptr, w2_ptr, pa + 2 * WP, NORM, ASM),
-            _pair(x2_ptr, w2_ptr, pa + 4 * WP, NORM, ASM),
-            _pair(x2_ptr, w2_ptr, pa + 6 * WP, NORM, ASM),
-            _pair(x2_ptr, w2_ptr, pa + WP, NORM, ASM),
-            _pair(x2_ptr, w2_ptr, pa + 3 * WP, NORM, ASM),
-            _pair(x2_ptr, w2_ptr, pa + 5 * WP, NORM, ASM),
-            _pair(x2_ptr, w2_ptr, pa + 7 * WP, NORM, ASM),
-            _pair(x2_ptr, w2_ptr, pb, NORM, ASM),
-            _pair(x2_ptr, w2_ptr, pb + 2 * WP, NORM, ASM),
-            _pair(x2_ptr, w2_ptr, pb + 4 * WP, NORM, ASM),
-            _pair(x2_ptr, w2_ptr, pb + 6 * WP, NORM, ASM),
-            _pair(x2_ptr, w2_ptr, pb + WP, NORM, ASM),
-            _pair(x2_ptr, w2_ptr, pb + 3 * WP, NORM, ASM),
-            _pair(x2_ptr, w2_ptr, pb + 5 * WP, NORM, ASM),
-            _pair(x2_ptr, w2_ptr, pb + 7 * WP, NORM, ASM),
+            tl.load(pa)[:, None],
+            tl.load(pa + 2 * WP)[:, None],
+            tl.load(pa + 4 * WP)[:, None],
+            tl.load(pa + 6 * WP)[:, None],
+            tl.load(pa + WP)[:, None],
+            tl.load(pa + 3 * WP)[:, None],
+            tl.load(pa + 5 * WP)[:, None],
+            tl.load(pa + 7 * WP)[:, None],
+            tl.load(pb)[:, None],
+            tl.load(pb + 2 * WP)[:, None],
+            tl.load(pb + 4 * WP)[:, None],
+            tl.load(pb + 6 * WP)[:, None],
+            tl.load(pb + WP)[:, None],
+            tl.load(pb + 3 * WP)[:, None],
+            tl.load(pb + 5 * WP)[:, None],
+            tl.load(pb + 7 * WP)[:, None],
             ASM,
         )
     else:
         WP: tl.constexpr = CHUNK * BITS // 32
         H: tl.constexpr = WP // 2
-        pa = k0 // 2 + tl.arange(0, H)  # (H,) pair of field 0 of rows of u0
+        pa = x2_ptr + k0 // 2 + tl.arange(0, H)  # (H,) pair of field 0 of rows of u0
         pb = pa + H  # rows of u1
         if BITS == 4:
             dot = dot4x2(
                 u0,
                 u1,
-                _pair(x2_ptr, w2_ptr, pa, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pa + WP, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pa + 2 * WP, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pa + 3 * WP, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pb, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pb + WP, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pb + 2 * WP, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pb + 3 * WP, NORM, ASM),
+                tl.load(pa)[:, None],
+                tl.load(pa + WP)[:, None],
+                tl.load(pa + 2 * WP)[:, None],
+                tl.load(pa + 3 * WP)[:, None],
+                tl.load(pb)[:, None],
+                tl.load(pb + WP)[:, None],
+                tl.load(pb + 2 * WP)[:, None],
+                tl.load(pb + 3 * WP)[:, None],
                 ASM,
             )
         elif BITS == 8:
             dot = dot8x2(
                 u0,
                 u1,
-                _pair(x2_ptr, w2_ptr, pa, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pa + WP, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pb, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pb + WP, NORM, ASM),
+                tl.load(pa)[:, None],
+                tl.load(pa + WP)[:, None],
+                tl.load(pb)[:, None],
+                tl.load(pb + WP)[:, None],
                 ASM,
             )
         else:
             dot = dot2x2(
                 u0,
                 u1,
-                _pair(x2_ptr, w2_ptr, pa, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pa + WP, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pa + 2 * WP, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pa + 3 * WP, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pa + 4 * WP, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pa + 5 * WP, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pa + 6 * WP, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pa + 7 * WP, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pb, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pb + WP, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pb + 2 * WP, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pb + 3 * WP, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pb + 4 * WP, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pb + 5 * WP, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pb + 6 * WP, NORM, ASM),
-                _pair(x2_ptr, w2_ptr, pb + 7 * WP, NORM, ASM),
+                tl.load(pa)[:, None],
+                tl.load(pa + WP)[:, None],
+                tl.load(pa + 2 * WP)[:, None],
+                tl.load(pa + 3 * WP)[:, None],
+                tl.load(pa + 4 * WP)[:, None],
+                tl.load(pa + 5 * WP)[:, None],
+                tl.load(pa + 6 * WP)[:, None],
+                tl.load(pa + 7 * WP)[:, None],
+                tl.load(pb)[:, None],
+                tl.load(pb + WP)[:, None],
+                tl.load(pb + 2 * WP)[:, None],
+                tl.load(pb + 3 * WP)[:, None],
+                tl.load(pb + 4 * WP)[:, None],
+                tl.load(pb + 5 * WP)[:, None],
+                tl.load(pb + 6 * WP)[:, None],
+                tl.load(pb + 7 * WP)[:, None],
                 ASM,
             )
     return dot
@@ -230,9 +180,6 @@ def gemv_h2_kernel(
     s_ptr,
     m_ptr,
     y_ptr,
-    w_ptr,
-    w2_ptr,
-    eps,
     N,
     K,
     QOFF,
@@ -249,8 +196,6 @@ def gemv_h2_kernel(
     ATOMIC: tl.constexpr,
     PDL: tl.constexpr,
     SELF_L2: tl.constexpr,
-    NORM: tl.constexpr,
-    ROW_BLOCK: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -267,7 +212,6 @@ def gemv_h2_kernel(
     if PREFETCH:  # the first step's words, scales and offsets (with PDL: while the previous kernel runs)
         u0, u1, u2, scale, offset, xs = _load_step(
             x_ptr,
-            w_ptr,
             a_ptr,
             b_ptr,
             s_ptr,
@@ -282,7 +226,6 @@ def gemv_h2_kernel(
             HAS_MIN,
             CHUNK,
             XS_ROWS or PDL,  # with PDL the activations are read only after the wait
-            NORM,
         )
     if SELF_L2:  # the rest of the slice on its way to L2 while the previous kernel finishes
         _prefetch_slice(
@@ -302,16 +245,13 @@ def gemv_h2_kernel(
         )
     if PDL:  # wait for the previous kernel's activations
         gdc_wait()
-    if NORM:  # the row for its norm, loaded now, summed after the main loop
-        row = load_row(x_ptr, K, ROW_BLOCK)
     if PREFETCH:
         if PDL and not XS_ROWS:
-            xs = chunk_xs(x_ptr, w_ptr, kb_start * CHUNK, CHUNK, NORM)
+            xs = tl.sum(tl.load(x_ptr + kb_start * CHUNK + tl.arange(0, CHUNK)).to(tl.float32), axis=0)
         for kb in range(kb_start, kb_end):
             nxt = tl.minimum(kb + 1, kb_end - 1)  # the last step re-reads itself (cache hit)
             n0, n1, n2, n_scale, n_offset, n_xs = _load_step(
                 x_ptr,
-                w_ptr,
                 a_ptr,
                 b_ptr,
                 s_ptr,
@@ -326,11 +266,10 @@ def gemv_h2_kernel(
                 HAS_MIN,
                 CHUNK,
                 XS_ROWS,
-                NORM,
             )
-            acc += scale[None, :] * _step_dot(u0, u1, u2, x2_ptr, w2_ptr, kb * CHUNK, BITS, CHUNK, NORM, ASM)
+            acc += scale[None, :] * _step_dot(u0, u1, u2, x2_ptr, kb * CHUNK, BITS, CHUNK, ASM)
             if XS_ROWS:
-                acc_off += offset * _rows_xs(x2_ptr, w2_ptr, kb * CHUNK, ROWS, CHUNK, NORM, ASM)
+                acc_off += offset * _rows_xs(x2_ptr, kb * CHUNK, ROWS, CHUNK, ASM)
             else:
                 acc_off += offset * xs
             u0, u1, u2, scale, offset, xs = n0, n1, n2, n_scale, n_offset, n_xs
@@ -338,7 +277,6 @@ def gemv_h2_kernel(
         for kb in range(kb_start, kb_end):
             u0, u1, u2, scale, offset, xs = _load_step(
                 x_ptr,
-                w_ptr,
                 a_ptr,
                 b_ptr,
                 s_ptr,
@@ -353,16 +291,13 @@ def gemv_h2_kernel(
                 HAS_MIN,
                 CHUNK,
                 XS_ROWS,
-                NORM,
             )
-            acc += scale[None, :] * _step_dot(u0, u1, u2, x2_ptr, w2_ptr, kb * CHUNK, BITS, CHUNK, NORM, ASM)
+            acc += scale[None, :] * _step_dot(u0, u1, u2, x2_ptr, kb * CHUNK, BITS, CHUNK, ASM)
             if XS_ROWS:
-                acc_off += offset * _rows_xs(x2_ptr, w2_ptr, kb * CHUNK, ROWS, CHUNK, NORM, ASM)
+                acc_off += offset * _rows_xs(x2_ptr, kb * CHUNK, ROWS, CHUNK, ASM)
             else:
                 acc_off += offset * xs
     y = tl.sum(acc, axis=0) * R + acc_off  # (BLOCK_N,)
-    if NORM:
-        y *= row_rstd(x_ptr, row, K, eps, ROW_BLOCK)
     if ATOMIC:  # split-K partial sums, or a result added to what the output holds
         tl.atomic_add(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n, sem="relaxed")
     else:

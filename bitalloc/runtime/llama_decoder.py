@@ -1,21 +1,21 @@
 """Batch-1 decoding of a Llama-architecture model on the kernels: few launches, static buffers, CUDA graphs.
 
 A decode step is, per layer: RMSNorm, the fused q/k/v projection, attention with rotary embedding and the
-KV-cache write (``decode_attention``, split along the context), the output projection added into the residual
-stream by the GEMV itself, RMSNorm, the fused gate/up projection, SiLU-and-multiply, the down projection added
-into the residual; then the final norm, the LM head and the greedy next token. With ``fold_norms`` the norms
-run inside the GEMVs that read them (``kernels/row_norm.py``) where those GEMVs are ours. Every buffer is
-allocated once and the position lives on the device (incremented by the step), so a captured CUDA graph
+KV-cache write (``decode_attention``, split along the context), the output projection added into the
+residual stream by the GEMV itself, RMSNorm, the fused gate/up projection, SiLU-and-multiply, the down
+projection added into the residual; then the final norm, the LM head and the greedy next token. Every buffer
+is allocated once and the position lives on the device (incremented by the step), so a captured CUDA graph
 replays every step. The attention launch's grid follows the context (one program per query head and chunk of
 cached positions, rounded up to a power of two: idle programs cost the step time), so ``capture`` records one
-graph per such grid and ``step`` replays the one for its position. Model types: Llama, Mistral (within its
-sliding window) and Qwen2 (q/k/v biases); the rope tables come from the model's own rotary module (static rope
-types). Weights may be float16 ``nn.Linear`` (cuBLAS), ``QuantLinear`` of any candidate (the registry's
-kernel, or the reference path with a warning) or ``PackedLinear`` (its own torch forward, with a warning:
-k-means, nested, lookup-table, W8A8/W4A4 formats). On Hopper the decoder's own kernels use programmatic
-dependent launch (``kernels/_pdl.py``): while the kernel before it still runs, each GEMV loads its first
-weights or, where its tuned entry says ``l2_slice``, asks L2 for its whole slice (``kernels/l2_prefetch.py``).
-The decoder copies the weights it fuses; the source model can be dropped after.
+graph per such grid and ``step`` replays the one for its position. Model types: Llama, Mistral (within
+its sliding window) and Qwen2 (q/k/v biases); the rope tables come from the model's own rotary module
+(static rope types). Weights may be float16 ``nn.Linear`` (cuBLAS), ``QuantLinear`` of any candidate (the
+registry's kernel, or the reference path with a warning) or ``PackedLinear`` (its own torch forward, with a
+warning: k-means, nested, lookup-table, W8A8/W4A4 formats).
+On Hopper the decoder's own kernels use programmatic dependent launch (``kernels/_pdl.py``): while the kernel
+before it still runs, each GEMV loads its first weights or, where its tuned entry says ``l2_slice``, asks L2
+for its whole slice (``kernels/l2_prefetch.py``). The decoder copies the weights it fuses; the source model
+can be dropped after.
 
 A prompt goes in one ``prefill`` pass (batched projections on the registry's kernels for that many rows,
 causal attention in torch), then decoding continues one step (one graph replay) per token.
@@ -36,7 +36,6 @@ from bitalloc.kernels.argmax import argmax_row
 from bitalloc.kernels.decode_attention import CHUNK, AttentionWorkspace, decode_attention
 from bitalloc.kernels.registry import Registry
 from bitalloc.kernels.rmsnorm import rmsnorm
-from bitalloc.kernels.row_norm import RowNorm
 from bitalloc.kernels.silu_mul import silu_mul
 from bitalloc.runtime.prefill_attention import prefill_attention
 from bitalloc.runtime.projection import FusedProjection
@@ -133,12 +132,7 @@ class LlamaDecoder:
     """Greedy batch-1 decoding of a Llama-architecture model (float16) with fused launches."""
 
     def __init__(
-        self,
-        model: nn.Module,
-        max_len: int,
-        registry: Registry | None = None,
-        pdl: bool | None = None,
-        fold_norms: bool = False,
+        self, model: nn.Module, max_len: int, registry: Registry | None = None, pdl: bool | None = None
     ) -> None:
         inner = _check_model(model)
         dims = DecoderDims.of(model.config, max_len)
@@ -161,7 +155,6 @@ class LlamaDecoder:
         self.rows = max_len + SPARE_ROWS  # cache and rope rows
         self.device = embed.device
         self.pdl = pdl_supported(self.device) if pdl is None else pdl and pdl_supported(self.device)
-        self.fold_norms = fold_norms  # RMSNorms inside the GEMVs that read them (``kernels/row_norm.py``)
         self.embed = embed
         self.final_norm = inner.norm.weight.detach()
         self.lm_head = FusedProjection([model.lm_head], registry)
@@ -236,7 +229,8 @@ class LlamaDecoder:
         for i, layer in enumerate(self.layers):
             qkv = self.scratch[i : i + 1, : self.qkv_width]  # (1, qkv_width)
             gate_up = self.scratch[i : i + 1, self.qkv_width :]  # (1, 2 * intermediate)
-            self._normed_projection(layer.qkv, layer.input_norm, qkv, pdl)
+            rmsnorm(self.hidden, layer.input_norm, d.eps, self.normed, pdl)
+            layer.qkv.run(self.normed, qkv, accumulate=True, pdl=pdl)
             decode_attention(
                 qkv,
                 self.cos,
@@ -251,33 +245,17 @@ class LlamaDecoder:
                 splits=splits,
             )
             layer.o.run(self.attn, self.hidden, accumulate=True, pdl=pdl)  # residual add in the projection
-            self._normed_projection(layer.gate_up, layer.post_norm, gate_up, pdl)
+            rmsnorm(self.hidden, layer.post_norm, d.eps, self.normed, pdl)
+            layer.gate_up.run(self.normed, gate_up, accumulate=True, pdl=pdl)
             silu_mul(gate_up, self.act, pdl=pdl)
             layer.down.run(self.act, self.hidden, accumulate=True, pdl=pdl)
         self._head(self.hidden, pdl)
         self.pos.add_(1)
 
-    def _normed_projection(
-        self,
-        projection: FusedProjection,
-        weight: torch.Tensor,
-        out: torch.Tensor,
-        pdl: bool,
-        hidden: torch.Tensor | None = None,
-        accumulate: bool = True,
-    ) -> None:
-        """``out [+]= projection(rmsnorm(hidden))`` (default: the residual stream): the norm folded into the
-        projection's GEMVs, or (``fold_norms=False``) launched first into ``normed``."""
-        hidden = self.hidden if hidden is None else hidden
-        norm = RowNorm(weight, self.dims.eps, self.normed)
-        if self.fold_norms:
-            projection.run(hidden, out, accumulate, pdl, norm)
-        else:
-            projection.run(norm.apply(hidden, pdl), out, accumulate, pdl)
-
     def _head(self, hidden: torch.Tensor, pdl: bool = False) -> None:
         """``hidden (1, hidden)`` -> the final norm, ``logits`` by the LM head, the greedy ``token``."""
-        self._normed_projection(self.lm_head, self.final_norm, self.logits, False, hidden, accumulate=False)
+        rmsnorm(hidden, self.final_norm, self.dims.eps, self.normed)
+        self.lm_head.run(self.normed, self.logits)
         argmax_row(self.logits, self.token, pdl)
 
     @property

@@ -18,7 +18,6 @@ from torch import nn
 from bitalloc.errors import InvalidInput
 from bitalloc.kernels.linear import KernelFallbackWarning, KernelQuantLinear
 from bitalloc.kernels.registry import Registry
-from bitalloc.kernels.row_norm import RowNorm
 from bitalloc.quantizers.packed import PackedWeight
 from bitalloc.quantizers.packed_linear import PackedLinear
 from bitalloc.quantizers.quant_linear import QuantLinear
@@ -32,18 +31,9 @@ class DenseRun:
     weight: torch.Tensor
     bias: torch.Tensor | None
 
-    def run(
-        self,
-        x: torch.Tensor,
-        out: torch.Tensor,
-        accumulate: bool,
-        pdl: bool = False,
-        norm: RowNorm | None = None,
-    ) -> None:
+    def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool, pdl: bool = False) -> None:
         """``out (1, out) [+]= x (1, in) W^T + b`` on cuBLAS (one GEMV; the add is its beta; an ordinary
-        launch whatever ``pdl`` says), on ``norm``'s standalone output when ``x`` is a raw row."""
-        if norm is not None:
-            x = norm.apply(x, pdl)
+        launch whatever ``pdl`` says)."""
         if accumulate:
             out.addmm_(x, self.weight.t())
         else:
@@ -62,17 +52,9 @@ class QuantRun:
 
     linear: KernelQuantLinear
 
-    def run(
-        self,
-        x: torch.Tensor,
-        out: torch.Tensor,
-        accumulate: bool,
-        pdl: bool = False,
-        norm: RowNorm | None = None,
-    ) -> None:
-        """``out (1, out) [+]= x (1, in) W^T + b`` on the kernel the registry picks (the GEMV folds ``norm``
-        in)."""
-        self.linear.forward_into(x, out, accumulate, pdl, norm)
+    def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool, pdl: bool = False) -> None:
+        """``out (1, out) [+]= x (1, in) W^T + b`` on the kernel the registry picks."""
+        self.linear.forward_into(x, out, accumulate, pdl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (rows, in) -> (rows, out)`` on the kernel the registry picks for that many rows, never building
@@ -109,18 +91,8 @@ class ReferenceRun:
             x = self.prepare(x, self.module.qweight)
         return torch.nn.functional.linear(x, self.weight, self.bias)
 
-    def run(
-        self,
-        x: torch.Tensor,
-        out: torch.Tensor,
-        accumulate: bool,
-        pdl: bool = False,
-        norm: RowNorm | None = None,
-    ) -> None:
-        """``out (1, out) [+]= forward(x)`` (ordinary launches whatever ``pdl`` says), on ``norm``'s
-        standalone output when ``x`` is a raw row."""
-        if norm is not None:
-            x = norm.apply(x, pdl)
+    def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool, pdl: bool = False) -> None:
+        """``out (1, out) [+]= forward(x)`` (ordinary launches whatever ``pdl`` says)."""
         y = self.forward(x)
         if accumulate:
             out.add_(y)
@@ -224,24 +196,12 @@ class FusedProjection:
         return len(self.runs)
 
     def run(
-        self,
-        x: torch.Tensor,
-        out: torch.Tensor,
-        accumulate: bool = False,
-        pdl: bool = False,
-        norm: RowNorm | None = None,
+        self, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False, pdl: bool = False
     ) -> torch.Tensor:
         """``out (1, out_features) [+]= x (1, in) [W_1; W_2; ...]^T`` (contiguous rows); ``pdl``: kernels that
-        support it use programmatic dependent launch. ``norm``: ``x`` is the raw row of an RMSNorm, folded
-        into each GEMV that can (``kernels/row_norm.py``); the other runs read the standalone norm's output
-        (computed once)."""
-        normed = None
+        support it use programmatic dependent launch."""
         for start, stop, run in self.runs:
-            if norm is not None and not isinstance(run, QuantRun):
-                normed = norm.apply(x, pdl) if normed is None else normed
-                run.run(normed, out[:, start:stop], accumulate, pdl)
-            else:
-                run.run(x, out[:, start:stop], accumulate, pdl, norm)
+            run.run(x, out[:, start:stop], accumulate, pdl)
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -56,3 +56,21 @@ def test_shipped_tables_by_name():
         shipped_table("measured-a100")
     with pytest.raises(InvalidInput, match="no shipped latency table"):
         shipped_table("measuredx")
+
+
+def test_decoder_context_table_prices_the_decoder_launches():
+    """The table measured inside the decode step (benchmarks/decoder_latency.py): every palette format at
+    the 1.1 B decoder's four launch shapes, batch 1 only, each quantized launch cheaper than float16's."""
+    from bitalloc.kernels.latency import shipped_table
+
+    table = LatencyTable.load(shipped_table("measured-h200_decoder"))
+    shapes = {(r.out_features, r.in_features) for r in table.rows}
+    assert shapes == {(3072, 2048), (2048, 2048), (16384, 2048), (2048, 8192)}
+    assert {r.batch for r in table.rows} == {1}
+    for shape in shapes:
+        for bits in (2, 3, 4, 8):
+            for sym in ("sym", "asym"):
+                cand = Candidate.parse(f"rtn-w{bits}g128-{sym}")
+                assert 0 < table.predict(cand, shape, 1) < table.predict_fp16(shape, 1)
+    with pytest.raises(InvalidInput, match="at batch 16"):
+        table.predict(Candidate.parse("rtn-w4g128-asym"), (2048, 2048), 16)
