@@ -37,8 +37,12 @@ from bitalloc.quantizers.quantize import quantize
 from bitalloc.runtime.latency_plan import decoder_linears, tabled_us
 from bitalloc.runtime.llama_decoder import LlamaDecoder
 
-ROLES = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gate_up": ("gate_proj", "up_proj")}
-ROLES["down"] = ("down_proj",)
+ROLES = {  # the decoder's launches per layer and the linears each runs
+    "qkv": ("q_proj", "k_proj", "v_proj"),
+    "o": ("o_proj",),
+    "gate_up": ("gate_proj", "up_proj"),
+    "down": ("down_proj",),
+}
 FORMATS = tuple(f"rtn-w{b}g128-{s}" for b in (2, 3, 4, 8) for s in ("sym", "asym"))
 FLOAT16 = "fp16"
 
@@ -57,11 +61,7 @@ class Variants:
         self.linears = decoder_linears(model)
         self.dense = {name: linear for name, linear, _ in self.linears}
         self.quantized = {
-            (name, fmt): QuantLinear.from_linear(
-                linear, quantize(linear.weight.detach().float(), Candidate.parse(fmt))
-            )
-            for name, linear, _ in self.linears
-            for fmt in formats
+            (name, fmt): _quantized(linear, fmt) for name, linear, _ in self.linears for fmt in formats
         }
 
     def set(self, formats: dict[str, str]) -> None:
@@ -74,6 +74,7 @@ class Variants:
 
 
 def _quantized(linear: nn.Linear, fmt: str) -> QuantLinear:
+    """``linear`` quantized (RTN) to ``fmt``."""
     return QuantLinear.from_linear(linear, quantize(linear.weight.detach().float(), Candidate.parse(fmt)))
 
 
@@ -104,8 +105,8 @@ def main() -> None:
     shapes: dict[str, tuple[int, int]] = {}  # role -> its launch's weight shape (layer 0's linears stacked)
     for name, linear, _ in variants.linears:
         if name.startswith("0."):
-            rows, cols = shapes.get(role_of(name), (0, linear.in_features))
-            shapes[role_of(name)] = (rows + linear.out_features, cols)
+            stacked, cols = shapes.get(role_of(name), (0, linear.in_features))
+            shapes[role_of(name)] = (stacked + linear.out_features, cols)
     rows, costs = [], {}
     for role, shape in shapes.items():
         base = {n: args.others for n in names}
