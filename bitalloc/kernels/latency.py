@@ -1,8 +1,9 @@
 """The measured latency table: microseconds per (format, shape, batch) on one device, for the allocator.
 
-Written by ``benchmarks/kernels_speed.py --latency``; columns ``format, bits, group_size, symmetric,
-out_features, in_features, batch, kernel, us, fp16_us, nbytes``. The quantizer kind (RTN, GPTQ) does
-not change the stored format, so both map to the same row.
+Written by ``benchmarks/kernels_speed.py --latency`` (each kernel timed alone, or back to back) or by
+``benchmarks/decoder_latency.py`` (kernel ``decoder``: what one launch adds to the captured decode step,
+batch 1); columns ``COLUMNS``. The quantizer kind (RTN, GPTQ) does not change the stored format, so both map
+to the same row.
 """
 
 from __future__ import annotations
