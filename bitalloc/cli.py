@@ -129,7 +129,10 @@ def plan(
     max_latency: Annotated[float | None, typer.Option(help="summed latency of the units, in us")] = None,
     latency_table: Annotated[
         str,
-        typer.Option(help="measured (shipped H100 table), measured-h200, analytic, or a latency CSV path"),
+        typer.Option(
+            help="measured (shipped H100 table), measured-h200, measured-h200_decoder (timed inside the "
+            "decode step, batch 1), analytic, or a latency CSV path"
+        ),
     ] = "measured",
     latency_batch: Annotated[int, typer.Option(help="batch size the latency table is read at")] = 1,
     max_active_bytes: Annotated[
