@@ -34,23 +34,22 @@ from bitalloc.kernels.latency import COLUMNS, LatencyTable
 from bitalloc.quantizers.candidate import Candidate
 from bitalloc.quantizers.quant_linear import QuantLinear
 from bitalloc.quantizers.quantize import quantize
-from bitalloc.runtime.latency_plan import decoder_linears, tabled_us
+from bitalloc.runtime.latency_plan import decoder_linears, launch_shares, tabled_us
 from bitalloc.runtime.llama_decoder import LlamaDecoder
 
-ROLES = {  # the decoder's launches per layer and the linears each runs
-    "qkv": ("q_proj", "k_proj", "v_proj"),
-    "o": ("o_proj",),
-    "gate_up": ("gate_proj", "up_proj"),
-    "down": ("down_proj",),
-}
+FIELDS = {
+    "qkv": "qkv",
+    "o_proj": "o",
+    "gate_up": "gate_up",
+    "down_proj": "down",
+}  # role -> DecoderLayer field
 FORMATS = tuple(f"rtn-w{b}g128-{s}" for b in (2, 3, 4, 8) for s in ("sym", "asym"))
 FLOAT16 = "fp16"
 
 
-def role_of(name: str) -> str:
-    """The role (fused launch) a decoder linear belongs to."""
-    leaf = name.rpartition(".")[2]
-    return next(role for role, leaves in ROLES.items() if leaf in leaves)
+def role_of(tie: str) -> str:
+    """The role (one launch per layer) of a tie key from ``decoder_linears``: ``0.qkv`` -> ``qkv``."""
+    return tie.partition(".")[2]
 
 
 class Variants:
@@ -83,7 +82,8 @@ def step_us(model: nn.Module, tokens: int, skip: tuple[str, ...] = ()) -> float:
     decoder = LlamaDecoder(model, tokens + 16)
     if skip:
         skipped = _Skipped()
-        decoder.layers = [replace(layer, **dict.fromkeys(skip, skipped)) for layer in decoder.layers]
+        fields = dict.fromkeys((FIELDS[role] for role in skip), skipped)
+        decoder.layers = [replace(layer, **fields) for layer in decoder.layers]
     us, _ = decoder_step_us(decoder, tokens, 0)
     del decoder
     torch.cuda.empty_cache()
@@ -102,18 +102,18 @@ def main() -> None:
     layers = len(model.model.layers)
     variants = Variants(model, tuple(dict.fromkeys((*FORMATS, args.others))))
     names = [name for name, _, _ in variants.linears]
-    shapes: dict[str, tuple[int, int]] = {}  # role -> its launch's weight shape (layer 0's linears stacked)
-    for name, linear, _ in variants.linears:
-        if name.startswith("0."):
-            stacked, cols = shapes.get(role_of(name), (0, linear.in_features))
-            shapes[role_of(name)] = (stacked + linear.out_features, cols)
+    roles = {name: role_of(tie) for name, _, tie in variants.linears}
+    shapes = {  # role -> its launch's weight shape (the stacked rows of a fused group)
+        roles[name]: launch
+        for (name, _, _), (launch, _) in zip(variants.linears, launch_shares(variants.linears), strict=True)
+    }
     rows, costs = [], {}
     for role, shape in shapes.items():
         base = {n: args.others for n in names}
         variants.set(base)
         skipped = step_us(model, args.tokens, skip=(role,))
         for fmt in (FLOAT16, *FORMATS):
-            variants.set({**base, **{n: fmt for n in names if role_of(n) == role}})
+            variants.set({**base, **{n: fmt for n in names if roles[n] == role}})
             costs[(role, fmt)] = (step_us(model, args.tokens) - skipped) / layers
         for fmt in FORMATS:
             cand = Candidate.parse(fmt)
@@ -143,7 +143,7 @@ def main() -> None:
         writer.writerows(rows)
     table = LatencyTable.load(args.out)
     variants.set({n: args.others for n in names})
-    rest = step_us(model, args.tokens, skip=tuple(ROLES))
+    rest = step_us(model, args.tokens, skip=tuple(FIELDS))
     plan = mixed_plan(model)
     print(f"\n{torch.cuda.get_device_name()}; step with every projection left out: {rest:.0f} us")
     print(
@@ -152,10 +152,13 @@ def main() -> None:
     )
     variants.set({n: FLOAT16 for n in names})
     fp16_measured, fp16_tabled = step_us(model, args.tokens), tabled_us(table, model, None)
-    for label, assignment in (("float16", None), ("mixed 4/3-bit (kernels_e2e)", plan)):
-        variants.set({n: FLOAT16 for n in names} if assignment is None else assignment)
-        measured = step_us(model, args.tokens)
-        tabled = tabled_us(table, model, assignment)
+    variants.set(plan)
+    plan_measured, plan_tabled = step_us(model, args.tokens), tabled_us(table, model, plan)
+    checks = (
+        ("float16", fp16_measured, fp16_tabled),
+        ("mixed 4/3-bit (kernels_e2e)", plan_measured, plan_tabled),
+    )
+    for label, measured, tabled in checks:
         additive, swapped = rest + tabled, fp16_measured - fp16_tabled + tabled
         print(
             f"| {label} | {measured:.0f} | {additive:.0f} | {100 * (additive / measured - 1):+.1f}% | "
