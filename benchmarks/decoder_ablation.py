@@ -5,7 +5,9 @@
 The 1.1 B Llama-shaped model of ``kernels_e2e.py`` under its mixed 4/3-bit plan. The step is re-captured
 with one kind of launch removed (the norms, the attention, the SiLU-and-multiply, the LM head, or the
 decoder layers' projections), and the difference to the whole step is what that kind costs on the step's
-critical path, overlap included. The outputs of a step with launches removed are wrong; only its time
+critical path, overlap included. The whole step runs the weightless RMSNorms inside the GEMVs that read them
+(``kernels/row_norm.py``); the row "no RMS norms" leaves out their standalone launches (compare it with the
+row "norms as own launches"). The outputs of a step with launches removed are wrong; only its time
 counts. With ``--head-bits`` the step is also timed with the LM head quantized (RTN, group 128, asymmetric)
 instead of left in float16; with ``--attention-splits`` with that many attention programs per query head
 at every position (the decoder's own choice follows the position).
@@ -23,6 +25,7 @@ from unittest import mock
 import torch
 from kernels_e2e import decoder_step_us, llama_1b, mixed_plan, quantize_head, quantize_plan
 
+import bitalloc.kernels.row_norm as row_norm_module
 import bitalloc.runtime.llama_decoder as decoder_module
 from bitalloc.kernels.registry import Registry
 from bitalloc.runtime.llama_decoder import LlamaDecoder
@@ -48,6 +51,10 @@ def without(decoder: LlamaDecoder, kinds: tuple[str, ...]):
     """Capture-time patches that leave ``kinds`` out of the decoder's step."""
     with ExitStack() as stack:
         for kind in kinds:
+            if kind in ("unfused", "norm"):  # the norms leave the GEMVs (to be left out)
+                stack.enter_context(mock.patch.object(decoder, "fuse_norms", False))
+            if kind == "norm":
+                stack.enter_context(mock.patch.object(row_norm_module, "rmsnorm", _skip))
             if kind in SMALL_KERNELS:
                 stack.enter_context(mock.patch.object(decoder_module, SMALL_KERNELS[kind], _skip))
             elif kind == "head":
@@ -63,6 +70,7 @@ def without(decoder: LlamaDecoder, kinds: tuple[str, ...]):
 
 ABLATIONS: dict[str, tuple[str, ...]] = {
     "whole step": (),
+    "norms as own launches": ("unfused",),
     "no RMS norms": ("norm",),
     "no attention": ("attention",),
     "no SiLU-mul": ("silu",),

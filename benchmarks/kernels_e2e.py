@@ -323,6 +323,10 @@ def main() -> None:
         profiles["decoder mixed"] = profile_table(mixed)
     launches = mixed.launches_per_step
     del mixed
+    unfused = LlamaDecoder(model, max_len, fuse_norms=False)  # RMSNorms as their own launches
+    for ctx in contexts:
+        times[("decoder mixed, norms as own launches", ctx)] = decoder_step_us(unfused, args.tokens, ctx)
+    del unfused
     if args.head_bits:  # the plan with the LM head quantized too (it stays float16 in the fixed plan)
         undo = quantize_head(model, args.head_bits)
         headed, name = LlamaDecoder(model, max_len), f"decoder mixed, LM head w{args.head_bits}g128"

@@ -25,6 +25,7 @@ from bitalloc.kernels._pdl import pdl_launch
 from bitalloc.kernels._unpack import load_group, plane_dot, plane_dot3
 from bitalloc.kernels.gemv_h2 import HALF2_R, gemv_h2_kernel
 from bitalloc.kernels.layout import KernelLayout
+from bitalloc.kernels.row_norm import RowNorm, row_block
 
 FP32_MAX_BLOCK_N = 64  # the float32-path kernel spills beyond (configs tuned for the f16x2 kernel go wider)
 # l2_slice only for weights that L2 (50 MB on H100/H200) holds beside what else is in flight: on the H200 the
@@ -133,18 +134,25 @@ def gemv(
     out: torch.Tensor | None = None,
     accumulate: bool = False,
     pdl: bool = False,
+    norm: RowNorm | None = None,
 ) -> torch.Tensor:
     """``x (in,) or (1, in) -> (1, out)`` in x's dtype; the caller has checked the format and shapes.
 
     ``out`` (contiguous, x's dtype, ``out`` elements) receives the result when given; with ``accumulate``
     the result is added to what ``out`` holds (a fused residual add: no zeroing, no extra launch). ``pdl``:
     launched with programmatic dependent launch (``_pdl.py``; the caller checks ``pdl_supported``).
+    ``norm``: ``x`` is the raw row of an RMSNorm; the f16x2 kernel folds a weightless one in (``row_norm.py``),
+    other paths read the normed row that the standalone kernel writes to ``norm.dest``.
     """
     if accumulate and out is None:
         raise ValueError("gemv: accumulate=True adds into an output, pass out=")
     out_features, in_features = layout.shape
-    x = x.reshape(-1).contiguous()  # (in,)
     h2 = bool(config.half2) and x.dtype == torch.float16 and layout.a.shape[0] == 1 and layout.bits in HALF2_R
+    if norm is not None:
+        norm.check(x)
+        if not (h2 and norm.unit) or x.data_ptr() % 4:  # no fold: the standalone norm
+            x, norm = norm.apply(x, pdl), None
+    x = x.reshape(-1).contiguous()  # (in,)
     block_k = layout.chunk
     if not h2:
         block_k = max(layout.chunk, 1 << (min(config.block_k, in_features).bit_length() - 1))
@@ -174,6 +182,7 @@ def gemv(
             layout.scales,
             mins,
             y,
+            0.0 if norm is None else norm.eps,
             out_features,
             in_features,
             layout.qoff,
@@ -190,6 +199,8 @@ def gemv(
             SELF_L2=slice_prefetch_on(config, pdl, layout.nbytes),
             ATOMIC=atomic,
             PDL=pdl,
+            NORM=norm is not None,
+            ROW_BLOCK=1 if norm is None else row_block(in_features),
             num_warps=config.num_warps,
             num_stages=1,
             **pdl_launch(pdl),

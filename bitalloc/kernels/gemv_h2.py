@@ -11,7 +11,8 @@ outputs); the result is ``R * sum(acc) + acc_off``. With PREFETCH the next step'
 and ``xs`` are loaded before this step's arithmetic. SPLIT_K > 1 adds partial results atomically
 (relaxed reductions: only later kernels read the sums, so no per-element ordering is paid for). With PDL
 (``_pdl.py``) the first step's words load while the previous kernel still runs. With SELF_L2 each program asks
-L2 for the rest of its slice (without PREFETCH: all of it) before the PDL wait (``l2_prefetch.py``).
+L2 for the rest of its slice (without PREFETCH: all of it) before the PDL wait (``l2_prefetch.py``). With
+NORM, ``x`` is the raw row of a weightless RMSNorm (``row_norm.py``): the result is scaled by ``1 / rms(x)``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from bitalloc.kernels._half2 import dot2x2, dot3x4, dot4x2, dot8x2, pair_sum
 from bitalloc.kernels._unpack import load_words, merge3_loose
 from bitalloc.kernels.l2_prefetch import prefetch_tile
+from bitalloc.kernels.row_norm import load_row, row_rstd
 
 HALF2_R = {2: 4, 3: 16, 4: 16, 8: 256}  # bits -> R: codes / R are exact float16 far from overflow
 
@@ -180,6 +182,7 @@ def gemv_h2_kernel(
     s_ptr,
     m_ptr,
     y_ptr,
+    eps,
     N,
     K,
     QOFF,
@@ -196,6 +199,8 @@ def gemv_h2_kernel(
     ATOMIC: tl.constexpr,
     PDL: tl.constexpr,
     SELF_L2: tl.constexpr,
+    NORM: tl.constexpr,
+    ROW_BLOCK: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -245,6 +250,8 @@ def gemv_h2_kernel(
         )
     if PDL:  # wait for the previous kernel's activations
         gdc_wait()
+    if NORM:  # the row for its norm, loaded now, summed after the main loop
+        row = load_row(x_ptr, K, ROW_BLOCK)
     if PREFETCH:
         if PDL and not XS_ROWS:
             xs = tl.sum(tl.load(x_ptr + kb_start * CHUNK + tl.arange(0, CHUNK)).to(tl.float32), axis=0)
@@ -298,6 +305,8 @@ def gemv_h2_kernel(
             else:
                 acc_off += offset * xs
     y = tl.sum(acc, axis=0) * R + acc_off  # (BLOCK_N,)
+    if NORM:
+        y *= row_rstd(x_ptr, row, K, eps, ROW_BLOCK)
     if ATOMIC:  # split-K partial sums, or a result added to what the output holds
         tl.atomic_add(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n, sem="relaxed")
     else:

@@ -13,6 +13,7 @@ from torch import nn
 from bitalloc.kernels.fragment_layout import FragmentLayout, to_fragment_layout
 from bitalloc.kernels.layout import KernelLayout, to_layout
 from bitalloc.kernels.registry import KernelChoice, Registry
+from bitalloc.kernels.row_norm import RowNorm
 from bitalloc.quantizers.quant_linear import QuantLinear
 from bitalloc.quantizers.quantized_weight import QuantizedWeight
 
@@ -100,17 +101,26 @@ class KernelQuantLinear(QuantLinear):
         return self._add_bias(y).view(*x.shape[:-1], self.out_features)
 
     def forward_into(
-        self, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False, pdl: bool = False
+        self,
+        x: torch.Tensor,
+        out: torch.Tensor,
+        accumulate: bool = False,
+        pdl: bool = False,
+        norm: RowNorm | None = None,
     ) -> torch.Tensor:
         """``out (rows, out_features) [+]= x W^T + b`` for contiguous ``x (rows, in)`` and ``out``: batch 1 on
         the GEMV writes (or adds, for a fused residual) in place, launched with programmatic dependent launch
-        when ``pdl``; other paths compute, then copy or add (ordinary launches)."""
+        when ``pdl``; other paths compute, then copy or add (ordinary launches). ``norm``: ``x`` is the raw
+        row of an RMSNorm, folded into the GEMV where it can be, else run first by the standalone kernel."""
         choice = self.choice(x)
         if choice.kernel == "gemv" and x.shape[0] == 1:
             from bitalloc.kernels.gemv import GemvConfig, gemv
 
-            gemv(x, self.layout(), GemvConfig(**choice.params), out=out, accumulate=accumulate, pdl=pdl)
+            config = GemvConfig(**choice.params)
+            gemv(x, self.layout(), config, out=out, accumulate=accumulate, pdl=pdl, norm=norm)
             return self._add_bias(out)
+        if norm is not None:
+            x = norm.apply(x, pdl)
         y = self.forward(x)
         return out.add_(y) if accumulate else out.copy_(y)
 

@@ -36,6 +36,7 @@ from bitalloc.kernels.argmax import argmax_row
 from bitalloc.kernels.decode_attention import CHUNK, AttentionWorkspace, decode_attention
 from bitalloc.kernels.registry import Registry
 from bitalloc.kernels.rmsnorm import rmsnorm
+from bitalloc.kernels.row_norm import RowNorm
 from bitalloc.kernels.silu_mul import silu_mul
 from bitalloc.runtime.prefill_attention import prefill_attention
 from bitalloc.runtime.projection import FusedProjection
@@ -104,12 +105,13 @@ class DecoderDims:
 
 @dataclass(frozen=True)
 class DecoderLayer:
-    """One layer's norms, fused projections and KV cache ``(kv_heads, max_len, head_dim)``."""
+    """One layer's norms (into the decoder's ``normed`` row), fused projections and KV cache
+    ``(kv_heads, max_len, head_dim)``."""
 
-    input_norm: torch.Tensor
+    input_norm: RowNorm
     qkv: FusedProjection
     o: FusedProjection
-    post_norm: torch.Tensor
+    post_norm: RowNorm
     gate_up: FusedProjection
     down: FusedProjection
     k_cache: torch.Tensor
@@ -132,7 +134,12 @@ class LlamaDecoder:
     """Greedy batch-1 decoding of a Llama-architecture model (float16) with fused launches."""
 
     def __init__(
-        self, model: nn.Module, max_len: int, registry: Registry | None = None, pdl: bool | None = None
+        self,
+        model: nn.Module,
+        max_len: int,
+        registry: Registry | None = None,
+        pdl: bool | None = None,
+        fuse_norms: bool = True,
     ) -> None:
         inner = _check_model(model)
         dims = DecoderDims.of(model.config, max_len)
@@ -155,6 +162,8 @@ class LlamaDecoder:
         self.rows = max_len + SPARE_ROWS  # cache and rope rows
         self.device = embed.device
         self.pdl = pdl_supported(self.device) if pdl is None else pdl and pdl_supported(self.device)
+        self.fuse_norms = fuse_norms  # weightless RMSNorms inside the GEMVs that read them (``row_norm.py``)
+        self.normed = torch.zeros(1, dims.hidden, dtype=torch.float16, device=self.device)
         self.embed = embed
         self.final_norm = inner.norm.weight.detach()
         self.lm_head = FusedProjection([model.lm_head], registry)
@@ -171,10 +180,10 @@ class LlamaDecoder:
             raise InvalidInput(f"the decoder has no per-head {' / '.join(extra)} (a Qwen3-style block)")
         cache = torch.zeros(d.kv_heads, self.rows, d.head_dim, dtype=torch.float16, device=self.device)
         return DecoderLayer(
-            input_norm=block.input_layernorm.weight.detach(),
+            input_norm=RowNorm.of(block.input_layernorm.weight.detach(), d.eps, self.normed),
             qkv=FusedProjection([attn.q_proj, attn.k_proj, attn.v_proj], registry),
             o=FusedProjection([attn.o_proj], registry),
-            post_norm=block.post_attention_layernorm.weight.detach(),
+            post_norm=RowNorm.of(block.post_attention_layernorm.weight.detach(), d.eps, self.normed),
             gate_up=FusedProjection([mlp.gate_proj, mlp.up_proj], registry),
             down=FusedProjection([mlp.down_proj], registry),
             k_cache=cache,
@@ -205,7 +214,6 @@ class LlamaDecoder:
         self.token = torch.zeros(1, dtype=torch.long, device=dev)
         self.pos = torch.zeros(1, dtype=torch.int32, device=dev)
         self.hidden = torch.zeros(1, d.hidden, dtype=f16, device=dev)
-        self.normed = torch.zeros(1, d.hidden, dtype=f16, device=dev)
         self.attn = torch.zeros(1, d.heads * d.head_dim, dtype=f16, device=dev)
         self.act = torch.zeros(1, d.intermediate, dtype=f16, device=dev)
         self.logits = torch.zeros(1, self.lm_head.out_features, dtype=f16, device=dev)
@@ -229,8 +237,7 @@ class LlamaDecoder:
         for i, layer in enumerate(self.layers):
             qkv = self.scratch[i : i + 1, : self.qkv_width]  # (1, qkv_width)
             gate_up = self.scratch[i : i + 1, self.qkv_width :]  # (1, 2 * intermediate)
-            rmsnorm(self.hidden, layer.input_norm, d.eps, self.normed, pdl)
-            layer.qkv.run(self.normed, qkv, accumulate=True, pdl=pdl)
+            self._normed_projection(layer.qkv, layer.input_norm, qkv, pdl)
             decode_attention(
                 qkv,
                 self.cos,
@@ -245,12 +252,21 @@ class LlamaDecoder:
                 splits=splits,
             )
             layer.o.run(self.attn, self.hidden, accumulate=True, pdl=pdl)  # residual add in the projection
-            rmsnorm(self.hidden, layer.post_norm, d.eps, self.normed, pdl)
-            layer.gate_up.run(self.normed, gate_up, accumulate=True, pdl=pdl)
+            self._normed_projection(layer.gate_up, layer.post_norm, gate_up, pdl)
             silu_mul(gate_up, self.act, pdl=pdl)
             layer.down.run(self.act, self.hidden, accumulate=True, pdl=pdl)
         self._head(self.hidden, pdl)
         self.pos.add_(1)
+
+    def _normed_projection(
+        self, projection: FusedProjection, norm: RowNorm, out: torch.Tensor, pdl: bool
+    ) -> None:
+        """``out += projection(rmsnorm(hidden))``: a weightless norm inside the projection's GEMVs, else (or
+        with ``fuse_norms=False``) its own launch into ``normed`` first."""
+        if self.fuse_norms and norm.unit:
+            projection.run(self.hidden, out, accumulate=True, pdl=pdl, norm=norm)
+        else:
+            projection.run(norm.apply(self.hidden, pdl), out, accumulate=True, pdl=pdl)
 
     def _head(self, hidden: torch.Tensor, pdl: bool = False) -> None:
         """``hidden (1, hidden)`` -> the final norm, ``logits`` by the LM head, the greedy ``token``."""
@@ -341,7 +357,7 @@ class LlamaDecoder:
             normed = torch.empty_like(hidden)
             act = torch.empty(count, d.intermediate, dtype=hidden.dtype, device=self.device)
             for i, layer in enumerate(self.layers):
-                rmsnorm(hidden, layer.input_norm, d.eps, normed)
+                rmsnorm(hidden, layer.input_norm.weight, d.eps, normed)
                 qkv = layer.qkv.forward(normed)  # (T, qkv_width)
                 attn = prefill_attention(
                     qkv, d.heads, d.kv_heads, self.cos, self.sin, layer.k_cache, layer.v_cache, start
@@ -349,7 +365,7 @@ class LlamaDecoder:
                 if i == len(self.layers) - 1:  # every key and value is cached: only the last row goes on
                     attn, hidden, normed, act = attn[-1:], hidden[-1:].contiguous(), normed[-1:], act[-1:]
                 hidden += layer.o.forward(attn)
-                rmsnorm(hidden, layer.post_norm, d.eps, normed)
+                rmsnorm(hidden, layer.post_norm.weight, d.eps, normed)
                 silu_mul(layer.gate_up.forward(normed), act)
                 hidden += layer.down.forward(act)
             self._head(hidden[-1:])

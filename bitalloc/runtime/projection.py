@@ -18,6 +18,7 @@ from torch import nn
 from bitalloc.errors import InvalidInput
 from bitalloc.kernels.linear import KernelFallbackWarning, KernelQuantLinear
 from bitalloc.kernels.registry import Registry
+from bitalloc.kernels.row_norm import RowNorm
 from bitalloc.quantizers.packed import PackedWeight
 from bitalloc.quantizers.packed_linear import PackedLinear
 from bitalloc.quantizers.quant_linear import QuantLinear
@@ -52,9 +53,17 @@ class QuantRun:
 
     linear: KernelQuantLinear
 
-    def run(self, x: torch.Tensor, out: torch.Tensor, accumulate: bool, pdl: bool = False) -> None:
-        """``out (1, out) [+]= x (1, in) W^T + b`` on the kernel the registry picks."""
-        self.linear.forward_into(x, out, accumulate, pdl)
+    def run(
+        self,
+        x: torch.Tensor,
+        out: torch.Tensor,
+        accumulate: bool,
+        pdl: bool = False,
+        norm: RowNorm | None = None,
+    ) -> None:
+        """``out (1, out) [+]= x (1, in) W^T + b`` on the kernel the registry picks (its GEMV folds a
+        weightless ``norm`` in; otherwise ``x`` is normed first by the standalone kernel)."""
+        self.linear.forward_into(x, out, accumulate, pdl, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (rows, in) -> (rows, out)`` on the kernel the registry picks for that many rows, never building
@@ -196,12 +205,26 @@ class FusedProjection:
         return len(self.runs)
 
     def run(
-        self, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False, pdl: bool = False
+        self,
+        x: torch.Tensor,
+        out: torch.Tensor,
+        accumulate: bool = False,
+        pdl: bool = False,
+        norm: RowNorm | None = None,
     ) -> torch.Tensor:
         """``out (1, out_features) [+]= x (1, in) [W_1; W_2; ...]^T`` (contiguous rows); ``pdl``: kernels that
-        support it use programmatic dependent launch."""
+        support it use programmatic dependent launch. ``norm``: ``x`` is the raw row of an RMSNorm, folded
+        into each GEMV that can (``kernels/row_norm.py``); the other runs read the standalone norm's output
+        (computed once)."""
+        normed = None
         for start, stop, run in self.runs:
-            run.run(x, out[:, start:stop], accumulate, pdl)
+            if isinstance(run, QuantRun):
+                run.run(x, out[:, start:stop], accumulate, pdl, norm)
+            elif norm is not None:
+                normed = norm.apply(x, pdl) if normed is None else normed
+                run.run(normed, out[:, start:stop], accumulate, pdl)
+            else:
+                run.run(x, out[:, start:stop], accumulate, pdl)
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

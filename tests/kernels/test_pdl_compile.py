@@ -38,24 +38,29 @@ def before_wait(text):
 
 out = {}
 gemv_sig = {"x_ptr": "*fp16", "x2_ptr": "*i32", "a_ptr": "*i32", "b_ptr": "*i32", "s_ptr": "*fp16",
-            "m_ptr": "*fp16", "y_ptr": "*fp16", "N": "i32", "K": "i32", "QOFF": "fp32", "SPLIT_K": "i32"}
+            "m_ptr": "*fp16", "y_ptr": "*fp16", "eps": "fp32", "N": "i32", "K": "i32", "QOFF": "fp32", "SPLIT_K": "i32"}
 for bits in (2, 3, 4, 8):
     for xs_rows in (False, True):
         for pdl in (False, True):
             consts = dict(BITS=bits, GROUP=128, HAS_MIN=True, CHUNK=128, BLOCK_N=256, R=HALF2_R[bits],
-                          PREFETCH=True, XS_ROWS=xs_rows, ASM=True, ATOMIC=True, PDL=pdl, SELF_L2=False)
+                          PREFETCH=True, XS_ROWS=xs_rows, ASM=True, ATOMIC=True, PDL=pdl, SELF_L2=False,
+                          NORM=False, ROW_BLOCK=1)
             text = ptx(gemv_h2_kernel, gemv_sig, consts)
             out[f"gemv{bits}-{int(xs_rows)}-{int(pdl)}"] = before_wait(text)
             atomics = [t for t in text.split() if t.startswith(("red.", "atom."))]
             out.setdefault("gemv-atomics", []).extend(atomics)
 consts = dict(BITS=4, GROUP=128, HAS_MIN=True, CHUNK=128, BLOCK_N=256, R=16, PREFETCH=True,
-              XS_ROWS=False, ASM=True, ATOMIC=True, PDL=True, SELF_L2=True)
+              XS_ROWS=False, ASM=True, ATOMIC=True, PDL=True, SELF_L2=True, NORM=False, ROW_BLOCK=1)
 for bits, preload in itertools.product((3, 4), (True, False)):
     consts.update(BITS=bits, R=HALF2_R[bits], PREFETCH=preload)
     lines = ptx(gemv_h2_kernel, gemv_sig, consts).splitlines()
     marks = [i for i, line in enumerate(lines) if "prefetch.global.L2" in line]
     wait = next(i for i, line in enumerate(lines) if "griddepcontrol.wait" in line)
     out[f"slice{bits}-{int(preload)}"] = [len(marks), max(marks) < wait]
+for xs_rows, block in ((False, 2048), (True, 1024)):  # a weightless norm: the row in one block or two
+    consts.update(BITS=4, R=16, PREFETCH=True, SELF_L2=False, XS_ROWS=xs_rows, NORM=True, ROW_BLOCK=block)
+    text = ptx(gemv_h2_kernel, gemv_sig, consts)
+    out[f"norm{block}"] = [before_wait(text), "rsqrt" in text or "sqrt" in text]
 attn = ptx(_decode_attention_kernel,
     {"qkv_ptr": "*fp16", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "k_cache_ptr": "*fp16",
      "v_cache_ptr": "*fp16", "pos_ptr": "*i32", "out_ptr": "*fp16", "m_ws_ptr": "*fp32",
@@ -95,6 +100,9 @@ def test_decoder_kernels_wait_before_reading_activations():
     # split-K sums add by relaxed reductions (PTX's default without a .sem): no ordering per element
     ordered = (".acq_rel", ".release", ".acquire")
     assert got["gemv-atomics"] and not any(o in op for op in got["gemv-atomics"] for o in ordered)
+    # a weightless RMSNorm reads the row only after the wait (the same loads before it) and takes its root
+    for key in ("norm2048", "norm1024"):
+        assert got[key] == [got["gemv4-0-1"], True]
     assert got["silu"] == 0 and got["argmax"] == 0
     # the position, its rope rows and the first block of cached keys/values (not q/k/v), and nothing written
     assert got["attention"] > 3 and not got["attention-writes-first"]

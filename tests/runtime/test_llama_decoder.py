@@ -61,6 +61,40 @@ def test_mixed_plan_decoder_matches_the_reference_path():
     assert_close(decoder_logits(decoder, ids), ref, 1e-2)
 
 
+def test_weightless_norms_run_inside_the_gemvs_and_weighted_ones_alone():
+    """Layer 0's norms have unit weights: inside the GEMVs that read them, where a fused projection takes
+    several launches (q float16 on cuBLAS reads the standalone norm's row, k/v 8-bit fold it; gate 3-bit and
+    up 4-bit each fold it). Layer 1's norms have weights: their own launches. Both give the logits of the
+    norms as their own launches and of transformers."""
+    model = tiny_llama(seed=4)
+    quantize_linears(
+        model,
+        {
+            "k_proj": "rtn-w8g32-sym",
+            "v_proj": "rtn-w8g32-sym",
+            "o_proj": "rtn-w4g32-asym",
+            "gate_proj": "rtn-w3g32-asym",
+            "up_proj": "rtn-w4g32-asym",
+            "down_proj": "rtn-w2g32-sym",
+        },
+    )
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for norm in (model.model.layers[1].input_layernorm, model.model.layers[1].post_attention_layernorm):
+            norm.weight.copy_(torch.rand(norm.weight.shape, generator=gen) + 0.5)
+    ids = torch.randint(0, 256, (1, 5), generator=gen).to(model.device)
+    fused, alone = LlamaDecoder(model, max_len=5), LlamaDecoder(model, max_len=5, fuse_norms=False)
+    first, second = fused.layers
+    assert first.input_norm.unit and first.post_norm.unit
+    assert not second.input_norm.unit and not second.post_norm.unit
+    assert [p.launches for p in (first.qkv, first.gate_up)] == [2, 2]
+    ours, theirs = decoder_logits(fused, ids), decoder_logits(alone, ids)
+    assert ((ours - theirs).norm(dim=-1) / theirs.norm(dim=-1)).max() < 5e-3  # GPU: atomics reorder sums
+    with torch.no_grad():
+        ref = model(ids).logits[0].float()
+    assert_close(ours, ref, 1e-2)
+
+
 def test_long_sequence_splits_attention_and_reuses_the_workspace():
     """70 positions: the attention splits in two from position 65 on, and both layers share one workspace
     whose tickets must be back at zero after every call."""

@@ -1,0 +1,82 @@
+"""A weightless RMSNorm inside the batch-1 GEMV that reads it: ``y = W x / rms(x)`` from the raw row ``x``.
+
+A decode step is a chain of small kernels that each wait for the one before; a norm launch costs the step
+about a microsecond (its load, reduction and store lie on the critical path) for a few kilobytes of work.
+A norm whose weight is all ones (``models/norm_folding.py`` moves a model's norm weights into the next
+linears' columns before quantization, as QuaRot does) needs no per-input work: since ``W (x / r) = (W x) / r``,
+the f16x2 GEMV (``gemv_h2.py``) runs its main loop on the raw row, loads the whole row once after the PDL wait
+(those loads overlap the main loop) and scales its result by ``1 / rms(x)`` at the end; split-K partial sums
+scale the same. Rounding differs from ``LlamaRMSNorm`` (the normed row rounded to float16 first) by about
+one float16 ulp per input. The raw row must keep the GEMV's float16 partial sums in range (a residual stream
+of float16 values, each chunk's products summed over at most 16 pairs per lane). Norms with a weight, and
+paths without the fold (cuBLAS, the float32 GEMV, the reference), get the normed row from the standalone
+kernel (``rmsnorm.py``), written to ``dest``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from bitalloc.kernels.rmsnorm import rmsnorm
+
+ROW_BLOCK = 4096  # rows up to this many inputs are loaded once, before the GEMV's main loop
+
+
+@dataclass(frozen=True)
+class RowNorm:
+    """RMSNorm of a projection's input row: ``weight (in,)``, ``eps``, ``dest (1, in)`` that receives the
+    normed row where it cannot be folded, and ``unit``: the weight is all ones (only then may a GEMV fold it).
+    Build with ``of`` (which reads the weight once, on the host)."""
+
+    weight: torch.Tensor
+    eps: float
+    dest: torch.Tensor
+    unit: bool
+
+    @classmethod
+    def of(cls, weight: torch.Tensor, eps: float, dest: torch.Tensor) -> RowNorm:
+        """The norm of ``weight``, with ``unit`` read from it (a device sync: call it outside a capture)."""
+        return cls(weight, float(eps), dest, bool((weight == 1).all()))
+
+    def check(self, x: torch.Tensor) -> None:
+        """Raise ValueError unless ``x (1, in)`` matches the weight and ``dest``."""
+        width = self.weight.numel()
+        if x.numel() != width or self.dest.numel() != width or not x.is_contiguous():
+            raise ValueError(
+                f"row norm: input {tuple(x.shape)}, weight {tuple(self.weight.shape)} and dest "
+                f"{tuple(self.dest.shape)} must be contiguous rows of the same width"
+            )
+
+    def apply(self, x: torch.Tensor, pdl: bool = False) -> torch.Tensor:
+        """The standalone launch: ``dest = rmsnorm(x)``; returns ``dest``."""
+        self.check(x)
+        width = x.numel()
+        rmsnorm(x.view(1, width), self.weight, self.eps, self.dest.view(1, width), pdl)
+        return self.dest
+
+
+def row_block(in_features: int) -> int:
+    """Block of the folded norm's row statistics (the whole row when it has at most ``ROW_BLOCK`` inputs)."""
+    return min(ROW_BLOCK, triton.next_power_of_2(in_features))
+
+
+@triton.jit
+def load_row(x_ptr, K, BLOCK: tl.constexpr):
+    """The row's first BLOCK inputs as float32 (issued early; ``row_rstd`` consumes them)."""
+    offs = tl.arange(0, BLOCK)
+    return tl.load(x_ptr + offs, mask=offs < K, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def row_rstd(x_ptr, first, K, eps, BLOCK: tl.constexpr):
+    """``1 / sqrt(mean(x^2) + eps)`` of the row from its first block ``first`` (``load_row``) and the rest."""
+    ss = first * first
+    offs = tl.arange(0, BLOCK)
+    for k in range(BLOCK, K, BLOCK):
+        v = tl.load(x_ptr + k + offs, mask=k + offs < K, other=0.0).to(tl.float32)
+        ss += v * v
+    return 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
