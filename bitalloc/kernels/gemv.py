@@ -141,8 +141,8 @@ def gemv(
     ``out`` (contiguous, x's dtype, ``out`` elements) receives the result when given; with ``accumulate``
     the result is added to what ``out`` holds (a fused residual add: no zeroing, no extra launch). ``pdl``:
     launched with programmatic dependent launch (``_pdl.py``; the caller checks ``pdl_supported``).
-    ``norm``: ``x`` is the raw row of an RMSNorm; the f16x2 kernel folds a weightless one in (``row_norm.py``),
-    other paths read the normed row that the standalone kernel writes to ``norm.dest``.
+    ``norm``: ``x`` is the raw row of an RMSNorm; the f16x2 kernel folds a weightless one in
+    (``row_norm.py``), other paths read the normed row that the standalone kernel writes to ``norm.dest``.
     """
     if accumulate and out is None:
         raise ValueError("gemv: accumulate=True adds into an output, pass out=")

@@ -3,7 +3,7 @@
 A decode step is a chain of small kernels that each wait for the one before; a norm launch costs the step
 about a microsecond (its load, reduction and store lie on the critical path) for a few kilobytes of work.
 A norm whose weight is all ones (``models/norm_folding.py`` moves a model's norm weights into the next
-linears' columns before quantization, as QuaRot does) needs no per-input work: since ``W (x / r) = (W x) / r``,
+linears' columns before quantization, as QuaRot does) needs no per-input work: as ``W (x / r) = (W x) / r``,
 the f16x2 GEMV (``gemv_h2.py``) runs its main loop on the raw row, loads the whole row once after the PDL wait
 (those loads overlap the main loop) and scales its result by ``1 / rms(x)`` at the end; split-K partial sums
 scale the same. Rounding differs from ``LlamaRMSNorm`` (the normed row rounded to float16 first) by about

@@ -38,7 +38,8 @@ def before_wait(text):
 
 out = {}
 gemv_sig = {"x_ptr": "*fp16", "x2_ptr": "*i32", "a_ptr": "*i32", "b_ptr": "*i32", "s_ptr": "*fp16",
-            "m_ptr": "*fp16", "y_ptr": "*fp16", "eps": "fp32", "N": "i32", "K": "i32", "QOFF": "fp32", "SPLIT_K": "i32"}
+            "m_ptr": "*fp16", "y_ptr": "*fp16", "eps": "fp32", "N": "i32", "K": "i32", "QOFF": "fp32",
+            "SPLIT_K": "i32"}
 for bits in (2, 3, 4, 8):
     for xs_rows in (False, True):
         for pdl in (False, True):
