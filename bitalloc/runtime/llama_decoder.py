@@ -1,21 +1,22 @@
 """Batch-1 decoding of a Llama-architecture model on the kernels: few launches, static buffers, CUDA graphs.
 
 A decode step is, per layer: RMSNorm, the fused q/k/v projection, attention with rotary embedding and the
-KV-cache write (``decode_attention``, split along the context), the output projection added into the
-residual stream by the GEMV itself, RMSNorm, the fused gate/up projection, SiLU-and-multiply, the down
-projection added into the residual; then the final norm, the LM head and the greedy next token. Every buffer
-is allocated once and the position lives on the device (incremented by the step), so a captured CUDA graph
-replays every step. The attention launch's grid follows the context (one program per query head and chunk of
-cached positions, rounded up to a power of two: idle programs cost the step time), so ``capture`` records one
-graph per such grid and ``step`` replays the one for its position. Model types: Llama, Mistral (within
-its sliding window) and Qwen2 (q/k/v biases); the rope tables come from the model's own rotary module
-(static rope types). Weights may be float16 ``nn.Linear`` (cuBLAS), ``QuantLinear`` of any candidate (the
-registry's kernel, or the reference path with a warning) or ``PackedLinear`` (its own torch forward, with a
-warning: k-means, nested, lookup-table, W8A8/W4A4 formats).
-On Hopper the decoder's own kernels use programmatic dependent launch (``kernels/_pdl.py``): while the kernel
-before it still runs, each GEMV loads its first weights or, where its tuned entry says ``l2_slice``, asks L2
-for its whole slice (``kernels/l2_prefetch.py``). The decoder copies the weights it fuses; the source model
-can be dropped after.
+KV-cache write (``decode_attention``, split along the context), the output projection added into the residual
+stream by the GEMV itself, RMSNorm, the fused gate/up projection, SiLU-and-multiply, the down projection added
+into the residual; then the final norm, the LM head and the greedy next token. A layer norm whose weight is
+all ones (a random model's, or any Llama's after ``models/norm_folding.py``: model spec ``+fold-norms``) runs
+inside the GEMVs that read it (``kernels/row_norm.py``), not as its own launch. Every buffer is allocated once
+and the position lives on the device (incremented by the step), so a captured CUDA graph replays every step.
+The attention launch's grid follows the context (one program per query head and chunk of cached positions,
+rounded up to a power of two: idle programs cost the step time), so ``capture`` records one graph per such
+grid and ``step`` replays the one for its position. Model types: Llama, Mistral (within its sliding window)
+and Qwen2 (q/k/v biases); the rope tables come from the model's own rotary module (static rope types). Weights
+may be float16 ``nn.Linear`` (cuBLAS), ``QuantLinear`` of any candidate (the registry's kernel, or the
+reference path with a warning) or ``PackedLinear`` (its own torch forward, with a warning: k-means, nested,
+lookup-table, W8A8/W4A4 formats). On Hopper the decoder's own kernels use programmatic dependent launch
+(``kernels/_pdl.py``): while the kernel before it still runs, each GEMV loads its first weights or, where its
+tuned entry says ``l2_slice``, asks L2 for its whole slice (``kernels/l2_prefetch.py``). The decoder copies
+the weights it fuses; the source model can be dropped after.
 
 A prompt goes in one ``prefill`` pass (batched projections on the registry's kernels for that many rows,
 causal attention in torch), then decoding continues one step (one graph replay) per token.

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
 from bitalloc.errors import InvalidInput
@@ -58,3 +59,16 @@ def test_bad_model_names_say_what_to_give(spec):
 
 def test_hub_ids_resolve_to_hub():
     assert resolve_source("HuggingFaceTB/SmolLM2-135M")[0] == "hub"
+
+
+def test_fold_norms_suffix_loads_the_same_function_under_another_hash(smollm2_full):
+    folded = load_model("smollm2-135m+fold-norms")
+    assert folded.name == "smollm2-135m+fold-norms" and folded.model_hash != smollm2_full.model_hash
+    layer = folded.model.model.layers[3]
+    assert torch.equal(layer.input_layernorm.weight, torch.ones_like(layer.input_layernorm.weight))
+    plain = smollm2_full.model.model.layers[3].self_attn.q_proj.weight
+    assert not torch.allclose(layer.self_attn.q_proj.weight, plain)  # the norm's weight moved into q
+    ids = smollm2_full.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        ours, theirs = folded.model(ids).logits, smollm2_full.model(ids).logits
+    assert torch.allclose(ours, theirs, rtol=1e-3, atol=1e-3)
