@@ -39,6 +39,7 @@ from bitalloc.kernels.registry import Registry
 from bitalloc.kernels.rmsnorm import rmsnorm
 from bitalloc.kernels.row_norm import RowNorm
 from bitalloc.kernels.silu_mul import silu_mul
+from bitalloc.kernels.step_start import start_step
 from bitalloc.runtime.prefill_attention import prefill_attention
 from bitalloc.runtime.projection import FusedProjection
 
@@ -218,7 +219,7 @@ class LlamaDecoder:
         self.attn = torch.zeros(1, d.heads * d.head_dim, dtype=f16, device=dev)
         self.act = torch.zeros(1, d.intermediate, dtype=f16, device=dev)
         self.logits = torch.zeros(1, self.lm_head.out_features, dtype=f16, device=dev)
-        # per-layer projection outputs, zeroed by one memset per step: the kernels add into them
+        # per-layer projection outputs, zeroed by the step's first launch: the kernels add into them
         self.scratch = torch.zeros(d.layers, qkv_width + 2 * d.intermediate, dtype=f16, device=dev)
         self.workspace = AttentionWorkspace.create(d.heads, self.rows, d.head_dim, dev)
         self.qkv_width = qkv_width
@@ -233,8 +234,7 @@ class LlamaDecoder:
         """One step on the static buffers: ``token``, ``pos`` -> ``logits``, next ``token``, ``pos + 1``;
         ``splits`` attention programs per query head (any value is exact; the position's is fastest)."""
         d, pdl = self.dims, self.pdl
-        self.scratch.zero_()
-        torch.index_select(self.embed, 0, self.token, out=self.hidden)
+        start_step(self.embed, self.token, self.hidden, self.scratch)  # an ordinary launch: see _pdl.py
         for i, layer in enumerate(self.layers):
             qkv = self.scratch[i : i + 1, : self.qkv_width]  # (1, qkv_width)
             gate_up = self.scratch[i : i + 1, self.qkv_width :]  # (1, 2 * intermediate)
@@ -256,8 +256,7 @@ class LlamaDecoder:
             self._normed_projection(layer.gate_up, layer.post_norm, gate_up, pdl)
             silu_mul(gate_up, self.act, pdl=pdl)
             layer.down.run(self.act, self.hidden, accumulate=True, pdl=pdl)
-        self._head(self.hidden, pdl)
-        self.pos.add_(1)
+        self._head(self.hidden, pdl, advance=True)
 
     def _normed_projection(
         self, projection: FusedProjection, norm: RowNorm, out: torch.Tensor, pdl: bool
@@ -269,11 +268,12 @@ class LlamaDecoder:
         else:
             projection.run(norm.apply(self.hidden, pdl), out, accumulate=True, pdl=pdl)
 
-    def _head(self, hidden: torch.Tensor, pdl: bool = False) -> None:
-        """``hidden (1, hidden)`` -> the final norm, ``logits`` by the LM head, the greedy ``token``."""
+    def _head(self, hidden: torch.Tensor, pdl: bool = False, advance: bool = False) -> None:
+        """``hidden (1, hidden)`` -> the final norm, ``logits`` by the LM head, the greedy ``token`` (and with
+        ``advance`` the position incremented by the same launch)."""
         rmsnorm(hidden, self.final_norm, self.dims.eps, self.normed)
         self.lm_head.run(self.normed, self.logits)
-        argmax_row(self.logits, self.token, pdl)
+        argmax_row(self.logits, self.token, pdl, self.pos if advance else None)
 
     @property
     def launches_per_step(self) -> int:

@@ -76,8 +76,8 @@ out["rmsnorm"] = before_wait(ptx(_rmsnorm_kernel, {"x_ptr": "*fp16", "w_ptr": "*
                                                    "H": "i32", "eps": "fp32"}, dict(BLOCK=2048, PDL=True), 8))
 out["silu"] = before_wait(ptx(_silu_mul_kernel, {"gu_ptr": "*fp16", "y_ptr": "*fp16", "INTER": "i32"},
                               dict(BLOCK=1024, PDL=True)))
-out["argmax"] = before_wait(ptx(_argmax_kernel, {"x_ptr": "*fp16", "out_ptr": "*i64", "N": "i32"},
-                                dict(BLOCK=32768, PDL=True), 16))
+out["argmax"] = before_wait(ptx(_argmax_kernel, {"x_ptr": "*fp16", "out_ptr": "*i64", "pos_ptr": "*i32",
+                                                 "N": "i32"}, dict(BLOCK=32768, ADVANCE=True, PDL=True), 16))
 print("RESULT" + json.dumps(out))
 """
 
