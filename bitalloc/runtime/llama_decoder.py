@@ -167,7 +167,7 @@ class LlamaDecoder:
         self.fuse_norms = fuse_norms  # weightless RMSNorms inside the GEMVs that read them (``row_norm.py``)
         self.normed = torch.zeros(1, dims.hidden, dtype=torch.float16, device=self.device)
         self.embed = embed
-        self.final_norm = inner.norm.weight.detach()
+        self.final_norm = RowNorm.of(inner.norm.weight.detach(), dims.eps, self.normed)
         self.lm_head = FusedProjection([model.lm_head], registry)
         self.layers = [self._layer(block, registry) for block in inner.layers]
         self.cos, self.sin = self._rotary_tables(inner.rotary_emb)
@@ -259,20 +259,26 @@ class LlamaDecoder:
         self._head(self.hidden, pdl, advance=True)
 
     def _normed_projection(
-        self, projection: FusedProjection, norm: RowNorm, out: torch.Tensor, pdl: bool
+        self,
+        projection: FusedProjection,
+        norm: RowNorm,
+        out: torch.Tensor,
+        pdl: bool,
+        hidden: torch.Tensor | None = None,
+        accumulate: bool = True,
     ) -> None:
-        """``out += projection(rmsnorm(hidden))``: a weightless norm inside the projection's GEMVs, else (or
-        with ``fuse_norms=False``) its own launch into ``normed`` first."""
+        """``out [+]= projection(rmsnorm(hidden))`` (default: the residual stream): a weightless norm inside
+        the projection's GEMVs, else (or with ``fuse_norms=False``) its own launch into ``normed`` first."""
+        hidden = self.hidden if hidden is None else hidden
         if self.fuse_norms and norm.unit:
-            projection.run(self.hidden, out, accumulate=True, pdl=pdl, norm=norm)
+            projection.run(hidden, out, accumulate=accumulate, pdl=pdl, norm=norm)
         else:
-            projection.run(norm.apply(self.hidden, pdl), out, accumulate=True, pdl=pdl)
+            projection.run(norm.apply(hidden, pdl), out, accumulate=accumulate, pdl=pdl)
 
     def _head(self, hidden: torch.Tensor, pdl: bool = False, advance: bool = False) -> None:
         """``hidden (1, hidden)`` -> the final norm, ``logits`` by the LM head, the greedy ``token`` (and with
         ``advance`` the position incremented by the same launch)."""
-        rmsnorm(hidden, self.final_norm, self.dims.eps, self.normed)
-        self.lm_head.run(self.normed, self.logits)
+        self._normed_projection(self.lm_head, self.final_norm, self.logits, pdl, hidden, accumulate=False)
         argmax_row(self.logits, self.token, pdl, self.pos if advance else None)
 
     @property

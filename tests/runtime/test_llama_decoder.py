@@ -5,6 +5,9 @@ import torch
 
 from bitalloc.errors import InvalidInput
 from bitalloc.kernels.linear import KernelFallbackWarning
+from bitalloc.quantizers.candidate import Candidate
+from bitalloc.quantizers.quant_linear import QuantLinear
+from bitalloc.quantizers.quantize import quantize
 from bitalloc.runtime.llama_decoder import LlamaDecoder
 from tests.kernels.helpers import device
 from tests.runtime.helpers import block_variant, nested_packed, quantize_linears, tiny_llama
@@ -62,10 +65,10 @@ def test_mixed_plan_decoder_matches_the_reference_path():
 
 
 def test_weightless_norms_run_inside_the_gemvs_and_weighted_ones_alone():
-    """Layer 0's norms have unit weights: inside the GEMVs that read them, where a fused projection takes
-    several launches (q float16 on cuBLAS reads the standalone norm's row, k/v 8-bit fold it; gate 3-bit and
-    up 4-bit each fold it). Layer 1's norms have weights: their own launches. Both give the logits of the
-    norms as their own launches and of transformers."""
+    """Layer 0's norms and the final norm have unit weights: inside the GEMVs that read them, where a fused
+    projection takes several launches (q float16 on cuBLAS reads the standalone norm's row, k/v 8-bit fold it;
+    gate 3-bit and up 4-bit each fold it; the 8-bit LM head). Layer 1's norms have weights: own launches.
+    Both give the logits of the norms as their own launches and of transformers."""
     model = tiny_llama(seed=4)
     quantize_linears(
         model,
@@ -78,6 +81,10 @@ def test_weightless_norms_run_inside_the_gemvs_and_weighted_ones_alone():
             "down_proj": "rtn-w2g32-sym",
         },
     )
+    head = model.lm_head  # quantized too: the final (unit) norm runs inside its GEMV
+    model.lm_head = QuantLinear.from_linear(
+        head, quantize(head.weight.float(), Candidate.parse("rtn-w8g32-asym"))
+    )
     gen = torch.Generator().manual_seed(4)
     with torch.no_grad():
         for norm in (model.model.layers[1].input_layernorm, model.model.layers[1].post_attention_layernorm):
@@ -86,7 +93,7 @@ def test_weightless_norms_run_inside_the_gemvs_and_weighted_ones_alone():
     fused, alone = LlamaDecoder(model, max_len=5), LlamaDecoder(model, max_len=5, fuse_norms=False)
     first, second = fused.layers
     assert first.input_norm.unit and first.post_norm.unit
-    assert not second.input_norm.unit and not second.post_norm.unit
+    assert not second.input_norm.unit and not second.post_norm.unit and fused.final_norm.unit
     assert [p.launches for p in (first.qkv, first.gate_up)] == [2, 2]
     ours, theirs = decoder_logits(fused, ids), decoder_logits(alone, ids)
     # rounding differs (the raw row is never rounded normed; GPU atomics reorder sums): 5.4e-3 on the H200
