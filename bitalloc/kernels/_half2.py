@@ -75,6 +75,22 @@ _PAIR_SUM = tl.constexpr(
 )
 
 
+_PAIR_SQUARES = tl.constexpr(
+    "{\n.reg .b16 lo, hi;\n.reg .f32 flo, fhi;\nmov.b32 {lo, hi}, $1;\n"
+    "cvt.f32.f16 flo, lo;\ncvt.f32.f16 fhi, hi;\nmul.f32 flo, flo, flo;\nfma.rn.f32 $0, fhi, fhi, flo;\n}"
+)
+
+
+@triton.jit
+def pair_squares(p, ASM: tl.constexpr):
+    """``x[2p]^2 + x[2p + 1]^2`` in float32 from int32 pairs of float16."""
+    if ASM:
+        return tl.inline_asm_elementwise(_PAIR_SQUARES, "=f,r", [p], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        lo, hi = _lanes(p)
+        return lo * lo + hi * hi
+
+
 @triton.jit
 def _lanes(p):
     """The two float16 halves of int32 pairs, as float32 (interpreter path)."""

@@ -251,7 +251,7 @@ def gemv_h2_kernel(
     if PDL:  # wait for the previous kernel's activations
         gdc_wait()
     if NORM:  # the row for its norm, loaded now, summed after the main loop
-        row = load_row(x_ptr, K, ROW_BLOCK)
+        row = load_row(x2_ptr, K, ROW_BLOCK)
     if PREFETCH:
         if PDL and not XS_ROWS:
             xs = tl.sum(tl.load(x_ptr + kb_start * CHUNK + tl.arange(0, CHUNK)).to(tl.float32), axis=0)
@@ -306,7 +306,7 @@ def gemv_h2_kernel(
                 acc_off += offset * xs
     y = tl.sum(acc, axis=0) * R + acc_off  # (BLOCK_N,)
     if NORM:
-        y *= row_rstd(x_ptr, row, K, eps, ROW_BLOCK)
+        y *= row_rstd(x2_ptr, row, K, eps, ROW_BLOCK, ASM)
     if ATOMIC:  # split-K partial sums, or a result added to what the output holds
         tl.atomic_add(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n, sem="relaxed")
     else:

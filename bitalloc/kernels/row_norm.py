@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from bitalloc.kernels._half2 import pair_squares
 from bitalloc.kernels.rmsnorm import rmsnorm
 
 ROW_BLOCK = 4096  # rows up to this many inputs are loaded once, before the GEMV's main loop
@@ -65,18 +66,19 @@ def row_block(in_features: int) -> int:
 
 
 @triton.jit
-def load_row(x_ptr, K, BLOCK: tl.constexpr):
-    """The row's first BLOCK inputs as float32 (issued early; ``row_rstd`` consumes them)."""
-    offs = tl.arange(0, BLOCK)
-    return tl.load(x_ptr + offs, mask=offs < K, other=0.0).to(tl.float32)
+def load_row(x2_ptr, K, BLOCK: tl.constexpr):
+    """The row's first BLOCK inputs as BLOCK / 2 int32 pairs of float16 (issued early; half the registers
+    of float32 values; ``row_rstd`` consumes them)."""
+    offs = tl.arange(0, BLOCK // 2)
+    return tl.load(x2_ptr + offs, mask=offs < K // 2, other=0)
 
 
 @triton.jit
-def row_rstd(x_ptr, first, K, eps, BLOCK: tl.constexpr):
-    """``1 / sqrt(mean(x^2) + eps)`` of the row from its first block ``first`` (``load_row``) and the rest."""
-    ss = first * first
-    offs = tl.arange(0, BLOCK)
-    for k in range(BLOCK, K, BLOCK):
-        v = tl.load(x_ptr + k + offs, mask=k + offs < K, other=0.0).to(tl.float32)
-        ss += v * v
+def row_rstd(x2_ptr, first, K, eps, BLOCK: tl.constexpr, ASM: tl.constexpr):
+    """``1 / sqrt(mean(x^2) + eps)`` of the row (K even) from its first block ``first`` (``load_row``) and the
+    rest, squares summed in float32."""
+    ss = pair_squares(first, ASM)
+    offs = tl.arange(0, BLOCK // 2)
+    for k in range(BLOCK // 2, K // 2, BLOCK // 2):
+        ss += pair_squares(tl.load(x2_ptr + k + offs, mask=k + offs < K // 2, other=0), ASM)
     return 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)

@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pytest
 
-from bitalloc.kernels._half2 import word_asm
+from bitalloc.kernels._half2 import _PAIR_SQUARES, word_asm
 
 
 def _halves(reg: int) -> np.ndarray:
@@ -56,6 +56,11 @@ def run_ptx_regs(asm: str, inputs: list[int], outputs: int = 1) -> list:
             regs[args[0]] = np.float32(regs[args[1]])
         elif op == "add.f32":
             regs[args[0]] = np.float32(regs[args[1]]) + np.float32(regs[args[2]])
+        elif op == "mul.f32":
+            regs[args[0]] = np.float32(regs[args[1]]) * np.float32(regs[args[2]])
+        elif op == "fma.rn.f32":  # one rounding: exact in float64 for float16 inputs
+            a, b, c = (np.float64(regs[t]) for t in args[1:4])
+            regs[args[0]] = np.float32(a * b + c)
         else:
             raise AssertionError(f"unexpected PTX {line!r}")
     out = [regs[f"${i}"] for i in range(outputs)]
@@ -100,3 +105,11 @@ def test_codes_become_exact_fractions(b, r):
         for half in range(2):
             pairs = [_pack(np.array([1.0, 0.0] if half == 0 else [0.0, 1.0])) for _ in range(lane)]
             assert run_ptx(word_asm(b, r), [word, *pairs]) == lane * q / r
+
+
+@pytest.mark.parametrize("pair", [(0.5, -3.0), (300.0, -250.0), (60000.0, 1e-3), (0.0, 0.0)])
+def test_pair_squares_sum_in_float32(pair):
+    """A folded norm's sum of squares: float16 halves squared in float32 (300^2 overflows float16)."""
+    lo, hi = (np.float64(np.float16(v)) for v in pair)
+    got = float(run_ptx_regs(_PAIR_SQUARES.value, [_pack(np.array(pair))])[0])
+    assert got == pytest.approx(lo * lo + hi * hi, rel=1e-6)
