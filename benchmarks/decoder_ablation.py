@@ -43,7 +43,7 @@ class _Skipped:
         """No launch."""
 
 
-SMALL_KERNELS = {"norm": "rmsnorm", "attention": "decode_attention", "silu": "silu_mul"}
+SMALL_KERNELS = {"attention": "decode_attention", "silu": "silu_mul"}  # kind -> the decoder's launch
 
 
 @contextmanager
@@ -51,11 +51,11 @@ def without(decoder: LlamaDecoder, kinds: tuple[str, ...]):
     """Capture-time patches that leave ``kinds`` out of the decoder's step."""
     with ExitStack() as stack:
         for kind in kinds:
-            if kind in ("unfused", "norm"):  # the norms leave the GEMVs (to be left out)
+            if kind in ("unfused", "norm"):  # the norms leave the GEMVs as their own launches (RowNorm.apply)
                 stack.enter_context(mock.patch.object(decoder, "fuse_norms", False))
-            if kind == "norm":
+            if kind == "norm":  # ... which are then left out
                 stack.enter_context(mock.patch.object(row_norm_module, "rmsnorm", _skip))
-            if kind in SMALL_KERNELS:
+            elif kind in SMALL_KERNELS:
                 stack.enter_context(mock.patch.object(decoder_module, SMALL_KERNELS[kind], _skip))
             elif kind == "head":
                 stack.enter_context(mock.patch.object(decoder, "lm_head", _Skipped()))
