@@ -69,26 +69,18 @@ _ASM2X2 = tl.constexpr(word_asm(2, 4, 2))
 _ASM4X2 = tl.constexpr(word_asm(4, 16, 2))
 _ASM3X4 = tl.constexpr(word_asm(4, 16, 4, 3))  # 3-bit fields at a 4-bit stride (bit 3 ignored)
 _ASM8X2 = tl.constexpr(word_asm(8, 256, 2))
-_PAIR_SUM = tl.constexpr(
-    "{\n.reg .b16 lo, hi;\n.reg .f32 flo, fhi;\nmov.b32 {lo, hi}, $1;\n"
-    "cvt.f32.f16 flo, lo;\ncvt.f32.f16 fhi, hi;\nadd.f32 $0, flo, fhi;\n}"
-)
 
 
-_PAIR_SQUARES = tl.constexpr(
-    "{\n.reg .b16 lo, hi;\n.reg .f32 flo, fhi;\nmov.b32 {lo, hi}, $1;\n"
-    "cvt.f32.f16 flo, lo;\ncvt.f32.f16 fhi, hi;\nmul.f32 flo, flo, flo;\nfma.rn.f32 $0, fhi, fhi, flo;\n}"
-)
+def _pair_asm(combine: str) -> str:
+    """PTX: the two float16 halves of ``$1`` as float32 ``flo``, ``fhi``, then ``combine`` into ``$0``."""
+    return (
+        "{\n.reg .b16 lo, hi;\n.reg .f32 flo, fhi;\nmov.b32 {lo, hi}, $1;\n"
+        f"cvt.f32.f16 flo, lo;\ncvt.f32.f16 fhi, hi;\n{combine}\n}}"
+    )
 
 
-@triton.jit
-def pair_squares(p, ASM: tl.constexpr):
-    """``x[2p]^2 + x[2p + 1]^2`` in float32 from int32 pairs of float16."""
-    if ASM:
-        return tl.inline_asm_elementwise(_PAIR_SQUARES, "=f,r", [p], dtype=tl.float32, is_pure=True, pack=1)
-    else:
-        lo, hi = _lanes(p)
-        return lo * lo + hi * hi
+_PAIR_SUM = tl.constexpr(_pair_asm("add.f32 $0, flo, fhi;"))
+_PAIR_SQUARES = tl.constexpr(_pair_asm("mul.f32 flo, flo, flo;\nfma.rn.f32 $0, fhi, fhi, flo;"))
 
 
 @triton.jit
@@ -115,9 +107,17 @@ def pair_sum(p, ASM: tl.constexpr):
     """``x[2p] + x[2p + 1]`` in float32 from int32 pairs of float16."""
     if ASM:
         return tl.inline_asm_elementwise(_PAIR_SUM, "=f,r", [p], dtype=tl.float32, is_pure=True, pack=1)
-    else:
-        lo, hi = _lanes(p)
-        return lo + hi
+    lo, hi = _lanes(p)
+    return lo + hi
+
+
+@triton.jit
+def pair_squares(p, ASM: tl.constexpr):
+    """``x[2p]^2 + x[2p + 1]^2`` in float32 from int32 pairs of float16 (a norm's sum of squares)."""
+    if ASM:
+        return tl.inline_asm_elementwise(_PAIR_SQUARES, "=f,r", [p], dtype=tl.float32, is_pure=True, pack=1)
+    lo, hi = _lanes(p)
+    return lo * lo + hi * hi
 
 
 @triton.jit
