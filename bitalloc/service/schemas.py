@@ -108,7 +108,10 @@ class ModelCreate(Strict):
 
     name: str = Field(min_length=1, max_length=200)
     source: str = Field(
-        min_length=1, max_length=1000, description="bundled name, HF folder, .gguf file or hub id"
+        min_length=1,
+        max_length=1000,
+        description="bundled name, HF folder, .gguf file or hub id; a +fold-norms suffix folds the RMSNorm "
+        "weights into the next linears",
     )
 
 
