@@ -10,7 +10,9 @@ format (2/3/4/8 bits, symmetric and asymmetric, group 128, and float16 on cuBLAS
 format in every layer, the other roles to ``--others``, and the captured step is timed; the same step with
 the role's launches left out gives the baseline. A row's ``us`` is the difference over the layer count: what
 one launch of that format and shape adds to the step, overlap included (``fp16_us`` the float16 launch's).
-The CSV has the columns of the kernel tables (``kernels/latency.py``), kernel ``decoder``, batch 1.
+The q/k/v and gate/up rows include the RMSNorm before them: left out with the launch, which holds it when the
+norm runs inside the GEMV (``kernels/row_norm.py``), and as its own launch beside cuBLAS. The CSV has the
+columns of the kernel tables (``kernels/latency.py``), kernel ``decoder``, batch 1.
 
 The same run checks the table on the fixed mixed 4/3-bit plan and the float16 model, two ways: the step with
 every projection left out plus the tabled launches (additivity), and ``kernels_e2e.py``'s prediction (the
