@@ -7,10 +7,10 @@ linears' columns before quantization, as QuaRot does) needs no per-input work: a
 the f16x2 GEMV (``gemv_h2.py``) runs its main loop on the raw row, loads the whole row once after the PDL wait
 (those loads overlap the main loop) and scales its result by ``1 / rms(x)`` at the end; split-K partial sums
 scale the same. Rounding differs from ``LlamaRMSNorm`` (the normed row rounded to float16 first) by about
-one float16 ulp per input. The raw row must keep the GEMV's float16 partial sums in range (a residual stream
-of float16 values, each chunk's products summed over at most 16 pairs per lane). Norms with a weight, and
-paths without the fold (cuBLAS, the float32 GEMV, the reference), get the normed row from the standalone
-kernel (``rmsnorm.py``), written to ``dest``.
+one float16 ulp per input. The GEMV's float16 lane sums of the raw row stay in range while every
+``|x| < RAW_ROW_LIMIT``; ``LlamaDecoder.prefill`` warns when a prompt's residual stream goes above. Norms with
+a weight, and paths without the fold (cuBLAS, the float32 GEMV, the reference), get the normed row from the
+standalone kernel (``rmsnorm.py``), written to ``dest``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from bitalloc.kernels._half2 import pair_squares
 from bitalloc.kernels.rmsnorm import rmsnorm
 
 ROW_BLOCK = 4096  # rows up to this many inputs are loaded once, before the GEMV's main loop
+# |x| below this keeps every f16x2 lane sum of the GEMV (at most 16 terms q / R x with |q / R| < 1) under
+# float16's 65504; a trained model's residual stream can exceed it in a few channels ("massive activations")
+RAW_ROW_LIMIT = 4000.0
 
 
 @dataclass(frozen=True)

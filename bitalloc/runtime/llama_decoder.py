@@ -25,6 +25,7 @@ causal attention in torch), then decoding continues one step (one graph replay) 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,7 +38,7 @@ from bitalloc.kernels.argmax import argmax_row
 from bitalloc.kernels.decode_attention import CHUNK, AttentionWorkspace, decode_attention
 from bitalloc.kernels.registry import Registry
 from bitalloc.kernels.rmsnorm import rmsnorm
-from bitalloc.kernels.row_norm import RowNorm
+from bitalloc.kernels.row_norm import RAW_ROW_LIMIT, RowNorm
 from bitalloc.kernels.silu_mul import silu_mul
 from bitalloc.kernels.step_start import start_step
 from bitalloc.runtime.prefill_attention import prefill_attention
@@ -363,7 +364,9 @@ class LlamaDecoder:
             hidden = self.embed[torch.tensor(tokens, device=self.device)]  # (T, hidden)
             normed = torch.empty_like(hidden)
             act = torch.empty(count, d.intermediate, dtype=hidden.dtype, device=self.device)
+            peak = hidden.new_zeros(())  # the residual stream's largest magnitude (read once, at the end)
             for i, layer in enumerate(self.layers):
+                peak = torch.maximum(peak, hidden.abs().max())
                 rmsnorm(hidden, layer.input_norm.weight, d.eps, normed)
                 qkv = layer.qkv.forward(normed)  # (T, qkv_width)
                 attn = prefill_attention(
@@ -372,13 +375,29 @@ class LlamaDecoder:
                 if i == len(self.layers) - 1:  # every key and value is cached: only the last row goes on
                     attn, hidden, normed, act = attn[-1:], hidden[-1:].contiguous(), normed[-1:], act[-1:]
                 hidden += layer.o.forward(attn)
+                peak = torch.maximum(peak, hidden.abs().max())
                 rmsnorm(hidden, layer.post_norm.weight, d.eps, normed)
                 silu_mul(layer.gate_up.forward(normed), act)
                 hidden += layer.down.forward(act)
+            peak = torch.maximum(peak, hidden.abs().max())  # the final norm's row
             self._head(hidden[-1:])
             self.pos.fill_(start + count)
         self.position = start + count
+        self._check_raw_rows(float(peak))
         return self.logits
+
+    def _check_raw_rows(self, peak: float) -> None:
+        """Warn when a norm runs inside the GEMVs and the residual stream (largest magnitude ``peak``, seen
+        by a prompt pass) is large enough that their float16 partial sums of the raw row could overflow."""
+        norms = [self.final_norm, *(n for x in self.layers for n in (x.input_norm, x.post_norm))]
+        fused = self.fuse_norms and any(n.unit for n in norms)
+        if fused and peak > RAW_ROW_LIMIT:
+            warnings.warn(
+                f"the residual stream reaches {peak:.0f}: the norms inside the GEMVs sum the raw row in "
+                f"float16, in range only below {RAW_ROW_LIMIT:.0f}; build the decoder with fuse_norms=False",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def generate(self, prompt: Sequence[int], new_tokens: int) -> list[int]:
         """Greedy continuation of ``prompt`` (fed in one ``prefill`` pass) by ``new_tokens`` tokens."""

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -101,6 +103,23 @@ def test_weightless_norms_run_inside_the_gemvs_and_weighted_ones_alone():
     with torch.no_grad():
         ref = model(ids).logits[0].float()
     assert_close(ours, ref, 1e-2)
+
+
+def test_prefill_warns_when_the_raw_residual_row_is_too_large_for_fused_norms():
+    """One embedding row beyond RAW_ROW_LIMIT: the prompt pass warns (naming the fix) when norms run inside
+    the GEMVs, and not when they are their own launches or the row is ordinary."""
+    model = tiny_llama(seed=6, layers=1)
+    quantize_linears(model, MIXED)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[7, 3] = 5000.0
+    fused, alone = LlamaDecoder(model, max_len=4), LlamaDecoder(model, max_len=4, fuse_norms=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fused.prefill([1, 2])
+        alone.prefill([1, 7])
+    fused.reset()
+    with pytest.warns(RuntimeWarning, match="reaches 5000.*fuse_norms=False"):
+        fused.prefill([1, 7])
 
 
 def test_long_sequence_splits_attention_and_reuses_the_workspace():
