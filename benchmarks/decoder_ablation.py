@@ -2,15 +2,16 @@
 
     python benchmarks/decoder_ablation.py [--tokens 64] [--context 0,1024] [--head-bits 4,8]
 
-The 1.1 B Llama-shaped model of ``kernels_e2e.py`` under its mixed 4/3-bit plan. The step is re-captured
-with one kind of launch removed (the norms, the attention, the SiLU-and-multiply, the LM head, or the
-decoder layers' projections), and the difference to the whole step is what that kind costs on the step's
-critical path, overlap included. The whole step runs the weightless RMSNorms inside the GEMVs that read them
+The 1.1 B Llama-shaped model of ``kernels_e2e.py`` under its mixed 4/3-bit plan. The step is re-captured with
+one kind of launch removed (the norms, the attention, the SiLU-and-multiply, the LM head, or the decoder
+layers' projections), and the difference to the whole step is what that kind costs on the step's critical
+path, overlap included. The whole step runs the weightless RMSNorms inside the GEMVs that read them
 (``kernels/row_norm.py``); the row "no RMS norms" leaves out their standalone launches (compare it with the
-row "norms as own launches"). The outputs of a step with launches removed are wrong; only its time
-counts. With ``--head-bits`` the step is also timed with the LM head quantized (RTN, group 128, asymmetric)
-instead of left in float16; with ``--attention-splits`` with that many attention programs per query head
-at every position (the decoder's own choice follows the position).
+row "norms as own launches"). Rows that leave out the LM head or the layer projections now leave out the norms
+inside them too, so they do not compare with sessions before 22. The outputs of a step with launches removed
+are wrong; only its time counts. With ``--head-bits`` the step is also timed with the LM head quantized (RTN,
+group 128, asymmetric) instead of left in float16; with ``--attention-splits`` with that many attention
+programs per query head at every position (the decoder's own choice follows the position).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ def run_export(
     plan_path: Path, fmt: str, output: Path, *, model: str, template: Path | None, progress
 ) -> str:
     """Export ``plan_path`` for ``model`` to ``output`` in ``fmt``; returns a one-line summary."""
-    from bitalloc.models.loading import load_model, resolve_source
+    from bitalloc.models.loading import load_model, resolve_source, split_spec
     from bitalloc.pipeline import CalibrationSettings, get_calibration, quantize_model
 
     if fmt not in FORMATS:
@@ -45,7 +45,7 @@ def run_export(
 
     unit_types(plan)  # refuse candidates GGUF cannot express before any work
     if template is None:
-        kind, folder, filename = resolve_source(model)
+        kind, folder, filename = resolve_source(split_spec(model)[0])
         if kind != "gguf" or folder is None or filename is None:
             raise ExportError("give --template: a .gguf of this model whose tokenizer the export copies")
         template = folder / filename

@@ -30,7 +30,7 @@ ROW_BLOCK = 4096  # rows up to this many inputs are loaded once, before the GEMV
 RAW_ROW_LIMIT = 4000.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RowNorm:
     """RMSNorm of a projection's input row: ``weight (in,)``, ``eps``, ``dest (1, in)`` that receives the
     normed row where it cannot be folded, and ``unit``: the weight is all ones (only then may a GEMV fold it).

@@ -32,14 +32,12 @@ def start_step(embed: torch.Tensor, token: torch.Tensor, hidden: torch.Tensor, s
     """``hidden (1, H) = embed (V, H)[token]`` (``token``: one int64 id on the device) and ``scratch`` (any
     contiguous shape) zeroed."""
     width = embed.shape[1]
-    if (
-        hidden.numel() != width
-        or token.numel() != 1
-        or not (hidden.is_contiguous() and scratch.is_contiguous())
-    ):
+    contiguous = embed.is_contiguous() and hidden.is_contiguous() and scratch.is_contiguous()
+    if hidden.numel() != width or token.numel() != 1 or not contiguous or embed.dtype != hidden.dtype:
         raise ValueError(
             f"start_step: embed {tuple(embed.shape)}, token {tuple(token.shape)} and hidden "
-            f"{tuple(hidden.shape)} must be a table, one id and one contiguous row; scratch contiguous"
+            f"{tuple(hidden.shape)} must be a table, one id and one row of one dtype ({embed.dtype}, "
+            f"{hidden.dtype}); embed, hidden and scratch contiguous"
         )
     size = scratch.numel()
     grid = (max(1, triton.cdiv(size, CLEAR_BLOCK)),)

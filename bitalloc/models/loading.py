@@ -95,16 +95,22 @@ def resolve_source(spec: str) -> tuple[str, Path | None, str | None]:
     return "hub", None, None
 
 
+def split_spec(spec: str) -> tuple[str, bool]:
+    """``(source, fold)``: the model source of a spec, and whether it asks for the norms folded."""
+    fold = spec.endswith(FOLD_NORMS)
+    return (spec.removesuffix(FOLD_NORMS), True) if fold else (spec, False)
+
+
 def load_model(spec: str, *, device: str = "cpu") -> LoadedModel:
     """Load ``spec`` in float32, eval mode, on ``device``; GGUF sources go through the float cache; a
     ``+fold-norms`` suffix folds the norm weights in (``norm_folding.py``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    fold = spec.endswith(FOLD_NORMS)
-    kind, folder, filename = resolve_source(spec.removesuffix(FOLD_NORMS) if fold else spec)
+    base, fold = split_spec(spec)
+    kind, folder, filename = resolve_source(base)
     if kind == "gguf" and folder is not None and filename is not None:
         folder = _cached_float_copy(folder, filename)
-    source = str(folder) if folder is not None else spec.removesuffix(FOLD_NORMS)
+    source = str(folder) if folder is not None else base
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model.eval().requires_grad_(False).to(device)

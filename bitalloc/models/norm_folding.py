@@ -38,7 +38,10 @@ def fold_norm_weights(model: nn.Module) -> int:
     architectures or a reader that is already quantized."""
     kind = getattr(getattr(model, "config", None), "model_type", None)
     if kind not in FOLDABLE:
-        raise InvalidInput(f"norm folding knows model types {sorted(FOLDABLE)}; got {kind!r}")
+        raise InvalidInput(
+            f"norm folding knows model types {sorted(FOLDABLE)}; got {kind!r}: load it without the "
+            "+fold-norms suffix"
+        )
     pairs = _readers(model)
     for _, readers, where in pairs:
         bad = [type(r).__name__ for r in readers if type(r) is not nn.Linear]

@@ -388,9 +388,11 @@ class LlamaDecoder:
 
     def _check_raw_rows(self, peak: float) -> None:
         """Warn when a norm runs inside the GEMVs and the residual stream (largest magnitude ``peak``, seen
-        by a prompt pass) is large enough that their float16 partial sums of the raw row could overflow."""
-        norms = [self.final_norm, *(n for x in self.layers for n in (x.input_norm, x.post_norm))]
-        fused = self.fuse_norms and any(n.unit for n in norms)
+        by a prompt pass; decode steps are not checked) is large enough that their float16 partial sums of
+        the raw row could overflow."""
+        readers = [(self.final_norm, self.lm_head)]
+        readers += [(n, p) for x in self.layers for n, p in ((x.input_norm, x.qkv), (x.post_norm, x.gate_up))]
+        fused = self.fuse_norms and any(norm.unit and projection.quantized for norm, projection in readers)
         if fused and peak > RAW_ROW_LIMIT:
             warnings.warn(
                 f"the residual stream reaches {peak:.0f}: the norms inside the GEMVs sum the raw row in "

@@ -200,6 +200,11 @@ class FusedProjection:
         return DenseRun(weight, _bias(members, weight.dtype))
 
     @property
+    def quantized(self) -> bool:
+        """Whether some run is on the quantized kernels (the only ones that take a norm inside)."""
+        return any(isinstance(run, QuantRun) for _, _, run in self.runs)
+
+    @property
     def launches(self) -> int:
         """How many weight launches one call takes."""
         return len(self.runs)

@@ -31,8 +31,13 @@ from bitalloc.sensitivity.streaming import Reduce, decoder_layers, stream_layers
 
 def model_folder(spec: str) -> Path:
     """The local HF folder (with safetensors) of a model spec; GGUF sources go through the float cache."""
-    from bitalloc.models.loading import _cached_float_copy, resolve_source
+    from bitalloc.models.loading import FOLD_NORMS, _cached_float_copy, resolve_source, split_spec
 
+    if split_spec(spec)[1]:
+        raise InvalidInput(
+            f"offloading reads the checkpoint's tensors as stored and cannot fold the norms of {spec!r}: "
+            f"calibrate without offloading (whole-model or streaming), or drop the {FOLD_NORMS} suffix"
+        )
     kind, folder, filename = resolve_source(spec)
     if kind == "gguf" and folder is not None and filename is not None:
         return _cached_float_copy(folder, filename)

@@ -49,6 +49,19 @@ def test_weightless_norm_in_the_gemv_equals_norm_then_gemv(bits, config):
     assert dest.isnan().all()  # folded: the standalone norm did not run
 
 
+def test_eps_counts_for_a_small_row():
+    """A row of |x| ~ 1e-3 under eps 1e-2: eps dominates the mean of squares (a kernel without it would
+    scale by ~1000 instead of ~10)."""
+    gen = torch.Generator().manual_seed(9)
+    shape = (32, 256)
+    qw = random_qweight(4, 32, False, shape, gen)
+    hidden = (torch.randn(1, shape[1], generator=gen) * 1e-3).half().to(device())
+    normed = rmsnorm(hidden, _ones(shape[1]), 1e-2, _poisoned(shape[1]))
+    norm = RowNorm.of(_ones(shape[1]), 1e-2, _poisoned(shape[1]))
+    y = gemv(hidden, to_layout(qw), GemvConfig(block_n=16, split_k=2), norm=norm)
+    assert rel_err(y, reference_linear(normed, qw, dtype=torch.float64)) < 3e-3
+
+
 def test_a_norm_with_a_weight_runs_standalone_first():
     """A weight that is not all ones cannot be folded: the standalone norm fills ``dest`` and the GEMV reads
     it (the f16x2 kernel too)."""

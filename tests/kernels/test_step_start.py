@@ -25,7 +25,7 @@ def test_start_step_gathers_the_row_and_clears_the_scratch(width, scratch_shape)
 
 def test_start_step_rejects_a_wrong_row():
     embed = torch.zeros(4, 8, dtype=torch.float16)
-    with pytest.raises(ValueError, match="one contiguous row"):
+    with pytest.raises(ValueError, match="one row of one dtype"):
         start_step(embed, torch.zeros(1, dtype=torch.long), torch.zeros(1, 9, dtype=torch.float16), embed)
 
 

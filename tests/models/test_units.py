@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from bitalloc.errors import InvalidInput
-from bitalloc.models.loading import load_model, resolve_source, state_hash
+from bitalloc.models.loading import load_model, resolve_source, split_spec, state_hash
 from bitalloc.models.units import discover_units, unquantized_bytes
 
 
@@ -62,6 +62,8 @@ def test_hub_ids_resolve_to_hub():
 
 
 def test_fold_norms_suffix_loads_the_same_function_under_another_hash(smollm2_full):
+    assert split_spec("org/model+fold-norms") == ("org/model", True)
+    assert split_spec("org/model") == ("org/model", False)
     folded = load_model("smollm2-135m+fold-norms")
     assert folded.name == "smollm2-135m+fold-norms" and folded.model_hash != smollm2_full.model_hash
     layer = folded.model.model.layers[3]

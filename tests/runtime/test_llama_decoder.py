@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import warnings
+from unittest import mock
 
 import pytest
 import torch
 
+import bitalloc.kernels.row_norm as row_norm
 from bitalloc.errors import InvalidInput
 from bitalloc.kernels.linear import KernelFallbackWarning
 from bitalloc.quantizers.candidate import Candidate
@@ -97,6 +99,11 @@ def test_weightless_norms_run_inside_the_gemvs_and_weighted_ones_alone():
     assert first.input_norm.unit and first.post_norm.unit
     assert not second.input_norm.unit and not second.post_norm.unit and fused.final_norm.unit
     assert [p.launches for p in (first.qkv, first.gate_up)] == [2, 2]
+    for decoder, launches in ((fused, 1 + 2), (alone, 2 + 2 + 1)):  # q's norm, layer 1's two; all, final
+        with mock.patch.object(row_norm, "rmsnorm", wraps=row_norm.rmsnorm) as standalone:
+            decoder.reset()
+            decoder.step(int(ids[0, 0]))
+        assert standalone.call_count == launches
     ours, theirs = decoder_logits(fused, ids), decoder_logits(alone, ids)
     # rounding differs (the raw row is never rounded normed; GPU atomics reorder sums): 5.4e-3 on the H200
     assert ((ours - theirs).norm(dim=-1) / theirs.norm(dim=-1)).max() < 1e-2
@@ -107,16 +114,18 @@ def test_weightless_norms_run_inside_the_gemvs_and_weighted_ones_alone():
 
 def test_prefill_warns_when_the_raw_residual_row_is_too_large_for_fused_norms():
     """One embedding row beyond RAW_ROW_LIMIT: the prompt pass warns (naming the fix) when norms run inside
-    the GEMVs, and not when they are their own launches or the row is ordinary."""
+    the GEMVs, and not when they are their own launches, the row is ordinary or no GEMV is quantized."""
     model = tiny_llama(seed=6, layers=1)
-    quantize_linears(model, MIXED)
     with torch.no_grad():
         model.model.embed_tokens.weight[7, 3] = 5000.0
+    dense = LlamaDecoder(model, max_len=4)  # float16 only: every norm is its own launch
+    quantize_linears(model, MIXED)
     fused, alone = LlamaDecoder(model, max_len=4), LlamaDecoder(model, max_len=4, fuse_norms=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fused.prefill([1, 2])
         alone.prefill([1, 7])
+        dense.prefill([1, 7])
     fused.reset()
     with pytest.warns(RuntimeWarning, match="reaches 5000.*fuse_norms=False"):
         fused.prefill([1, 7])

@@ -55,6 +55,8 @@ def test_offloaded_profile_equals_the_in_memory_profile(smollm2_small, offloaded
 def test_offload_needs_a_local_safetensors_checkpoint(tmp_path):
     with pytest.raises(InvalidInput, match="huggingface-cli download"):
         model_folder("someone/some-model")
+    with pytest.raises(InvalidInput, match=r"cannot fold the norms.*\+fold-norms suffix"):
+        model_folder("someone/some-model+fold-norms")
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(InvalidInput, match="safe_serialization"):
         from bitalloc.sensitivity.offload import checkpoint_tensors
