@@ -7,8 +7,9 @@ Every decoder Linear is quantized with RTN (attention and down projections 4-bit
 128, asymmetric). Four runners decode batch 1, each step one CUDA graph, side by side in one process:
 transformers' model with a static cache (fp16, and mixed with ``use_kernels``) and ``LlamaDecoder`` (fused
 launches; fp16 on cuBLAS, mixed on the kernels; on Hopper its own kernels use programmatic dependent
-launch, and the mixed decoder is also timed without it, and with ``--no-l2-slice`` without the GEMVs asking L2
-for their slice before the PDL wait, ``GemvConfig.l2_slice``).
+launch, and the mixed decoder is also timed without it, with its RMSNorms as their own launches instead of
+inside the GEMVs (``fuse_norms=False``), and with ``--no-l2-slice`` without the GEMVs asking L2 for their
+slice before the PDL wait, ``GemvConfig.l2_slice``).
 Times: the median step with a sync after each step, and
 the mean step of back-to-back replays. Correctness: the decoder's logits against transformers' on the same
 weights (the mixed reference dequantizes in torch). With a latency table, the decoder's mixed step is also

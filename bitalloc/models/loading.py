@@ -97,8 +97,7 @@ def resolve_source(spec: str) -> tuple[str, Path | None, str | None]:
 
 def split_spec(spec: str) -> tuple[str, bool]:
     """``(source, fold)``: the model source of a spec, and whether it asks for the norms folded."""
-    fold = spec.endswith(FOLD_NORMS)
-    return (spec.removesuffix(FOLD_NORMS), True) if fold else (spec, False)
+    return spec.removesuffix(FOLD_NORMS), spec.endswith(FOLD_NORMS)
 
 
 def load_model(spec: str, *, device: str = "cpu") -> LoadedModel:

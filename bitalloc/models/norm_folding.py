@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from bitalloc.errors import InvalidInput
+from bitalloc.models.loading import FOLD_NORMS
 
 FOLDABLE = {"llama", "mistral", "qwen2", "qwen3"}  # y = weight * x / rms(x), read by plain linears
 
@@ -40,7 +41,7 @@ def fold_norm_weights(model: nn.Module) -> int:
     if kind not in FOLDABLE:
         raise InvalidInput(
             f"norm folding knows model types {sorted(FOLDABLE)}; got {kind!r}: load it without the "
-            "+fold-norms suffix"
+            f"{FOLD_NORMS} suffix"
         )
     pairs = _readers(model)
     for _, readers, where in pairs:
