@@ -27,7 +27,8 @@ from bitalloc.kernels.registry import Registry, TunedEntry
 from bitalloc.quantizers.candidate import Candidate, QuantKind
 
 SWEEP = [
-    MmaConfig(t, w, s, g) for t, w, s, g in itertools.product((1, 2, 4), (4, 8), (0, 8, 16), (False, True))
+    MmaConfig(t, w, s, g)
+    for t, w, s, g in itertools.product((1, 2, 4), (4, 8), (0, 8, 16, 32), (False, True))
 ]
 TUNE = [MmaConfig(t, 4, s) for t, s in itertools.product((1, 2, 4), (0, 8, 16))]
 
