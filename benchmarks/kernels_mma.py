@@ -34,9 +34,10 @@ TUNE = [MmaConfig(t, 4, s) for t, s in itertools.product((1, 2, 4), (0, 8, 16))]
 
 
 def tune(path: Path, shapes, bits_list) -> None:
-    """Time ``TUNE`` at batch 16 per (bits, shape), asymmetric codes; replace the table's ``mma`` entries."""
+    """Time ``TUNE`` at batch 16 per (bits, shape), asymmetric codes; replace the table's ``mma`` entries
+    of those bit widths."""
     base = Registry.load(path)
-    entries = [e for e in base.entries if e.kernel != "mma"]
+    entries = [e for e in base.entries if e.kernel != "mma" or e.bits not in bits_list]
     for shape, bits in itertools.product(shapes, bits_list):
         group = 128 if shape[1] % 128 == 0 else 64
         frag = to_fragment_layout(random_qweight(Candidate(QuantKind.RTN, bits, group, False), shape))

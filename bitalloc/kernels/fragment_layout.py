@@ -12,6 +12,14 @@ of an atom, k-tile ``e // 8`` of the atom, ``r = e % 8``) sits in field ``j // 2
 memory. Inside a scale group the mma positions are a permutation of the inputs (``_element_index``) chosen
 so that each lane's activations are one contiguous run.
 
+3-bit codes keep their two stored planes: a word of the low 2 bits is laid out as 2-bit codes, and a
+``high`` word of 1-bit fields serves two of them: bit ``16 h + 2 f + w`` is the high bit of field ``f``, half
+``h`` of the lane's low word ``w`` of the pair. ``codes_asm`` merges the low word with its high bits into two
+words of 3-bit fields at a 4-bit stride (even fields, odd fields: two shifts and two LOP3), which then
+decode like 4-bit fields; so element ``j`` of a low word sits in field ``ORDER3[j // 2]``, making the merged
+words' pairs come out in operand order. 3-bit needs a group of at least 64 inputs (two low words per
+high word).
+
 An atom is 16 outputs x ``ATOM_K`` inputs (``ATOM_K = min(256 / bits, group)``: at most one group, at
 most 4 words = 16 bytes per lane); memory order ``(out / 16, in / ATOM_K, 32 lanes, VEC words)``: a warp
 reads one contiguous ``32 * VEC``-word atom per 16 outputs, a lane one ``VEC``-word vector. Scales and
@@ -30,7 +38,8 @@ from bitalloc.kernels.layout import layout_supports
 from bitalloc.quantizers.packing import unpack_codes
 from bitalloc.quantizers.quantized_weight import QuantizedWeight
 
-FRAGMENT_BITS = (2, 4, 8)
+FRAGMENT_BITS = (2, 3, 4, 8)
+ORDER3 = (0, 2, 4, 6, 1, 3, 5, 7)  # 3-bit: field of register pair p (even fields, then odd ones)
 TILE = 16  # rows and inputs of one mma operand tile
 LANES = 32
 
@@ -43,19 +52,26 @@ def fragment_supports(bits: int, group_size: int, shape: tuple[int, int]) -> str
     reason = layout_supports(bits, group_size, in_features)  # the group-size rules of every kernel
     if reason is not None:
         return reason
+    if bits == 3 and group_size < 64:
+        return f"3-bit codes in groups of {group_size} (the tensor-core kernel needs groups of >= 64)"
     if out_features % TILE:
         return f"output dimension {out_features} not a multiple of {TILE}"
     return None
 
 
+def word_bits(bits: int) -> int:
+    """Bits per field of the (low) words: 3-bit codes store their low 2 bits there."""
+    return 2 if bits == 3 else bits
+
+
 def atom_k(bits: int, group_size: int) -> int:
     """Inputs per atom: at most 4 words per lane, never more than one group."""
-    return min(256 // bits, group_size)
+    return min(256 // word_bits(bits), group_size)
 
 
 def vec_words(bits: int, group_size: int) -> int:
-    """Words per lane per atom (4 = one 16-byte load)."""
-    return atom_k(bits, group_size) * TILE // LANES // (32 // bits)
+    """Words per lane per atom (4 = one 16-byte load); 3-bit: low words (half as many high words)."""
+    return atom_k(bits, group_size) * TILE // LANES // (32 // word_bits(bits))
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,10 +81,11 @@ class FragmentLayout:
     bits: int
     group_size: int
     shape: tuple[int, int]  # (out, in)
-    words: torch.Tensor  # (out / 16, in / ATOM_K, 32, VEC) int32
+    words: torch.Tensor  # (out / 16, in / ATOM_K, 32, VEC) int32; 3-bit: the low 2 bits
     scales: torch.Tensor  # (in / group, out) float16
     mins: torch.Tensor | None  # (in / group, out) float16 when asymmetric
     qoff: float  # w = scale * (code + qoff) + min
+    high: torch.Tensor | None = None  # 3-bit: (out / 16, in / ATOM_K, 32, VEC / 2) int32, the high bits
 
     @property
     def atom(self) -> int:
@@ -83,12 +100,12 @@ class FragmentLayout:
     @property
     def nbytes(self) -> int:
         """Bytes held by words, scales and mins (the stored format's bytes)."""
-        tensors = [self.words, self.scales] + ([self.mins] if self.mins is not None else [])
+        tensors = [self.words, self.scales] + [t for t in (self.mins, self.high) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def codes(self) -> torch.Tensor:
         """The ``(out, in)`` codes decoded from the words by the fragment mapping (for tests)."""
-        return _decode(self.words, self.bits, self.shape, self.group_size)
+        return _decode(self.words, self.high, self.bits, self.shape, self.group_size)
 
     def dequantize(self) -> torch.Tensor:
         """The float32 ``(out, in)`` weight the kernel computes with (for tests)."""
@@ -105,7 +122,7 @@ def _element_index(bits: int, group: int, device: torch.device) -> tuple[torch.T
     ``kt`` takes input ``4 KT t + 4 kt + 2 b2 + b0`` (``KT = G / 16``), so that lane ``t``'s activations
     of the whole group are one contiguous run of ``4 KT`` inputs (``mma.py`` loads them as 16-byte
     vectors)."""
-    per_word = 32 // bits
+    per_word = 32 // word_bits(bits)
     atom = atom_k(bits, group)
     vec = vec_words(bits, group)
     atoms = group // atom
@@ -124,8 +141,10 @@ def _element_index(bits: int, group: int, device: torch.device) -> tuple[torch.T
 
 
 def _field_shifts(bits: int, device: torch.device) -> torch.Tensor:
-    """Bit position of element ``j`` in its word: ``(E,)`` int64."""
-    j = torch.arange(32 // bits, device=device)
+    """Bit position of element ``j`` in its (low) word: ``(E,)`` int64."""
+    j = torch.arange(32 // word_bits(bits), device=device)
+    if bits == 3:
+        return 16 * (j % 2) + 2 * torch.tensor(ORDER3, device=device)[j // 2]
     return 16 * (j % 2) + bits * (j // 2)
 
 
@@ -137,33 +156,53 @@ def to_fragment_layout(qweight: QuantizedWeight) -> FragmentLayout:
     if reason is not None:
         raise UnsupportedShape(f"{cand.name} {qweight.shape}: no fragment layout for {reason}")
     q = unpack_codes(qweight.codes, cand.bits, out_features * in_features).view(out_features, in_features)
+    words, high = pack_fragments(q.to(torch.int64), cand.bits, cand.group_size)
     return FragmentLayout(
         cand.bits,
         cand.group_size,
         (out_features, in_features),
-        pack_fragments(q.to(torch.int64), cand.bits, cand.group_size),
+        words,
         qweight.scales.t().contiguous(),
         None if qweight.mins is None else qweight.mins.t().contiguous(),
         -float(1 << (cand.bits - 1)) if cand.symmetric else 0.0,
+        high,
     )
 
 
-def pack_fragments(q: torch.Tensor, bits: int, group: int) -> torch.Tensor:
-    """Codes ``q (out, in)`` (< 2**bits) -> words ``(out / 16, in / ATOM_K, 32, VEC)`` int32."""
+def _int32(words: torch.Tensor) -> torch.Tensor:
+    """Unsigned 32-bit values held in int64 -> int32 with the same bits."""
+    return torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
+
+
+def pack_fragments(q: torch.Tensor, bits: int, group: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Codes ``q (out, in)`` (< 2**bits) -> words ``(out / 16, in / ATOM_K, 32, VEC)`` int32, and for 3-bit
+    codes the high words ``(out / 16, in / ATOM_K, 32, VEC / 2)``."""
     out_features, in_features = q.shape
     row, col = _element_index(bits, group, q.device)  # (G / ATOM_K, 32, VEC, E)
     tiles = q.view(out_features // TILE, TILE, in_features // group, group).permute(0, 2, 1, 3)
     vals = tiles[:, :, row, col]  # (out / 16, in / G, G / ATOM_K, 32, VEC, E)
-    words = (vals << _field_shifts(bits, q.device)).sum(-1)  # fields disjoint, < 2**32
-    words = torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
-    return words.reshape(out_features // TILE, -1, LANES, row.shape[2]).contiguous()
+    shifts = _field_shifts(bits, q.device)
+    words = _int32(((vals & 3 if bits == 3 else vals) << shifts).sum(-1))  # fields disjoint, < 2**32
+    words = words.reshape(out_features // TILE, -1, LANES, row.shape[2]).contiguous()
+    if bits != 3:
+        return words, None
+    high = (vals >> 2).unflatten(-2, (-1, 2)) << (shifts[None, :] + torch.arange(2, device=q.device)[:, None])
+    high = _int32(high.sum((-2, -1)))  # (..., VEC / 2): low word 2 u + w at bit offset w
+    return words, high.reshape(out_features // TILE, -1, LANES, row.shape[2] // 2).contiguous()
 
 
-def _decode(words: torch.Tensor, bits: int, shape: tuple[int, int], group: int) -> torch.Tensor:
-    """Invert ``pack_fragments``: words -> codes ``(out, in)`` int32."""
+def _decode(
+    words: torch.Tensor, high: torch.Tensor | None, bits: int, shape: tuple[int, int], group: int
+) -> torch.Tensor:
+    """Invert ``pack_fragments``: words (and 3-bit high words) -> codes ``(out, in)`` int32."""
     out_features, in_features = shape
     row, col = _element_index(bits, group, words.device)
-    vals = (words.to(torch.int64)[..., None] >> _field_shifts(bits, words.device)) & ((1 << bits) - 1)
+    shifts = _field_shifts(bits, words.device)
+    vals = (words.to(torch.int64)[..., None] >> shifts) & ((1 << word_bits(bits)) - 1)
+    if high is not None:  # (..., VEC / 2) -> the high bit of every element of the low words 2 u + w
+        w = torch.arange(2, device=words.device)[:, None]
+        bit = (high.to(torch.int64)[..., None, None] >> (shifts[None, :] + w)) & 1  # (..., VEC / 2, 2, E)
+        vals = vals | (bit.flatten(-3, -2) << 2)
     vals = vals.view(out_features // TILE, in_features // group, *row.shape)
     tiles = torch.zeros(
         out_features // TILE, in_features // group, TILE, group, dtype=torch.int64, device=words.device

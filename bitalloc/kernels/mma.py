@@ -2,7 +2,8 @@
 
 Each lane loads its own words (``fragment_layout.py``): one 16-byte vector per 16 outputs and atom. A word's
 field pairs become the float16x2 registers of the mma's left operand by one LOP3 and one f16x2 FMA each
-(inline PTX, ``codes_asm``), already in the operand layout: the unpacked ``(BLOCK_OUT, GROUP)`` tile reaches
+(inline PTX, ``codes_asm``; 3-bit codes first merge each low word with its high bits, ``codes3_asm``),
+already in the operand layout: the unpacked ``(BLOCK_OUT, GROUP)`` tile reaches
 ``mma_v2`` (``mma.sync.m16n8k16``, float32 accumulators) through reshapes and a permute that move no data
 (``convert_layout(..., assert_trivial=True)`` proves it at compile time). One K step is one scale group:
 ``acc += scale * (q W-tile @ x^T)`` per output row, plus ``min * sum(x of the group)`` for asymmetric codes
@@ -29,7 +30,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
 from bitalloc.kernels._half2 import _f16x2
-from bitalloc.kernels.fragment_layout import TILE, FragmentLayout, atom_k, vec_words
+from bitalloc.kernels.fragment_layout import TILE, FragmentLayout, atom_k, vec_words, word_bits
 
 MMA_MAX_BATCH = 16
 _cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier  # triton 3.6 / later
@@ -45,9 +46,44 @@ class MmaConfig:
     wgmma: bool = False  # Hopper warpgroup mma for 9-16 rows (needs 4 or 8 warps)
 
 
+def _field_lines(src: str, s: int, width: int, qoff: float, out: str) -> list[str]:
+    """PTX: the ``width``-bit field at bit ``s`` of both halves of ``src`` as float16x2 ``code + qoff``."""
+    mask = ((1 << width) - 1) << s
+    return [
+        f"lop3.b32 v, {src}, 0x{mask:04X}{mask:04X}, 0x64006400, 0xEA;",
+        f"mov.b32 c1, {_f16x2(2.0**-s)};",
+        f"mov.b32 c2, {_f16x2(-1024.0 * 2.0**-s + qoff)};",
+        f"fma.rn.f16x2 {out}, v, c1, c2;",
+    ]
+
+
+def codes3_asm(qoff: float) -> str:
+    """PTX: the 16 float16 ``code + qoff`` of a 3-bit low word (input ``$8``, it arrives 16 times) and its
+    high bits at bit ``2 f`` of each half (``$24``, 16 times), as 8 float16x2 outputs in operand order
+    (``fragment_layout.ORDER3``): merged into even and odd fields at a 4-bit stride, then decoded as 4-bit."""
+    lines = ["{", ".reg .b32 t, ev, od, evh, odh, v, c1, c2;"]
+    lines += [
+        "shl.b32 t, $24, 2;",
+        "lop3.b32 ev, $8, t, 0x33333333, 0xE4;",  # low bits of even fields, their high bit above
+        "shr.u32 t, $8, 2;",
+        "lop3.b32 od, t, $24, 0x33333333, 0xE4;",  # odd fields moved down, their high bit in place
+        "shr.u32 evh, ev, 8;",
+        "shr.u32 odh, od, 8;",
+    ]
+    for p in range(8):
+        word = "ev" if p < 4 else "od"
+        nibble = p % 4
+        lines += _field_lines(word if nibble < 2 else f"{word}h", 4 * (nibble % 2), 3, qoff, f"${p}")
+    lines.append("}")
+    return "\n".join(lines)
+
+
 def codes_asm(bits: int, qoff: float) -> str:
     """PTX: the ``E = 32 / bits`` float16 ``code + qoff`` of one word (input ``$E/2``; it arrives E times),
-    as E/2 float16x2 outputs ``$0..``: pair ``p`` = field ``p`` of the low and the high half."""
+    as E/2 float16x2 outputs ``$0..``: pair ``p`` = field ``p`` of the low and the high half (3-bit:
+    ``codes3_asm``)."""
+    if bits == 3:
+        return codes3_asm(qoff)
     per_word = 32 // bits
     pairs = per_word // 2
     lines = ["{", ".reg .b32 hw, v, c1, c2;"]
@@ -57,13 +93,7 @@ def codes_asm(bits: int, qoff: float) -> str:
     for p in range(pairs):
         pos = bits * p
         src, s = (word, pos) if pos < 8 else ("hw", pos - 8)
-        mask = ((1 << bits) - 1) << s
-        lines += [
-            f"lop3.b32 v, {src}, 0x{mask:04X}{mask:04X}, 0x64006400, 0xEA;",
-            f"mov.b32 c1, {_f16x2(2.0**-s)};",
-            f"mov.b32 c2, {_f16x2(-1024.0 * 2.0**-s + qoff)};",
-            f"fma.rn.f16x2 ${p}, v, c1, c2;",
-        ]
+        lines += _field_lines(src, s, bits, qoff, f"${p}")
     lines.append("}")
     return "\n".join(lines)
 
@@ -176,6 +206,7 @@ def _load_words(
 @gluon.jit
 def _unpack(
     words,
+    high,
     ASM: gl.constexpr,
     BITS: gl.constexpr,
     TM: gl.constexpr,
@@ -184,18 +215,26 @@ def _unpack(
     L6: gl.constexpr,
     A_LAYOUT: gl.constexpr,
 ):
-    """Words ``(TM, 8, ATOMS, 4, VEC)`` -> the float16 operand ``(TM * 16, ATOMS * ATOM_K)`` in A_LAYOUT."""
-    E: gl.constexpr = 32 // BITS
+    """Words ``(TM, 8, ATOMS, 4, VEC)`` (3-bit: and their high words ``(TM, 8, ATOMS, 4, VEC / 2)``) -> the
+    float16 operand ``(TM * 16, ATOMS * ATOM_K)`` in A_LAYOUT."""
+    E: gl.constexpr = 32 // (2 if BITS == 3 else BITS)
     TA: gl.constexpr = VEC * E // 8  # k-tiles per atom
     words = gl.convert_layout(words, gl.SliceLayout(5, L6))
-    wb = gl.broadcast(gl.expand_dims(words, 5), gl.full([TM, 8, ATOMS, 4, VEC, E], 0, gl.int32, L6))[0]
+    zeros = gl.full([TM, 8, ATOMS, 4, VEC, E], 0, gl.int32, L6)
+    wb = gl.broadcast(gl.expand_dims(words, 5), zeros)[0]
     if E == 4:
         cons: gl.constexpr = "=r,=r,r,r,r,r"
     elif E == 8:
         cons: gl.constexpr = "=r,=r,=r,=r,r,r,r,r,r,r,r,r"
     else:
-        cons: gl.constexpr = "=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r"
-    vals = gl.inline_asm_elementwise(ASM, cons, [wb], dtype=gl.float16, is_pure=True, pack=E)
+        cons: gl.constexpr = "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 16 * (2 if BITS == 3 else 1)
+    if BITS == 3:  # low word 2 u + w takes high word u shifted down by w
+        bh = gl.join(high, high >> 1).reshape([TM, 8, ATOMS, 4, VEC])
+        bh = gl.convert_layout(bh, gl.SliceLayout(5, L6))
+        hb = gl.broadcast(gl.expand_dims(bh, 5), zeros)[0]
+        vals = gl.inline_asm_elementwise(ASM, cons, [wb, hb], dtype=gl.float16, is_pure=True, pack=E)
+    else:
+        vals = gl.inline_asm_elementwise(ASM, cons, [wb], dtype=gl.float16, is_pure=True, pack=E)
     vals = vals.reshape([TM, 8, ATOMS, 4, TA, 2, 2, 2])  # (tm, g, ka, t, ta, b2, b1, b0)
     vals = vals.permute([0, 6, 1, 2, 4, 5, 3, 7])  # (tm, b1, g, ka, ta, b2, t, b0)
     vals = vals.reshape([TM * 16, ATOMS * TA * 16])
@@ -206,6 +245,7 @@ def _unpack(
 def _mma_kernel(
     x_ptr,
     w_ptr,
+    h_ptr,
     s_ptr,
     m_ptr,
     xs_ptr,
@@ -229,6 +269,7 @@ def _mma_kernel(
     L6: gl.constexpr,
     LW: gl.constexpr,
     LX: gl.constexpr,
+    LH: gl.constexpr,
 ):
     W: gl.constexpr = gl.num_warps()
     TM: gl.constexpr = W * TILES_PER_WARP
@@ -264,15 +305,21 @@ def _mma_kernel(
         X_SMEM: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=2 * BN, element_bitwidth=16, rank=2)
         x_smem = gl.allocate_shared_memory(gl.float16, [2, GROUP, BN], X_SMEM)
     words = _load_words(w_ptr, tile0, s_begin, n_atoms_k, ATOMS, VEC, TM, LW)
+    high = words  # 3-bit: the high words, half as many
+    if BITS == 3:
+        high = _load_words(h_ptr, tile0, s_begin, n_atoms_k, ATOMS, VEC // 2, TM, LH)
     xb = _load_x(x_ptr, x_stride, M, s_begin * GROUP, GROUP, BN, LX, B_L, WGMMA)
     scale = gl.load(s_ptr + s_begin * N + rows)
     mins = gl.load(m_ptr + s_begin * N + rows)
     for step in range(s_begin, s_end):  # loads of step + 1 are in flight during step's arithmetic
         nxt = gl.minimum(step + 1, s_end - 1)  # the last step re-reads itself (cache hit)
         next_words = _load_words(w_ptr, tile0, nxt, n_atoms_k, ATOMS, VEC, TM, LW)
+        next_high = next_words
+        if BITS == 3:
+            next_high = _load_words(h_ptr, tile0, nxt, n_atoms_k, ATOMS, VEC // 2, TM, LH)
         next_xb = _load_x(x_ptr, x_stride, M, nxt * GROUP, GROUP, BN, LX, B_L, WGMMA)
         next_scale = gl.load(s_ptr + nxt * N + rows)
-        a = _unpack(words, ASM, BITS, TM, ATOMS, VEC, L6, A_L)
+        a = _unpack(words, high, ASM, BITS, TM, ATOMS, VEC, L6, A_L)
         if WGMMA:  # two x buffers: a warp may store step + 1 while another still multiplies step
             xbuf = x_smem.index(step % 2)
             xbuf.store(xb)
@@ -288,6 +335,7 @@ def _mma_kernel(
             acc += gl.expand_dims(mins.to(gl.float32), 1) * gl.expand_dims(xs, 0)
             mins = next_mins
         words = next_words
+        high = next_high
         xb = next_xb
         scale = next_scale
 
@@ -331,9 +379,10 @@ def kernel_constants(
             "HAS_MIN": has_min,
             "TILES_PER_WARP": tiles_per_warp,
             "BN": bn,
-            "L6": unpack_layout(num_warps, tiles_per_warp, atoms, vec, 32 // bits),
+            "L6": unpack_layout(num_warps, tiles_per_warp, atoms, vec, 32 // word_bits(bits)),
             "LW": words_layout(num_warps, tiles_per_warp, atoms, vec),
             "LX": x_layout(num_warps, group_size, bn),
+            "LH": words_layout(num_warps, tiles_per_warp, atoms, max(1, vec // 2)),
         }
     )
 
@@ -355,6 +404,7 @@ def compile_offline(
     args = [
         "x_ptr",
         "w_ptr",
+        "h_ptr",
         "s_ptr",
         "m_ptr",
         "xs_ptr",
@@ -366,7 +416,7 @@ def compile_offline(
         "xs_stride",
         "y_stride",
     ]
-    types = ["*fp16", "*i32", "*fp16", "*fp16", "*fp32", "*fp16", "i32", "i32", "i32", "i32", "i32", "i32"]
+    types = ["*fp16", "*i32", "*i32", "*fp16", "*fp16", "*fp32", "*fp16"] + ["i32"] * 6
     signature = dict(zip(args, types, strict=True))
     signature.update({k: "constexpr" for k in consts})
     aligned = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(args) if a not in ("M", "xs_stride")}
@@ -409,6 +459,7 @@ def mma_matmul(
     _mma_kernel[(row_programs, split_k)](
         x,
         layout.words,
+        layout.words if layout.high is None else layout.high,
         layout.scales,
         mins,
         xs,

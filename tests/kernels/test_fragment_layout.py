@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bitalloc.errors import UnsupportedShape
-from bitalloc.kernels.fragment_layout import fragment_supports, to_fragment_layout
+from bitalloc.kernels.fragment_layout import fragment_supports, to_fragment_layout, word_bits
 from bitalloc.kernels.mma import codes_asm
 from bitalloc.kernels.reference import reference_linear
 from bitalloc.quantizers.quantized_weight import QuantizedWeight
@@ -23,6 +23,7 @@ from tests.kernels.helpers import random_qweight
 from tests.kernels.test_half2 import run_ptx_regs
 
 CASES = list(itertools.product((2, 4, 8), (32, 64, 128), (True, False)))
+CASES += list(itertools.product((3,), (64, 128), (True, False)))
 
 
 def _cpu_qweight(bits: int, group: int, sym: bool, shape: tuple[int, int], gen) -> QuantizedWeight:
@@ -53,8 +54,10 @@ def test_lane_fragments_multiply_to_the_exact_codes_dot(bits, group, sym):
     assert torch.equal(fl.dequantize(), reference_linear(torch.eye(shape[1]), qw).t().float())
     x = torch.randint(-3, 4, (8, shape[1]), generator=gen).double()  # (n, in), small integers: exact sums
     asm = codes_asm(bits, fl.qoff)
-    per_word = 32 // bits
+    per_word = 32 // word_bits(bits)
     words = fl.words.view(shape[0] // 16, shape[1] // group, -1, 32, fl.vec)  # (tile, group, atom, lane, v)
+    if bits == 3:
+        high = fl.high.view(shape[0] // 16, shape[1] // group, -1, 32, fl.vec // 2)
     codes = fl.codes().double() + fl.qoff
     kt_count = group // 16
     for tile, grp in itertools.product(range(shape[0] // 16), range(shape[1] // group)):
@@ -64,7 +67,10 @@ def test_lane_fragments_multiply_to_the_exact_codes_dot(bits, group, sym):
             elems = []
             for atom, v in itertools.product(range(words.shape[2]), range(fl.vec)):
                 w = int(words[tile, grp, atom, lane, v]) & 0xFFFFFFFF
-                regs = run_ptx_regs(asm, [w] * per_word, outputs=per_word // 2)
+                inputs = [w] * per_word
+                if bits == 3:  # the high word of the pair, shifted to this low word's bits
+                    inputs += [(int(high[tile, grp, atom, lane, v // 2]) & 0xFFFFFFFF) >> (v % 2)] * per_word
+                regs = run_ptx_regs(asm, inputs, outputs=per_word // 2)
                 elems += [h for r in regs for h in r]  # float16 halves, low first
             for e, value in enumerate(elems):
                 row, k = _a_position(e % 8, lane)
@@ -93,7 +99,7 @@ def test_fragment_layout_holds_the_stored_bytes():
 @pytest.mark.parametrize(
     ("bits", "group", "shape", "fragment"),
     [
-        (3, 128, (32, 256), "3-bit"),
+        (3, 32, (32, 256), "3-bit codes in groups of 32"),
         (4, 16, (32, 256), "group size 16"),
         (4, 128, (40, 256), "multiple of 16"),
         (4, 128, (32, 192), "not divisible"),
@@ -102,7 +108,7 @@ def test_fragment_layout_holds_the_stored_bytes():
 def test_unsupported_formats_are_named(bits, group, shape, fragment):
     reason = fragment_supports(bits, group, shape)
     assert reason is not None and fragment in reason
-    if group >= 32 and bits in (2, 4, 8) and shape[1] % group == 0:
+    if group >= 32 and shape[1] % group == 0:
         gen = torch.Generator().manual_seed(1)
         with pytest.raises(UnsupportedShape, match=fragment):
             to_fragment_layout(_cpu_qweight(bits, group, True, shape, gen))

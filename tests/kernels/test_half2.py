@@ -40,9 +40,16 @@ def run_ptx_regs(asm: str, inputs: list[int], outputs: int = 1) -> list:
         args = [a.strip() for a in re.split(r",(?![^{]*})", rest)]
         if op == "shr.u32":
             regs[args[0]] = val(args[1]) >> int(args[2])
-        elif op == "lop3.b32":
-            assert args[4] == "0xEA"  # (a & b) | c
-            regs[args[0]] = (val(args[1]) & val(args[2])) | val(args[3])
+        elif op == "shl.b32":
+            regs[args[0]] = (val(args[1]) << int(args[2])) & 0xFFFFFFFF
+        elif op == "lop3.b32":  # bit i of the table: the result for (a, b, c) bits with i = 4 a + 2 b + c
+            a, b, c = (val(t) for t in args[1:4])
+            table, full = int(args[4], 16), 0xFFFFFFFF
+            regs[args[0]] = 0
+            for i in range(8):
+                if table >> i & 1:
+                    terms = [x if i >> k & 1 else ~x & full for x, k in ((a, 2), (b, 1), (c, 0))]
+                    regs[args[0]] |= terms[0] & terms[1] & terms[2]
         elif op == "mov.b32" and args[0].startswith("{"):
             lo, hi = (t.strip() for t in args[0].strip("{}").split(","))
             regs[lo], regs[hi] = _halves(val(args[1]))

@@ -20,7 +20,8 @@ pytestmark = [
 
 @pytest.mark.parametrize(
     ("bits", "group", "sym", "batch"),
-    list(itertools.product((2, 4, 8), (32, 64, 128), (True, False), (1, 5, 16))),
+    list(itertools.product((2, 4, 8), (32, 64, 128), (True, False), (1, 5, 16)))
+    + list(itertools.product((3,), (64, 128), (True, False), (1, 5, 16))),
 )
 def test_mma_matches_reference(bits, group, sym, batch):
     from bitalloc.kernels.mma import MmaConfig, mma_matmul
@@ -43,7 +44,9 @@ def test_mma_matches_reference(bits, group, sym, batch):
         assert rel_err(y, ref) < 2e-3, config
 
 
-@pytest.mark.parametrize(("shape", "bits"), [((4096, 4096), 4), ((14336, 4096), 2), ((4096, 14336), 8)])
+@pytest.mark.parametrize(
+    ("shape", "bits"), [((4096, 4096), 4), ((14336, 4096), 2), ((4096, 14336), 8), ((8192, 4096), 3)]
+)
 def test_mma_on_large_shapes(shape, bits):
     from bitalloc.kernels.mma import MmaConfig, mma_matmul
 

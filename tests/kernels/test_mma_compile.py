@@ -24,6 +24,8 @@ CASES = [  # bits, group, symmetric, columns, (tiles per warp, warps, split-K, w
     (2, 64, False, 8, (2, 4, 2, False)),
     (8, 128, True, 16, (2, 8, 4, False)),
     (4, 128, True, 16, (1, 4, 2, True)),
+    (3, 128, False, 16, (4, 4, 8, False)),  # 3-bit: low and high words
+    (3, 64, True, 8, (1, 4, 1, False)),
 ]
 
 _SCRIPT = """
