@@ -35,9 +35,7 @@ def test_use_kernels_runs_a_mixed_stack_like_the_reference():
             y1 = model(x[:1])  # batch 1: GEMV
     probe = torch.empty(3, 128, dtype=torch.float16, device=device())
     tensor_cores = torch.cuda.is_available()
-    assert [m.choice(probe).kernel for m in model] == (
-        ["mma"] * 3 if tensor_cores else ["swapab"] * 3
-    )
+    assert [m.choice(probe).kernel for m in model] == (["mma"] * 3 if tensor_cores else ["swapab"] * 3)
     assert all(m.choice(probe.new_empty(17, 128)).kernel == "gemm" for m in model)
     assert rel_err(y, ref) < 5e-3
     assert rel_err(y1, ref[:1]) < 5e-3
