@@ -25,9 +25,6 @@ from bitalloc.kernels.layout import layout_supports
 from bitalloc.quantizers.candidate import Candidate
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-# bit widths routed to the tensor-core kernel; 3-bit codes have its layout and PTX (checked on the CPU) but
-# wait for a GPU test before calls take that path
-TENSOR_CORE_BITS = (2, 4, 8)
 DEFAULT_TABLE = CONFIG_DIR / "h100.json"
 DEVICE_TABLES = {"H200": CONFIG_DIR / "h200.json"}  # device name fragment -> its table, when present
 BATCH_BUCKETS = (1, 16, 64, 256)
@@ -165,8 +162,7 @@ class Registry:
             return KernelChoice("reference", {}, reason)
         choice = self.choose(bits, shape, batch)
         tensor_cores = dtype == torch.float16 and not interpret  # Gluon has no interpreter
-        mma = tensor_cores and bits in TENSOR_CORE_BITS and fragment_supports(bits, group, shape) is None
-        if choice.kernel == "swapab" and mma:
+        if choice.kernel == "swapab" and tensor_cores and fragment_supports(bits, group, shape) is None:
             return self.choose_mma(bits, shape, batch)
         return choice
 

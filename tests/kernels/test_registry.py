@@ -106,7 +106,9 @@ def test_choose_call_names_the_path_each_call_takes():
     )  # no Gluon interpreter
     assert reg.choose_call(c4, (64, 256), 5, bf16, cuda).kernel == "swapab"
     assert reg.choose_call(c4, (72, 256), 5, f16, cuda).kernel == "swapab"  # 72 outputs: not 16-row tiles
-    assert reg.choose_call(c3, (64, 256), 5, f16, cuda).kernel == "swapab"  # not routed to mma yet
+    assert reg.choose_call(c3, (64, 256), 5, f16, cuda).kernel == "mma"  # low and high words
+    c3g32 = Candidate(QuantKind.RTN, 3, 32, False)
+    assert reg.choose_call(c3g32, (64, 256), 5, f16, cuda).kernel == "swapab"  # 3-bit needs groups >= 64
     assert reg.choose_call(c4, (64, 256), 1, f16, cuda).kernel == "gemv"
     assert reg.choose_call(c4, (64, 256), 17, f16, cuda).kernel == "gemm"
     fallback = reg.choose_call(Candidate(QuantKind.RTN, 7, 128, False), (64, 256), 5, f16, cuda)
