@@ -3,6 +3,8 @@
     python benchmarks/kernels_speed.py                       # speed table (Markdown) with the tuned configs
     python benchmarks/kernels_speed.py --tune OUT.json       # tune launch configs, write the registry table
     python benchmarks/kernels_speed.py --latency OUT.csv     # time every format x shape x batch, write CSV
+    python benchmarks/kernels_speed.py --latency T.csv --latency-bits 3 --latency-batches 16 --latency-update
+                                                             # re-time those rows of an existing table
     python benchmarks/kernels_speed.py --gemlite             # add gemlite (pip package) to the speed table
 
 Shapes are (out, in). Times: each call captured in a CUDA graph and replayed, 128 MiB overwritten before
@@ -363,17 +365,34 @@ def gemlite_us(qw: QuantizedWeight, x: torch.Tensor, flush: str = "read") -> flo
 
 
 def latency_csv(
-    registry: Registry, path: Path, shapes, groups=(32, 64, 128), pipelined: bool = False
+    registry: Registry,
+    path: Path,
+    shapes,
+    groups=(32, 64, 128),
+    pipelined: bool = False,
+    bits_list=(2, 3, 4, 5, 6, 8),
+    batches=BATCH_BUCKETS,
+    update: bool = False,
 ) -> None:
     """Time every (bits, group, symmetry) x shape x batch with the registry's choice; write CSV. Isolated
     calls (``bench``: L2 flushed, one call per graph) or, with ``pipelined``, calls back to back on rotating
     weight copies (``bench_pipelined``; batch-1 GEMVs add into one output with PDL, as in the decoder; the
-    float16 column stays a plain ``F.linear`` per call)."""
+    float16 column stays a plain ``F.linear`` per call). With ``update`` the rows of ``path`` outside
+    ``bits_list`` x ``batches`` are kept and the others replaced."""
+    kept = []
+    if update:
+        with open(path, newline="") as f:
+            kept = [
+                r
+                for r in csv.DictReader(f)
+                if not (int(r["bits"]) in bits_list and int(r["batch"]) in batches)
+            ]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
+        writer.writerows(kept)
         for shape in shapes:
-            for batch in BATCH_BUCKETS:
+            for batch in batches:
                 w16 = torch.randn(shape, device="cuda", dtype=torch.float16)
                 x = torch.randn(batch, shape[1], device="cuda", dtype=torch.float16)
                 if pipelined:
@@ -381,7 +400,7 @@ def latency_csv(
                     fp16_us = bench_pipelined([lambda w=w, x=x: torch.nn.functional.linear(x, w) for w in ws])
                 else:
                     fp16_us = bench(lambda: torch.nn.functional.linear(x, w16), rep=20)  # noqa: B023 (called at once)
-                for bits, group, sym in itertools.product((2, 3, 4, 5, 6, 8), groups, (True, False)):
+                for bits, group, sym in itertools.product(bits_list, groups, (True, False)):
                     if shape[1] % group:
                         continue
                     cand = Candidate(QuantKind.RTN, bits, group, sym)
@@ -438,6 +457,11 @@ def main() -> None:
     parser.add_argument("--batches", default="1,16,64,256", help="batch sizes of the speed table")
     parser.add_argument("--nested", action="store_true", help="add batch-1 rows for bit-nested weights")
     parser.add_argument("--latency-groups", default="32,64,128", help="group sizes of the latency table")
+    parser.add_argument("--latency-bits", default="2,3,4,5,6,8", help="bit widths of the latency table")
+    parser.add_argument("--latency-batches", default="1,16,64,256", help="batch buckets of the latency table")
+    parser.add_argument(
+        "--latency-update", action="store_true", help="replace only these bits x batches rows of the table"
+    )
     parser.add_argument(
         "--latency-mode",
         default="isolated",
@@ -464,7 +488,16 @@ def main() -> None:
     registry = Registry.load(args.tune or args.table) if (args.table or args.tune) else Registry.load()
     if args.latency:
         groups = tuple(int(g) for g in args.latency_groups.split(","))
-        latency_csv(registry, args.latency, shapes, groups, pipelined=args.latency_mode == "pipelined")
+        latency_csv(
+            registry,
+            args.latency,
+            shapes,
+            groups,
+            pipelined=args.latency_mode == "pipelined",
+            bits_list=tuple(int(b) for b in args.latency_bits.split(",")),
+            batches=tuple(int(b) for b in args.latency_batches.split(",")),
+            update=args.latency_update,
+        )
     if not args.no_speed:
         batches = tuple(int(b) for b in args.batches.split(","))
         rows = speed_table(registry, shapes, batches, args.gemlite, flush=args.flush)
