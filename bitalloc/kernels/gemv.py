@@ -127,6 +127,18 @@ def slice_prefetch_on(config: GemvConfig, pdl: bool, weight_bytes: int) -> bool:
     return bool(config.l2_slice) and pdl and weight_bytes <= L2_SLICE_MAX_BYTES
 
 
+def folds_norm(x: torch.Tensor, layout: KernelLayout, config: GemvConfig, norm: RowNorm) -> bool:
+    """Whether ``gemv`` takes ``norm`` inside (the f16x2 kernel, a weightless norm, float16 pairs at a
+    4-byte-aligned address); otherwise the standalone norm runs first."""
+    return norm.unit and _half2(x, layout, config) and x.data_ptr() % 4 == 0
+
+
+def _half2(x: torch.Tensor, layout: KernelLayout, config: GemvConfig) -> bool:
+    """Whether the call runs the f16x2 kernel: float16 activations, one plane, its bit widths."""
+    one_plane = layout.a.shape[0] == 1 and layout.bits in HALF2_R
+    return bool(config.half2) and x.dtype == torch.float16 and one_plane
+
+
 def gemv(
     x: torch.Tensor,
     layout: KernelLayout,
@@ -147,10 +159,10 @@ def gemv(
     if accumulate and out is None:
         raise ValueError("gemv: accumulate=True adds into an output, pass out=")
     out_features, in_features = layout.shape
-    h2 = bool(config.half2) and x.dtype == torch.float16 and layout.a.shape[0] == 1 and layout.bits in HALF2_R
+    h2 = _half2(x, layout, config)
     if norm is not None:
         norm.check(x)
-        if not (h2 and norm.unit) or x.data_ptr() % 4:  # no fold: the standalone norm
+        if not folds_norm(x, layout, config, norm):  # the standalone norm first
             x, norm = norm.apply(x, pdl), None
     x = x.reshape(-1).contiguous()  # (in,)
     block_k = layout.chunk

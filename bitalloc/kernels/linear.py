@@ -100,6 +100,14 @@ class KernelQuantLinear(QuantLinear):
             y = gemm(x2, self.layout(), GemmConfig(**choice.params))
         return self._add_bias(y).view(*x.shape[:-1], self.out_features)
 
+    def folds_norm(self, x: torch.Tensor, norm: RowNorm) -> bool:
+        """Whether ``forward_into(x, ..., norm=norm)`` takes the norm inside its GEMV (no own launch)."""
+        from bitalloc.kernels.gemv import GemvConfig, folds_norm
+
+        choice = self.choice(x)
+        gemv_call = choice.kernel == "gemv" and x.shape[0] == 1
+        return gemv_call and folds_norm(x, self.layout(), GemvConfig(**choice.params), norm)
+
     def forward_into(
         self,
         x: torch.Tensor,

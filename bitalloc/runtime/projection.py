@@ -65,6 +65,10 @@ class QuantRun:
         weightless ``norm`` in; otherwise ``x`` is normed first by the standalone kernel)."""
         self.linear.forward_into(x, out, accumulate, pdl, norm)
 
+    def folds_norm(self, x: torch.Tensor, norm: RowNorm) -> bool:
+        """Whether ``run`` takes ``norm`` inside its GEMV."""
+        return self.linear.folds_norm(x, norm)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (rows, in) -> (rows, out)`` on the kernel the registry picks for that many rows, never building
         the tensor-core fragment layout (a second copy of the codes: the decoder's steps read the GEMV's)."""
@@ -220,10 +224,10 @@ class FusedProjection:
         """``out (1, out_features) [+]= x (1, in) [W_1; W_2; ...]^T`` (contiguous rows); ``pdl``: kernels that
         support it use programmatic dependent launch. ``norm``: ``x`` is the raw row of an RMSNorm, folded
         into each GEMV that can (``kernels/row_norm.py``); the other runs read the standalone norm's output
-        (computed once)."""
+        (computed once for all of them)."""
         normed = None
         for start, stop, run in self.runs:
-            if isinstance(run, QuantRun):
+            if norm is not None and isinstance(run, QuantRun) and run.folds_norm(x, norm):
                 run.run(x, out[:, start:stop], accumulate, pdl, norm)
             elif norm is not None:
                 normed = norm.apply(x, pdl) if normed is None else normed

@@ -56,3 +56,40 @@ def test_fused_projection_rejects_mismatched_inputs():
         FusedProjection([linear(32, 64, None, gen), linear(32, 128, None, gen)], Registry.load())
     with pytest.raises(InvalidInput, match=r"nn\.Linear, QuantLinear or PackedLinear"):
         FusedProjection([nn.Conv1d(4, 4, 1)], Registry.load())
+
+
+@pytest.mark.parametrize(
+    ("formats", "unit", "launches"),
+    [
+        (["rtn-w5g32-asym", "rtn-w6g32-asym", "rtn-w4g32-asym"], True, 1),  # 5/6-bit: no f16x2 kernel
+        (["rtn-w4g32-asym", "rtn-w3g32-asym", None], True, 1),  # only the float16 run needs the normed row
+        (["rtn-w4g32-asym", "rtn-w3g32-asym"], True, 0),  # both take the norm inside
+        (["rtn-w4g32-asym", "rtn-w3g32-asym"], False, 1),  # a norm with a weight: never inside
+    ],
+)
+def test_fused_projection_runs_a_standalone_norm_at_most_once(formats, unit, launches, monkeypatch):
+    from bitalloc.kernels.row_norm import RowNorm
+
+    gen = torch.Generator().manual_seed(len(formats) + unit)
+    members = [linear(32, 64, f, gen) for f in formats]
+    fused = FusedProjection(members, Registry.load())
+    assert fused.launches == len(formats)
+    weight = torch.ones(64) if unit else torch.rand(64, generator=gen) + 0.5
+    weight = weight.half().to(device())
+    norm = RowNorm.of(weight, 1e-6, torch.empty(1, 64, dtype=torch.float16, device=device()))
+    x = torch.randn(1, 64, generator=gen).half().to(device())
+    calls = []
+    standalone = RowNorm.apply
+
+    def counted(self, x, pdl=False):
+        calls.append(1)
+        return standalone(self, x, pdl)
+
+    monkeypatch.setattr(RowNorm, "apply", counted)
+    out = torch.full((1, fused.out_features), float("nan"), dtype=torch.float16, device=device())
+    with torch.no_grad():
+        fused.run(x, out, norm=norm)
+        normed = (x.double() * torch.rsqrt(x.double().pow(2).mean() + 1e-6) * weight.double()).half()
+        ref = torch.cat([m(normed).double() for m in members], -1)
+    assert len(calls) == launches
+    assert rel_err(out, ref) < 3e-3
