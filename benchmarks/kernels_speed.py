@@ -378,68 +378,78 @@ def latency_csv(
     calls (``bench``: L2 flushed, one call per graph) or, with ``pipelined``, calls back to back on rotating
     weight copies (``bench_pipelined``; batch-1 GEMVs add into one output with PDL, as in the decoder; the
     float16 column stays a plain ``F.linear`` per call). With ``update`` the rows of ``path`` outside
-    ``bits_list`` x ``batches`` are kept and the others replaced."""
-    kept = []
-    if update:
-        with open(path, newline="") as f:
-            kept = [
-                r
-                for r in csv.DictReader(f)
-                if not (int(r["bits"]) in bits_list and int(r["batch"]) in batches)
-            ]
+    ``bits_list`` x ``batches`` are kept and the others replaced (``merged_rows``)."""
+    measured = []
+    for shape in shapes:
+        for batch in batches:
+            w16 = torch.randn(shape, device="cuda", dtype=torch.float16)
+            x = torch.randn(batch, shape[1], device="cuda", dtype=torch.float16)
+            if pipelined:
+                ws = [w16] + [w16.clone() for _ in range(rotation(w16.numel() * 2) - 1)]
+                fp16_us = bench_pipelined([lambda w=w, x=x: torch.nn.functional.linear(x, w) for w in ws])
+            else:
+                fp16_us = bench(lambda: torch.nn.functional.linear(x, w16), rep=20)  # noqa: B023 (called at once)
+            for bits, group, sym in itertools.product(bits_list, groups, (True, False)):
+                if shape[1] % group:
+                    continue
+                cand = Candidate(QuantKind.RTN, bits, group, sym)
+                qw = random_qweight(cand, shape)
+                layout = to_layout(qw)
+                choice = registry.choose_call(cand, shape, batch, x.dtype, x.device)
+                frag = to_fragment_layout(qw) if choice.kernel == "mma" else None
+                if pipelined:
+                    copies = rotation(cand.nbytes(shape))
+                    pairs = [(layout, frag)] + [
+                        (clone_tensors(layout), frag and clone_tensors(frag)) for _ in range(copies - 1)
+                    ]
+                    into = torch.zeros(1, shape[0], dtype=x.dtype, device=x.device)  # the decoder's way
+                    c = choice
+                    us = bench_pipelined(
+                        [
+                            lambda p=p, c=c, x=x, o=into: run_kernel(x, p[0], c.kernel, c.params, p[1], o)
+                            for p in pairs
+                        ]
+                    )
+                else:
+                    us = bench(lambda: run_kernel(x, layout, choice.kernel, choice.params, frag), rep=20)  # noqa: B023 (called at once)
+                fmt = cand.name.split("-", 1)[1]
+                measured.append(
+                    {
+                        "format": fmt,
+                        "bits": bits,
+                        "group_size": group,
+                        "symmetric": sym,
+                        "out_features": shape[0],
+                        "in_features": shape[1],
+                        "batch": batch,
+                        "kernel": choice.kernel,
+                        "us": round(us, 2),
+                        "fp16_us": round(fp16_us, 2),
+                        "nbytes": cand.nbytes(shape),
+                    }
+                )
+        print(f"latency {shape} done", flush=True)
+    rows = merged_rows(path, measured, bits_list, batches) if update else measured
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows(kept)
-        for shape in shapes:
-            for batch in batches:
-                w16 = torch.randn(shape, device="cuda", dtype=torch.float16)
-                x = torch.randn(batch, shape[1], device="cuda", dtype=torch.float16)
-                if pipelined:
-                    ws = [w16] + [w16.clone() for _ in range(rotation(w16.numel() * 2) - 1)]
-                    fp16_us = bench_pipelined([lambda w=w, x=x: torch.nn.functional.linear(x, w) for w in ws])
-                else:
-                    fp16_us = bench(lambda: torch.nn.functional.linear(x, w16), rep=20)  # noqa: B023 (called at once)
-                for bits, group, sym in itertools.product(bits_list, groups, (True, False)):
-                    if shape[1] % group:
-                        continue
-                    cand = Candidate(QuantKind.RTN, bits, group, sym)
-                    qw = random_qweight(cand, shape)
-                    layout = to_layout(qw)
-                    choice = registry.choose_call(cand, shape, batch, x.dtype, x.device)
-                    frag = to_fragment_layout(qw) if choice.kernel == "mma" else None
-                    if pipelined:
-                        copies = rotation(cand.nbytes(shape))
-                        pairs = [(layout, frag)] + [
-                            (clone_tensors(layout), frag and clone_tensors(frag)) for _ in range(copies - 1)
-                        ]
-                        into = torch.zeros(1, shape[0], dtype=x.dtype, device=x.device)  # the decoder's way
-                        c = choice
-                        us = bench_pipelined(
-                            [
-                                lambda p=p, c=c, x=x, o=into: run_kernel(x, p[0], c.kernel, c.params, p[1], o)
-                                for p in pairs
-                            ]
-                        )
-                    else:
-                        us = bench(lambda: run_kernel(x, layout, choice.kernel, choice.params, frag), rep=20)  # noqa: B023 (called at once)
-                    fmt = cand.name.split("-", 1)[1]
-                    writer.writerow(
-                        {
-                            "format": fmt,
-                            "bits": bits,
-                            "group_size": group,
-                            "symmetric": sym,
-                            "out_features": shape[0],
-                            "in_features": shape[1],
-                            "batch": batch,
-                            "kernel": choice.kernel,
-                            "us": round(us, 2),
-                            "fp16_us": round(fp16_us, 2),
-                            "nbytes": cand.nbytes(shape),
-                        }
-                    )
-            print(f"latency {shape} done", flush=True)
+        writer.writerows(rows)
+
+
+def merged_rows(path: Path, measured: list[dict], bits_list, batches) -> list[dict]:
+    """The rows of the table at ``path`` outside ``bits_list`` x ``batches`` and the ``measured`` ones, in the
+    table's order: a measured row takes the place of the row it re-times, rows of the subset that were not
+    re-timed are dropped, new rows go last."""
+
+    def key(row: dict) -> tuple[str, ...]:
+        return tuple(str(row[c]) for c in ("format", "out_features", "in_features", "batch"))
+
+    fresh = {key(r): r for r in measured}
+    with open(path, newline="") as f:
+        old = list(csv.DictReader(f))
+    subset = [int(r["bits"]) in bits_list and int(r["batch"]) in batches for r in old]
+    rows = [fresh.pop(key(r), r) for r, sub in zip(old, subset, strict=True) if not sub or key(r) in fresh]
+    return rows + list(fresh.values())
 
 
 def main() -> None:
