@@ -46,7 +46,6 @@ class GemvConfig:
     prefetch: int = 1  # f16x2 kernel: load the next step before this step's arithmetic
     xs_rows: int = 0  # f16x2 kernel: activation sums per thread's rows (no cross-warp sum per step)
     l2_slice: int = 0  # f16x2 kernel with PDL, weights <= 16 MiB: ask L2 for the slice before the wait
-    x_l1: int = 0  # f16x2 kernel: ask L1 for the program's activations after the wait
 
 
 @triton.jit
@@ -214,7 +213,6 @@ def gemv(
             PDL=pdl,
             NORM=norm is not None,
             ROW_BLOCK=1 if norm is None else row_block(in_features),
-            X_L1=bool(config.x_l1),
             num_warps=config.num_warps,
             num_stages=1,
             **pdl_launch(pdl),

@@ -23,7 +23,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from bitalloc.kernels._half2 import dot2x2, dot3x4, dot4x2, dot8x2, pair_sum
 from bitalloc.kernels._unpack import load_words, merge3_loose
-from bitalloc.kernels.l2_prefetch import prefetch_row_l1, prefetch_tile
+from bitalloc.kernels.l2_prefetch import prefetch_tile
 from bitalloc.kernels.row_norm import load_row, row_rstd
 
 HALF2_R = {2: 4, 3: 16, 4: 16, 8: 256}  # bits -> R: codes / R are exact float16 far from overflow
@@ -201,7 +201,6 @@ def gemv_h2_kernel(
     SELF_L2: tl.constexpr,
     NORM: tl.constexpr,
     ROW_BLOCK: tl.constexpr,
-    X_L1: tl.constexpr = False,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -251,8 +250,6 @@ def gemv_h2_kernel(
         )
     if PDL:  # wait for the previous kernel's activations
         gdc_wait()
-    if X_L1:  # the slice's activations on their way to L1 (the pairs are read once per step)
-        prefetch_row_l1(x_ptr, kb_start * CHUNK, kb_end * CHUNK)
     if NORM:  # the row for its norm, loaded now, summed after the main loop
         row = load_row(x2_ptr, K, ROW_BLOCK)
     if PREFETCH:

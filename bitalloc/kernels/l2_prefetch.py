@@ -25,22 +25,6 @@ def _ask_l2(ptrs):
 
 
 @triton.jit
-def _ask_l1(ptrs):
-    """``prefetch.global.L1`` of the line holding each address (a tensor of pointers)."""
-    tl.inline_asm_elementwise(
-        "prefetch.global.L1 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
-    )
-
-
-@triton.jit
-def prefetch_row_l1(ptr, start, stop):
-    """Ask L1 for the elements ``[start, stop)`` of a row (one address per 128-byte line, every thread)."""
-    STEP: tl.constexpr = LINE // ptr.dtype.element_ty.primitive_bitwidth * 8
-    for k in range(start, stop, 4 * STEP):
-        _ask_l1(ptr + k + tl.arange(0, 4) * STEP)
-
-
-@triton.jit
 def prefetch_tile(ptr, row0, ROWS: tl.constexpr, col0, COLS: tl.constexpr, N):
     """Ask L2 for rows ``row0 + [0, ROWS)`` of columns ``col0 + [0, COLS)`` of a row-major ``(*, N)`` tensor:
     one address per 128 bytes from ``col0`` (columns clamped to the row), so a tile that does not start on a

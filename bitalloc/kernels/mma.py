@@ -44,8 +44,6 @@ class MmaConfig:
     num_warps: int = 4
     split_k: int = 0
     wgmma: bool = False  # Hopper warpgroup mma for 9-16 rows (needs 4 or 8 warps)
-    prefetch_x: bool = True  # load the next step's activations during this step's arithmetic
-    prefetch_words: bool = True  # likewise the next step's words
 
 
 def _field_lines(src: str, s: int, width: int, qoff: float, out: str) -> list[str]:
@@ -268,8 +266,6 @@ def _mma_kernel(
     BN: gl.constexpr,
     SPLIT_K: gl.constexpr,
     WGMMA: gl.constexpr,
-    PREFETCH_X: gl.constexpr,
-    PREFETCH_W: gl.constexpr,
     L6: gl.constexpr,
     LW: gl.constexpr,
     LX: gl.constexpr,
@@ -317,22 +313,11 @@ def _mma_kernel(
     mins = gl.load(m_ptr + s_begin * N + rows)
     for step in range(s_begin, s_end):  # loads of step + 1 are in flight during step's arithmetic
         nxt = gl.minimum(step + 1, s_end - 1)  # the last step re-reads itself (cache hit)
-        if not PREFETCH_W:
-            words = _load_words(w_ptr, tile0, step, n_atoms_k, ATOMS, VEC, TM, LW)
-            if BITS == 3:
-                high = _load_words(h_ptr, tile0, step, n_atoms_k, ATOMS, VEC // 2, TM, LH)
-        if not PREFETCH_X:
-            xb = _load_x(x_ptr, x_stride, M, step * GROUP, GROUP, BN, LX, B_L, WGMMA)
-        next_words = words
-        next_high = high
-        if PREFETCH_W:
-            next_words = _load_words(w_ptr, tile0, nxt, n_atoms_k, ATOMS, VEC, TM, LW)
-            next_high = next_words
-            if BITS == 3:
-                next_high = _load_words(h_ptr, tile0, nxt, n_atoms_k, ATOMS, VEC // 2, TM, LH)
-        next_xb = xb
-        if PREFETCH_X:
-            next_xb = _load_x(x_ptr, x_stride, M, nxt * GROUP, GROUP, BN, LX, B_L, WGMMA)
+        next_words = _load_words(w_ptr, tile0, nxt, n_atoms_k, ATOMS, VEC, TM, LW)
+        next_high = next_words
+        if BITS == 3:
+            next_high = _load_words(h_ptr, tile0, nxt, n_atoms_k, ATOMS, VEC // 2, TM, LH)
+        next_xb = _load_x(x_ptr, x_stride, M, nxt * GROUP, GROUP, BN, LX, B_L, WGMMA)
         next_scale = gl.load(s_ptr + nxt * N + rows)
         a = _unpack(words, high, ASM, BITS, TM, ATOMS, VEC, L6, A_L)
         if WGMMA:  # two x buffers: a warp may store step + 1 while another still multiplies step
@@ -416,7 +401,6 @@ def compile_offline(
     tpw, warps = config.tiles_per_warp, config.num_warps
     consts = dict(kernel_constants(bits, group_size, qoff, not symmetric, tpw, warps, bn))
     consts.update(SPLIT_K=max(1, config.split_k), WGMMA=config.wgmma and bn == 16)
-    consts.update(PREFETCH_X=config.prefetch_x, PREFETCH_W=config.prefetch_words)
     args = [
         "x_ptr",
         "w_ptr",
@@ -488,8 +472,6 @@ def mma_matmul(
         y.stride(0),
         SPLIT_K=split_k,
         WGMMA=config.wgmma and bn == 16 and warps % 4 == 0,
-        PREFETCH_X=config.prefetch_x,
-        PREFETCH_W=config.prefetch_words,
         **consts,
         num_warps=warps,
     )
