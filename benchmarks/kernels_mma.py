@@ -1,7 +1,7 @@
 """The tensor-core kernel (``mma.py``) against fp16 cuBLAS and the current kernels, batch 1-16, side by side.
 
     python benchmarks/kernels_mma.py --shapes large --batches 1,16 [--sweep]
-    python benchmarks/kernels_mma.py --tune bitalloc/kernels/configs/h200.json   # add tuned mma entries
+    python benchmarks/kernels_mma.py --tune bitalloc/kernels/configs/h200.json [--tune-batches 8,16]
 
 Same protocol as ``kernels_speed.py`` (CUDA graph, L2 flushed by reading 128 MiB, median of 30). ``current``
 is what the registry runs today (f16x2 GEMV at batch 1, swap-AB GEMM at 2-16). With ``--sweep`` every mma
@@ -23,7 +23,7 @@ from kernels_speed import LARGE, SMOLLM2, bench, copy_bandwidth, random_qweight,
 from bitalloc.kernels.fragment_layout import to_fragment_layout
 from bitalloc.kernels.layout import to_layout
 from bitalloc.kernels.mma import MmaConfig, mma_matmul
-from bitalloc.kernels.registry import Registry, TunedEntry
+from bitalloc.kernels.registry import MMA_BATCHES, Registry, TunedEntry
 from bitalloc.quantizers.candidate import Candidate, QuantKind
 
 SWEEP = [
@@ -33,21 +33,28 @@ SWEEP = [
 TUNE = [MmaConfig(t, 4, s) for t, s in itertools.product((1, 2, 4), (0, 8, 16))]
 
 
-def tune(path: Path, shapes, bits_list) -> None:
-    """Time ``TUNE`` at batch 16 per (bits, shape), asymmetric codes; replace the table's ``mma`` entries
-    of those bit widths."""
+def tune(path: Path, shapes, bits_list, batches=(16,)) -> None:
+    """Time ``TUNE`` per (bits, shape, batch), asymmetric codes; replace the table's ``mma`` entries of
+    those bit widths and batches (``MMA_BATCHES``: calls take the smallest tuned batch that holds them)."""
     base = Registry.load(path)
-    entries = [e for e in base.entries if e.kernel != "mma" or e.bits not in bits_list]
+    entries = [
+        e for e in base.entries if e.kernel != "mma" or e.bits not in bits_list or e.batch not in batches
+    ]
     for shape, bits in itertools.product(shapes, bits_list):
         group = 128 if shape[1] % 128 == 0 else 64
         frag = to_fragment_layout(random_qweight(Candidate(QuantKind.RTN, bits, group, False), shape))
-        x = torch.randn(16, shape[1], device="cuda", dtype=torch.float16)
-        timed = [(bench(lambda: mma_matmul(x, frag, c)), c) for c in TUNE]  # noqa: B023
-        us, best = min(timed, key=lambda t: t[0])
-        params = {"tiles_per_warp": best.tiles_per_warp, "num_warps": best.num_warps, "split_k": best.split_k}
-        entries.append(TunedEntry(bits, shape[0], shape[1], 16, "mma", params))
-        print(f"tuned {bits}-bit {shape}: {us:.1f} us with {params}", flush=True)
-    Registry(base.device, tuple(entries)).save(path)
+        for batch in batches:
+            x = torch.randn(batch, shape[1], device="cuda", dtype=torch.float16)
+            timed = [(bench(lambda: mma_matmul(x, frag, c)), c) for c in TUNE]  # noqa: B023
+            us, best = min(timed, key=lambda t: t[0])
+            params = {
+                "tiles_per_warp": best.tiles_per_warp,
+                "num_warps": best.num_warps,
+                "split_k": best.split_k,
+            }
+            entries.append(TunedEntry(bits, shape[0], shape[1], batch, "mma", params))
+            print(f"tuned {bits}-bit {shape} batch {batch}: {us:.1f} us with {params}", flush=True)
+        Registry(base.device, tuple(entries)).save(path)  # after each shape: partial runs count
 
 
 def main() -> None:
@@ -57,11 +64,15 @@ def main() -> None:
     parser.add_argument("--bits", default="2,4,8")
     parser.add_argument("--sym", action="store_true", help="symmetric codes (default asymmetric)")
     parser.add_argument("--sweep", action="store_true", help="time a grid of mma configs, keep the best")
-    parser.add_argument("--tune", type=Path, help="tune batch 16 and write mma entries into this table")
+    parser.add_argument("--tune", type=Path, help="tune and write mma entries into this table")
+    parser.add_argument("--tune-batches", default="16", help="batches to tune at (each of MMA_BATCHES)")
     args = parser.parse_args()
     shapes = {"large": LARGE, "smollm2": SMOLLM2, "all": LARGE + SMOLLM2, "xl": LARGE[-1:]}[args.shapes]
     if args.tune:
-        tune(args.tune, shapes, [int(b) for b in args.bits.split(",")])
+        batches = tuple(int(b) for b in args.tune_batches.split(","))
+        if not set(batches) <= set(MMA_BATCHES):
+            parser.error(f"--tune-batches takes values of {MMA_BATCHES}")
+        tune(args.tune, shapes, [int(b) for b in args.bits.split(",")], batches)
         return
     registry = Registry.load()
     bw = copy_bandwidth()

@@ -28,6 +28,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_TABLE = CONFIG_DIR / "h100.json"
 DEVICE_TABLES = {"H200": CONFIG_DIR / "h200.json"}  # device name fragment -> its table, when present
 BATCH_BUCKETS = (1, 16, 64, 256)
+MMA_BATCHES = (8, 16)  # batch sizes the tensor-core kernel may be tuned at (calls take the next one up)
 SWAPAB_MAX_BATCH = 16
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 FORMAT = "bitalloc.kernels/v2"  # v2: interleaved transposed layout (v1 tables hold other parameters)
@@ -137,13 +138,7 @@ class Registry:
         same = [e for e in self.entries if e.bits == bits and e.batch == bucket and e.kernel == kernel]
         if not same:
             return KernelChoice(kernel, default_params(kernel, batch))
-        size = math.log(shape[0] * shape[1])
-
-        def distance(e: TunedEntry) -> tuple[float, float]:
-            aspect = abs(math.log(e.out_features / e.in_features) - math.log(shape[0] / shape[1]))
-            return (abs(math.log(e.out_features * e.in_features) - size), aspect)
-
-        return KernelChoice(kernel, dict(min(same, key=distance).params))
+        return KernelChoice(kernel, dict(nearest(same, shape).params))
 
     def choose_call(
         self,
@@ -167,16 +162,29 @@ class Registry:
         return choice
 
     def choose_mma(self, bits: int, shape: tuple[int, int], batch: int) -> KernelChoice:
-        """The tensor-core kernel for ``2 <= batch <= 16``: the tuned ``mma`` entry nearest in size, or the
-        defaults."""
-        same = [
-            e for e in self.entries if e.bits == bits and e.kernel == "mma" and e.batch == batch_bucket(batch)
-        ]
+        """The tensor-core kernel for ``2 <= batch <= 16``: among the ``mma`` entries of the smallest tuned
+        batch (``MMA_BATCHES``) that holds ``batch``, the nearest (``nearest``); else the defaults."""
+        same = []
+        for tuned_batch in (b for b in MMA_BATCHES if batch <= b):
+            same = [
+                e for e in self.entries if e.bits == bits and e.kernel == "mma" and e.batch == tuned_batch
+            ]
+            if same:
+                break
         if not same:
             return KernelChoice("mma", default_params("mma", batch))
-        size = math.log(shape[0] * shape[1])
-        best = min(same, key=lambda e: abs(math.log(e.out_features * e.in_features) - size))
-        return KernelChoice("mma", dict(best.params))
+        return KernelChoice("mma", dict(nearest(same, shape).params))
+
+
+def nearest(entries: list[TunedEntry], shape: tuple[int, int]) -> TunedEntry:
+    """The entry nearest to ``shape`` in size, then in aspect ratio (4096x14336 and 14336x4096 differ)."""
+    size = math.log(shape[0] * shape[1])
+
+    def distance(e: TunedEntry) -> tuple[float, float]:
+        aspect = abs(math.log(e.out_features / e.in_features) - math.log(shape[0] / shape[1]))
+        return (abs(math.log(e.out_features * e.in_features) - size), aspect)
+
+    return min(entries, key=distance)
 
 
 def default_params(kernel: str, batch: int) -> dict[str, int]:

@@ -84,6 +84,29 @@ def test_unsupported_reasons():
     assert "7-bit" in unsupported_reason(7, 32, (8, 64), torch.float16, cpu, True)
 
 
+def test_choose_mma_takes_the_smallest_tuned_batch_that_holds_the_call():
+    at8 = {"tiles_per_warp": 4, "num_warps": 4, "split_k": 16}
+    at16 = {"tiles_per_warp": 4, "num_warps": 4, "split_k": 8}
+    reg = Registry(
+        "test", (TunedEntry(4, 8192, 28672, 8, "mma", at8), TunedEntry(4, 8192, 28672, 16, "mma", at16))
+    )
+    assert [reg.choose_mma(4, (8192, 28672), b).params for b in (2, 8, 9, 16)] == [at8, at8, at16, at16]
+    only16 = Registry("test", (TunedEntry(4, 8192, 28672, 16, "mma", at16),))
+    assert only16.choose_mma(4, (8192, 28672), 4).params == at16  # no batch-8 entries: the batch-16 ones
+    assert only16.choose_mma(2, (8192, 28672), 4).params == default_params("mma", 4)
+
+
+def test_choose_mma_tells_apart_shapes_of_equal_size():
+    wide = {"tiles_per_warp": 4, "num_warps": 4, "split_k": 16}
+    tall = {"tiles_per_warp": 4, "num_warps": 4, "split_k": 8}
+    reg = Registry(
+        "test", (TunedEntry(4, 4096, 14336, 16, "mma", wide), TunedEntry(4, 14336, 4096, 16, "mma", tall))
+    )
+    assert reg.choose_mma(4, (14336, 4096), 16).params == tall
+    assert reg.choose_mma(4, (4096, 14336), 16).params == wide
+    assert reg.choose_mma(4, (12288, 4096), 16).params == tall  # nearest in size first, then in aspect
+
+
 def test_choose_mma_takes_the_nearest_tuned_entry_or_defaults():
     mma = {"tiles_per_warp": 2, "num_warps": 8, "split_k": 16}
     reg = Registry("test", (TunedEntry(4, 8192, 28672, 16, "mma", mma),))
