@@ -1,14 +1,19 @@
 """Is a kernel call bound by memory or by the SM? The registry's kernel timed with L2 flushed and L2-resident.
 
     python benchmarks/kernels_hot_cold.py [--bits 2,3,4] [--batches 1,16] [--shapes 8192x14336,4096x14336]
-    ncu --clock-control none -k regex:"gemv|mma" --launch-skip 3 --launch-count 1 --metrics ... \\
+    ncu --clock-control none -k regex:"gemv|mma" --launch-skip 3 --launch-count 1 --metrics "$STALLS" \\
         python benchmarks/kernels_hot_cold.py --once --bits 2 --batches 1 --shapes 8192x28672
+
+with ``STALLS`` the metrics of session 24's table (BENCHMARKS.md): ``regex:smsp__average_warps_issue_stalled_
+.*_per_issue_active.ratio,regex:sm__inst_executed_pipe_.*.avg.pct_of_peak_sustained_active,smsp__issue_active.
+avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elapsed,gpu__time_duration.sum,
+sm__warps_active.avg.per_cycle_active,launch__registers_per_thread`` (one string, no line breaks).
 
 ``cold``: the ``kernels_speed.bench`` protocol (CUDA graph, 128 MiB of L2 flushed by reading before each
 call, median of 30). ``hot``: 20 calls back to back in one graph, replayed 10 times, time per call; choose
 shapes whose weights fit in L2 (50 MB on the H100, 60 MB on the H200), so the weights come from L2. When
 ``hot`` is close to ``cold`` the call is bound by the SM (issue, pipes, dependencies), not by DRAM.
-``--once`` makes three untimed calls per case, for Nsight Compute.
+``--once`` makes five untimed calls per case, for Nsight Compute (which skips the first three).
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ def main() -> None:
     parser.add_argument("--bits", default="2,3,4")
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--shapes", default="8192x14336,4096x14336", help="out x in, comma-separated")
-    parser.add_argument("--once", action="store_true", help="three untimed calls per case (for ncu)")
+    parser.add_argument("--once", action="store_true", help="five untimed calls per case (for ncu)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         parser.error("needs a CUDA GPU")
@@ -85,7 +90,7 @@ def main() -> None:
                 return run_kernel(x, layout, choice.kernel, choice.params, frag)
 
             if args.once:
-                for _ in range(3):
+                for _ in range(5):
                     call()
                 torch.cuda.synchronize()
                 continue
