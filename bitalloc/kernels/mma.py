@@ -209,6 +209,7 @@ def _unpack(
     high,
     ASM: gl.constexpr,
     BITS: gl.constexpr,
+    E: gl.constexpr,
     TM: gl.constexpr,
     ATOMS: gl.constexpr,
     VEC: gl.constexpr,
@@ -216,8 +217,7 @@ def _unpack(
     A_LAYOUT: gl.constexpr,
 ):
     """Words ``(TM, 8, ATOMS, 4, VEC)`` (3-bit: and their high words ``(TM, 8, ATOMS, 4, VEC / 2)``) -> the
-    float16 operand ``(TM * 16, ATOMS * ATOM_K)`` in A_LAYOUT."""
-    E: gl.constexpr = 32 // (2 if BITS == 3 else BITS)
+    float16 operand ``(TM * 16, ATOMS * ATOM_K)`` in A_LAYOUT; ``E`` elements per word (``word_bits``)."""
     TA: gl.constexpr = VEC * E // 8  # k-tiles per atom
     words = gl.convert_layout(words, gl.SliceLayout(5, L6))
     zeros = gl.full([TM, 8, ATOMS, 4, VEC, E], 0, gl.int32, L6)
@@ -258,6 +258,7 @@ def _mma_kernel(
     y_stride,
     ASM: gl.constexpr,
     BITS: gl.constexpr,
+    PER_WORD: gl.constexpr,
     GROUP: gl.constexpr,
     ATOM: gl.constexpr,
     VEC: gl.constexpr,
@@ -319,7 +320,7 @@ def _mma_kernel(
             next_high = _load_words(h_ptr, tile0, nxt, n_atoms_k, ATOMS, VEC // 2, TM, LH)
         next_xb = _load_x(x_ptr, x_stride, M, nxt * GROUP, GROUP, BN, LX, B_L, WGMMA)
         next_scale = gl.load(s_ptr + nxt * N + rows)
-        a = _unpack(words, high, ASM, BITS, TM, ATOMS, VEC, L6, A_L)
+        a = _unpack(words, high, ASM, BITS, PER_WORD, TM, ATOMS, VEC, L6, A_L)
         if WGMMA:  # two x buffers: a warp may store step + 1 while another still multiplies step
             xbuf = x_smem.index(step % 2)
             xbuf.store(xb)
@@ -367,19 +368,21 @@ def kernel_constants(
     """The kernel's compile-time arguments for one format and launch shape (all but SPLIT_K and WGMMA);
     cached, so that a call does not rebuild the layouts and the PTX on the host."""
     atom = atom_k(bits, group_size)
+    per_word = 32 // word_bits(bits)  # elements per word
     vec = vec_words(bits, group_size)
     atoms = group_size // atom
     return MappingProxyType(
         {
             "ASM": codes_asm(bits, qoff),
             "BITS": bits,
+            "PER_WORD": per_word,
             "GROUP": group_size,
             "ATOM": atom,
             "VEC": vec,
             "HAS_MIN": has_min,
             "TILES_PER_WARP": tiles_per_warp,
             "BN": bn,
-            "L6": unpack_layout(num_warps, tiles_per_warp, atoms, vec, 32 // word_bits(bits)),
+            "L6": unpack_layout(num_warps, tiles_per_warp, atoms, vec, per_word),
             "LW": words_layout(num_warps, tiles_per_warp, atoms, vec),
             "LX": x_layout(num_warps, group_size, bn),
             "LH": words_layout(num_warps, tiles_per_warp, atoms, max(1, vec // 2)),
