@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import nn
@@ -16,6 +16,9 @@ from bitalloc.kernels.registry import KernelChoice, Registry
 from bitalloc.kernels.row_norm import RowNorm
 from bitalloc.quantizers.quant_linear import QuantLinear
 from bitalloc.quantizers.quantized_weight import QuantizedWeight
+
+if TYPE_CHECKING:
+    from bitalloc.kernels.gemv import GemvConfig
 
 LayoutT = TypeVar("LayoutT", KernelLayout, FragmentLayout)
 
@@ -100,13 +103,19 @@ class KernelQuantLinear(QuantLinear):
             y = gemm(x2, self.layout(), GemmConfig(**choice.params))
         return self._add_bias(y).view(*x.shape[:-1], self.out_features)
 
-    def folds_norm(self, x: torch.Tensor, norm: RowNorm) -> bool:
-        """Whether ``forward_into(x, ..., norm=norm)`` takes the norm inside its GEMV (no own launch)."""
-        from bitalloc.kernels.gemv import GemvConfig, folds_norm
+    def _gemv_config(self, x: torch.Tensor) -> GemvConfig | None:
+        """The launch of the batch-1 GEMV that ``forward_into(x, ...)`` runs, or None for other paths."""
+        from bitalloc.kernels.gemv import GemvConfig
 
         choice = self.choice(x)
-        gemv_call = choice.kernel == "gemv" and x.shape[0] == 1
-        return gemv_call and folds_norm(x, self.layout(), GemvConfig(**choice.params), norm)
+        return GemvConfig(**choice.params) if choice.kernel == "gemv" and x.shape[0] == 1 else None
+
+    def folds_norm(self, x: torch.Tensor, norm: RowNorm) -> bool:
+        """Whether ``forward_into(x, ..., norm=norm)`` takes the norm inside its GEMV (no own launch)."""
+        from bitalloc.kernels.gemv import folds_norm
+
+        config = self._gemv_config(x)
+        return config is not None and folds_norm(x, self.layout(), config, norm)
 
     def forward_into(
         self,
@@ -120,11 +129,10 @@ class KernelQuantLinear(QuantLinear):
         the GEMV writes (or adds, for a fused residual) in place, launched with programmatic dependent launch
         when ``pdl``; other paths compute, then copy or add (ordinary launches). ``norm``: ``x`` is the raw
         row of an RMSNorm, folded into the GEMV where it can be, else run first by the standalone kernel."""
-        choice = self.choice(x)
-        if choice.kernel == "gemv" and x.shape[0] == 1:
-            from bitalloc.kernels.gemv import GemvConfig, gemv
+        config = self._gemv_config(x)
+        if config is not None:
+            from bitalloc.kernels.gemv import gemv
 
-            config = GemvConfig(**choice.params)
             gemv(x, self.layout(), config, out=out, accumulate=accumulate, pdl=pdl, norm=norm)
             return self._add_bias(out)
         if norm is not None:
