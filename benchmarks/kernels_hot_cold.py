@@ -10,10 +10,11 @@ avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elap
 sm__warps_active.avg.per_cycle_active,launch__registers_per_thread`` (one string, no line breaks).
 
 ``cold``: the ``kernels_speed.bench`` protocol (CUDA graph, 128 MiB of L2 flushed by reading before each
-call, median of 30). ``hot``: 20 calls back to back in one graph, replayed 10 times, time per call; choose
-shapes whose weights fit in L2 (50 MB on the H100, 60 MB on the H200), so the weights come from L2. When
-``hot`` is close to ``cold`` the call is bound by the SM (issue, pipes, dependencies), not by DRAM.
-``--once`` makes five untimed calls per case, for Nsight Compute (which skips the first three).
+call, median of 30). ``hot``: 20 calls back to back in one graph (``bench_pipelined``: median of 10
+replays, per call); choose shapes whose weights fit in L2 (50 MB on the H100, 60 MB on the H200), so the
+weights come from L2. When ``hot`` is close to ``cold`` the call is bound by the SM (issue, pipes,
+dependencies), not by DRAM. ``--once`` makes five untimed calls per case, for Nsight Compute (which skips
+the first three).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from kernels_speed import bench, random_qweight, run_kernel
+from kernels_speed import bench, bench_pipelined, random_qweight, run_kernel
 
 from bitalloc.kernels.fragment_layout import to_fragment_layout
 from bitalloc.kernels.layout import to_layout
@@ -34,23 +35,9 @@ from bitalloc.kernels.registry import Registry
 from bitalloc.quantizers.candidate import Candidate, QuantKind
 
 
-def hot_us(fn, calls: int = 20, replays: int = 10) -> float:
+def hot_us(fn, calls: int = 20) -> float:
     """Microseconds per call of ``fn`` run ``calls`` times back to back in one CUDA graph (no flush)."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.stream(torch.cuda.Stream()), torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000.0 / (calls * replays)
+    return bench_pipelined([fn] * calls)
 
 
 def main() -> None:
