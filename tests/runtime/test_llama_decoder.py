@@ -251,7 +251,8 @@ def test_cuda_graph_steps_equal_eager_steps(pdl):
     assert sorted(decoder._graphs) == [1, 2]  # one graph per attention grid: the steps cross position 64
     graphed = decoder_logits(decoder, ids)
     err = (eager - graphed).norm(dim=-1) / eager.norm(dim=-1)  # (steps,) split-K atomics reorder sums
-    assert err.max() < 5e-3, f"relative error per step {err.tolist()}"
+    # reordered float16 sums: ~2e-3, up to 5.05e-3 seen (H200, session 25); a stale or misplaced step: ~1
+    assert err.max() < 1e-2, f"relative error per step {err.tolist()}"
     eager_decoder = LlamaDecoder(model, max_len=80, pdl=False)
     assert decoder.generate([1, 2, 3], 3) == eager_decoder.generate([1, 2, 3], 3)
     # the 3-token prompt pass ran the batch-2-16 kernel on the GEMV's layout: no second copy of the codes
