@@ -340,15 +340,7 @@ def _mma_kernel(
         xb = next_xb
         scale = next_scale
 
-    _store_out(acc, y_ptr, y_stride, M, pid_m, BM, BN, W, SPLIT_K)
-
-
-@gluon.jit
-def _store_out(
-    acc, y_ptr, y_stride, M, pid_m, BM: gl.constexpr, BN: gl.constexpr, W: gl.constexpr, SPLIT_K: gl.constexpr
-):
-    """``acc (BM, BN)`` float32 -> rows ``pid_m * BM ..`` of ``y (M, N)`` float16, contiguous per thread:
-    16-byte stores, or vector float16 atomics (no CAS loops) under split-K."""
+    # outputs contiguous per thread: 16-byte stores, or vector float16 atomics (no CAS loops) under split-K
     OUT_L: gl.constexpr = gl.BlockedLayout(
         [8, 1], [BM // 8 if BM < 256 else 32, 32 // (BM // 8) if BM < 256 else 1], [1, W], [0, 1]
     )
